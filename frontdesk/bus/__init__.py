@@ -1,0 +1,33 @@
+"""Bus implementations behind one interface (:mod:`frontdesk.bus.base`).
+
+=============  ==========================  ==============================================
+``embedded``   :class:`SqliteBus`          one machine, default; durable SQLite log
+``kafka``      :class:`KafkaBus`           production; Apache Kafka via kafka-python
+(tests)        :class:`MemoryBus`          in-memory, fast unit tests, not durable
+=============  ==========================  ==============================================
+"""
+
+from __future__ import annotations
+
+from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
+from frontdesk.settings import BusSettings, KafkaSettings, StorageSettings
+
+
+def open_bus(bus: BusSettings, storage: StorageSettings, kafka: KafkaSettings | None = None) -> Bus:
+    """Build the configured bus and make sure the pipeline topics exist."""
+    topics = Topics(bus.topic_prefix)
+    impl: Bus
+    if bus.kind == "kafka":
+        from frontdesk.bus.kafka import KafkaBus
+
+        impl = KafkaBus(kafka or KafkaSettings(), topics, partitions=bus.partitions)
+    else:
+        from frontdesk.bus.sqlite import SqliteBus
+
+        path = bus.embedded_path or storage.data_dir / "bus.sqlite3"
+        impl = SqliteBus(path, topics, partitions=bus.partitions, session_timeout=bus.embedded_session_timeout_s)
+    impl.ensure_topics()
+    return impl
+
+
+__all__ = ["Bus", "Consumer", "Lag", "Outgoing", "Record", "Topics", "open_bus"]

@@ -1,0 +1,169 @@
+"""The Bus interface: durable, partitioned, keyed topics with consumer groups.
+
+Semantics every implementation keeps (and ``tests/contract/test_bus_contract.py`` checks):
+
+* ``publish`` blocks until every record is durable (Kafka: ``acks=all``; embedded: fsynced
+  SQLite commit). When it returns, a crash of this process cannot lose the records. When it
+  raises, some records may have been written: callers publish idempotent messages (stable ids).
+* Records with the same key go to the same partition and keep their order there.
+* A consumer belongs to a group; the group's members split the partitions between them.
+* Delivery is at-least-once: ``poll`` hands out records after the committed position, and
+  ``commit`` moves it. A consumer that dies before committing causes redelivery, never loss.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Physical topic names, derived from a configurable prefix."""
+
+    prefix: str = "frontdesk."
+
+    @property
+    def inbound(self) -> str:
+        return f"{self.prefix}inbound"
+
+    @property
+    def triaged(self) -> str:
+        return f"{self.prefix}triaged"
+
+    @property
+    def cases(self) -> str:
+        return f"{self.prefix}cases"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}deadletter"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.inbound, self.triaged, self.cases, self.deadletter)
+
+    def logical(self, physical: str) -> str:
+        """'frontdesk.inbound' -> 'inbound' (unknown names are returned unchanged)."""
+        return physical[len(self.prefix) :] if physical.startswith(self.prefix) else physical
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to publish."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as consumed: where it lives (topic, partition, offset) and what it holds."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass(slots=True)
+class Lag:
+    """Per-partition consumer lag: records published but not yet committed by the group."""
+
+    topic: str
+    partition: int
+    committed: int
+    end: int = field(default=0)
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+class Consumer(ABC):
+    """One member of a consumer group. Not thread-safe: use it from one thread."""
+
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        """Return up to ``max_records`` records after this member's position (blocks ≤ timeout).
+
+        Also keeps the membership alive and picks up partition reassignments.
+        """
+
+    @abstractmethod
+    def commit(self, records: Iterable[Record]) -> None:
+        """Mark ``records`` (and everything before them in their partitions) as processed.
+
+        Blocks until the commit is durable. Raises CommitFailed if the group moved on
+        (the records will then be redelivered to whoever owns the partition now).
+        """
+
+    @abstractmethod
+    def rewind(self) -> None:
+        """Move the position back to the committed offsets, to re-read uncommitted records.
+
+        Used after a transient failure so nothing polled-but-not-processed is skipped.
+        """
+
+    @abstractmethod
+    def assignment(self) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs this member currently owns."""
+
+    @abstractmethod
+    def lag(self) -> list[Lag]:
+        """Lag of the group on the partitions this member owns."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group (partitions are reassigned at once). Does not commit. Idempotent."""
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bus(ABC):
+    """A durable log of topics. Thread-safe for ``publish``; consumers are per thread."""
+
+    topics: Topics
+
+    @abstractmethod
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        """Write ``records``, blocking until all are durable. Raises BusUnavailable/BusError."""
+
+    @abstractmethod
+    def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
+        """Join ``group`` reading ``topics`` from the group's committed position (earliest if none)."""
+
+    @abstractmethod
+    def ensure_topics(self, topics: Sequence[str] | None = None) -> None:
+        """Create the pipeline topics if they do not exist. Idempotent."""
+
+    @abstractmethod
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to be written, per partition (for lag and counting in tests/tools)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def publish_one(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
+        self.publish([Outgoing(topic, value, key, headers)])
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

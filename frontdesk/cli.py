@@ -1,0 +1,224 @@
+"""The ``frontdesk`` command line: the only place that reads the environment.
+
+Each command loads the settings it needs (env ``FRONTDESK_*`` + the optional YAML file) and hands
+them to components through their constructors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from frontdesk import __version__
+from frontdesk.errors import ConfigError, FrontdeskError
+from frontdesk.settings import BusSettings, ComponentSettings, KafkaSettings, StorageSettings
+
+app = typer.Typer(
+    name="frontdesk",
+    help="Ingestion and triage pipeline for customer support (email, social, chat).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+ingest_app = typer.Typer(help="Source connectors: publish customer messages to the inbound topic.", no_args_is_help=True)
+cases_app = typer.Typer(help="Inspect routed cases.", no_args_is_help=True)
+deadletter_app = typer.Typer(help="Inspect the dead-letter topic.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(cases_app, name="cases")
+app.add_typer(deadletter_app, name="deadletter")
+
+
+class _State:
+    config: Path | None = None
+
+
+STATE = _State()
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", envvar="FRONTDESK_CONFIG", help="YAML settings file")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="FRONTDESK_LOG_LEVEL", help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    STATE.config = config
+
+
+def load(cls: type[ComponentSettings]) -> ComponentSettings:
+    """Load one component's settings, turning a ConfigError into a clear exit."""
+    try:
+        return cls.load(STATE.config)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"frontdesk: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def not_yet(what: str, issue: int) -> NoReturn:
+    fail(f"{what} is not yet implemented (tracked in issue #{issue})", code=3)
+
+
+def open_configured_bus():  # type: ignore[no-untyped-def]
+    from frontdesk.bus import open_bus
+
+    bus_settings = load(BusSettings)
+    kafka = load(KafkaSettings) if bus_settings.kind == "kafka" else None  # type: ignore[attr-defined]
+    try:
+        return open_bus(bus_settings, load(StorageSettings), kafka)  # type: ignore[arg-type]
+    except FrontdeskError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def version() -> None:
+    """Print the Frontdesk version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def topics() -> None:
+    """Create the pipeline topics if missing and print their end offsets."""
+    with open_configured_bus() as bus:
+        for name in bus.topics.all():
+            ends = bus.end_offsets(name)
+            typer.echo(f"{name:32} partitions={len(ends):<3} records={sum(ends.values())}")
+
+
+@app.command()
+def schemas(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite the committed schema files")] = False,
+) -> None:
+    """Print (or rewrite) the published JSON Schemas of the pipeline topics."""
+    from frontdesk.codec import json_schema, schema_path, write_schemas
+    from frontdesk.messages import PIPELINE_TYPES
+
+    if write:
+        for path in write_schemas():
+            typer.echo(f"wrote {path}")
+        return
+    for topic in PIPELINE_TYPES:
+        typer.echo(f"{topic}: {schema_path(topic)}  ({len(json.dumps(json_schema(topic)))} bytes)")
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    stage: Annotated[Optional[str], typer.Option(help="Only records from this stage")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many records")] = 100,
+) -> None:
+    """List dead-letter records (stage, reason, origin) without consuming them."""
+    from frontdesk.codec import decode
+    from frontdesk.messages import DeadLetter
+
+    with open_configured_bus() as bus:
+        letters = []
+        with bus.consumer(f"frontdesk-cli-{uuid.uuid4().hex}", [bus.topics.deadletter]) as consumer:
+            while len(letters) < limit and (batch := consumer.poll(500, timeout=1.0)):
+                letters.extend(decode(r.value, DeadLetter) for r in batch)
+        letters = [d for d in letters if stage is None or d.stage == stage][:limit]
+    if as_json:
+        typer.echo(json.dumps([d.model_dump(mode="json") for d in letters], ensure_ascii=False))
+        return
+    for d in letters:
+        typer.echo(f"{d.failed_at:%Y-%m-%d %H:%M:%S} {d.stage:10} {d.error_type:18} {d.reason[:90]}")
+    typer.echo(f"{len(letters)} dead-letter record(s)")
+
+
+@app.command()
+def run() -> None:
+    """Run every stage in one process on the embedded default (bus, SQLite, blobs)."""
+    not_yet("the one-process pipeline (`frontdesk run`)", 7)
+
+
+@ingest_app.command("imap")
+def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass, then exit")] = False) -> None:
+    """Import mail from the configured IMAP mailboxes (IDLE; --once for one pass)."""
+    not_yet("the IMAP connector", 3)
+
+
+@ingest_app.command("http")
+def ingest_http() -> None:
+    """Serve the HTTP intake (messages API, Telegram and Meta/WhatsApp webhooks)."""
+    not_yet("the HTTP intake", 6)
+
+
+@ingest_app.command("telegram")
+def ingest_telegram() -> None:
+    """Long-poll the Telegram Bot API (for bots without a public URL)."""
+    not_yet("the Telegram polling connector", 6)
+
+
+@app.command("parse-mail")
+def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the normalised message the IMAP connector would publish for an .eml file."""
+    not_yet("parse-mail", 3)
+
+
+@app.command()
+def classify() -> None:
+    """Run the classify stage: inbound topic -> triaged topic."""
+    not_yet("the classify stage", 4)
+
+
+@app.command("classify-text")
+def classify_text(text: str) -> None:
+    """Print labels and confidences for one message."""
+    not_yet("classify-text", 4)
+
+
+@app.command()
+def train(data: Annotated[Path, typer.Option("--data")], out: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Train the classifier heads and write a model card."""
+    not_yet("train", 4)
+
+
+@app.command("eval")
+def evaluate(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Evaluate the classifier (and the TF-IDF baseline) on a labelled JSONL file."""
+    not_yet("eval", 4)
+
+
+@app.command()
+def dispatch() -> None:
+    """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
+    not_yet("the dispatch stage", 5)
+
+
+@cases_app.command("list")
+def cases_list(
+    queue: Annotated[Optional[str], typer.Option()] = None,
+    status: Annotated[Optional[str], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List cases."""
+    not_yet("cases list", 5)
+
+
+@cases_app.command("show")
+def cases_show(reference: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one case with its messages and history."""
+    not_yet("cases show", 5)
+
+
+@app.command()
+def replay(
+    source: Annotated[str, typer.Option("--from", help="Only 'deadletter' for now")] = "deadletter",
+    stage: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Re-drive failed records from the dead-letter topic after a fix."""
+    not_yet("replay", 7)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(prog_name="frontdesk")
+    sys.exit(0)

@@ -1,0 +1,85 @@
+"""Versioned JSON (de)serialisation of pipeline messages, and their published JSON Schemas.
+
+``encode`` is total for valid messages. ``decode`` either returns a validated, frozen message or
+raises :class:`~frontdesk.errors.DecodeError` carrying the raw bytes; it never returns a half-read
+object. A record from a newer schema version is refused (not guessed at).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from frontdesk.errors import DecodeError
+from frontdesk.messages import PIPELINE_TYPES, Frozen
+
+M = TypeVar("M", bound=Frozen)
+
+SCHEMA_DIR = Path(str(resources.files("frontdesk") / "schemas"))
+
+
+def encode(message: Frozen) -> bytes:
+    """Serialise a message to compact UTF-8 JSON (the bytes that go on the bus)."""
+    return message.model_dump_json(exclude_none=False).encode("utf-8")
+
+
+def decode(raw: bytes, expected: type[M]) -> M:
+    """Parse ``raw`` as a message of type ``expected``.
+
+    Raises DecodeError (with ``raw``) for invalid UTF-8/JSON, a wrong ``kind``, an unsupported
+    ``version`` or any schema violation.
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"not valid JSON: {exc}", raw) from exc
+    if not isinstance(data, dict):
+        raise DecodeError("not a JSON object", raw)
+    want_kind = expected.model_fields["kind"].default
+    want_version = expected.model_fields["version"].default
+    if data.get("kind") != want_kind:
+        raise DecodeError(f"expected kind {want_kind!r}, got {data.get('kind')!r}", raw)
+    if data.get("version") != want_version:
+        raise DecodeError(
+            f"unsupported {want_kind} version {data.get('version')!r} (this build reads {want_version})",
+            raw,
+        )
+    try:
+        return expected.model_validate(data)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid {want_kind} message: {_summarise(exc)}", raw) from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3]]
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def json_schema(topic: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the records on a logical topic."""
+    model = PIPELINE_TYPES[topic]
+    schema = model.model_json_schema(mode="serialization")
+    version = model.model_fields["version"].default
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://frontdesk.dev/schemas/{topic}.v{version}.json"
+    return schema
+
+
+def schema_path(topic: str) -> Path:
+    version = PIPELINE_TYPES[topic].model_fields["version"].default
+    return SCHEMA_DIR / f"{topic}.v{version}.json"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """(Re)write the published schema files; tests fail if the committed ones drift."""
+    written = []
+    for topic in PIPELINE_TYPES:
+        path = directory / schema_path(topic).name
+        path.write_text(json.dumps(json_schema(topic), indent=2, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written

@@ -1,0 +1,130 @@
+"""Settings: one pydantic-settings class per component.
+
+Sources, highest priority first: explicit constructor arguments, environment variables
+(``FRONTDESK_<SECTION>_<FIELD>``, e.g. ``FRONTDESK_KAFKA_BOOTSTRAP_SERVERS``), the component's
+section of the optional YAML file (``--config`` / ``FRONTDESK_CONFIG``), then defaults.
+
+Only the CLI calls :meth:`ComponentSettings.load` (which reads the environment); components take a
+settings object in their constructor and never look at ``os.environ`` themselves.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from frontdesk.errors import ConfigError
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("frontdesk_config_file", default=None)
+_ENV_ENABLED: ContextVar[bool] = ContextVar("frontdesk_env_enabled", default=False)
+S = TypeVar("S", bound="ComponentSettings")
+
+
+class ComponentSettings(BaseSettings):
+    """Base: subclasses set ``section`` (YAML key and env prefix ``FRONTDESK_<SECTION>_``)."""
+
+    section: ClassVar[str] = ""
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.section:
+            cls.model_config = {**cls.model_config, "env_prefix": f"FRONTDESK_{cls.section.upper()}_"}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        if _ENV_ENABLED.get():
+            sources.append(env_settings)
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            section = getattr(settings_cls, "section", "")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path, yaml_config_section=section))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
+        """Read env + YAML section (CLI only). Raises ConfigError naming the bad field."""
+        if config_file is not None and not Path(config_file).is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        tokens = (_CONFIG_FILE.set(config_file), _ENV_ENABLED.set(True))
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(cls, exc, config_file)) from exc
+        except ValueError as exc:
+            raise ConfigError(f"[{cls.section}] in {config_file}: {exc}") from exc
+        finally:
+            _CONFIG_FILE.reset(tokens[0])
+            _ENV_ENABLED.reset(tokens[1])
+
+
+def _describe(cls: type[ComponentSettings], exc: ValidationError, path: Path | None) -> str:
+    where = f" (config file {path})" if path else ""
+    lines = [f"invalid [{cls.section}] settings{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        env = f"FRONTDESK_{cls.section.upper()}_{field.upper()}"
+        lines.append(f"  {cls.section}.{field} (env {env}): {err['msg']}")
+    return "\n".join(lines)
+
+
+class StorageSettings(ComponentSettings):
+    """Where the one-machine mode keeps its state."""
+
+    section: ClassVar[str] = "storage"
+    data_dir: Path = Field(Path("var"), description="Root for the embedded bus, SQLite cases, blobs, checkpoints")
+    blob_dir: Path | None = Field(None, description="Content-addressed blobs; default <data_dir>/blobs")
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+
+class BusSettings(ComponentSettings):
+    """Which bus, and the topic names."""
+
+    section: ClassVar[str] = "bus"
+    kind: Literal["embedded", "kafka"] = "embedded"
+    topic_prefix: str = Field("frontdesk.", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions per topic when created")
+    embedded_path: Path | None = Field(None, description="Embedded bus file; default <data_dir>/bus.sqlite3")
+    embedded_session_timeout_s: float = Field(30.0, gt=0)
+
+
+class KafkaSettings(ComponentSettings):
+    """kafka-python client options, including TLS and SASL."""
+
+    section: ClassVar[str] = "kafka"
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "frontdesk"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    replication_factor: int = Field(1, ge=1)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    publish_timeout_s: float = Field(30.0, gt=0)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    linger_ms: int = Field(5, ge=0)

@@ -1,0 +1,187 @@
+"""The consume → process → publish → commit loop every bus-to-bus stage runs.
+
+One cycle:
+
+1. ``poll`` a batch from the input topic(s);
+2. ``processor.process(batch)`` returns one :class:`Outcome` per record: outputs, or an error;
+3. publish all outputs plus a dead-letter record for every failed record, in one ``publish``
+   (returns only when durable);
+4. ``commit`` the batch.
+
+Crash behaviour, between any two steps: before 3 completes nothing was published and the batch is
+redelivered; between 3 and 4 the batch is redelivered and its outputs are published again with the
+same message ids (consumers downstream treat a known id as a no-op). Nothing is lost: a commit
+never precedes the durable publish of what the batch produced.
+
+Failures: a :class:`~frontdesk.errors.TransientError` (bus, database, SMTP down) rewinds to the
+committed offsets and backs off; the same records are retried, nothing is dead-lettered. Any other
+exception from one record makes it poison: it goes to the dead-letter topic with the stage, the
+reason and its original bytes, and the loop goes on. If a batch processor raises for the batch,
+records are retried one at a time to find the poison ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from frontdesk.bus.base import Bus, Consumer, Outgoing, Record
+from frontdesk.codec import encode
+from frontdesk.errors import DecodeError, TransientError
+from frontdesk.messages import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing one input record produced: outputs, or the error that makes it poison."""
+
+    record: Record
+    outputs: tuple[Outgoing, ...] = ()
+    error: BaseException | None = None
+
+
+class Processor(Protocol):
+    """A stage's logic. Must be safe to call again on the same records (redelivery)."""
+
+    def process(self, records: Sequence[Record]) -> Sequence[Outcome]: ...
+
+
+def dead_letter(record: Record, stage: str, error: BaseException, topic: str) -> Outgoing:
+    """The dead-letter record for ``record``: stage, reason, error type and the exact bytes."""
+    raw = error.raw if isinstance(error, DecodeError) else record.value
+    letter = DeadLetter(
+        stage=stage,
+        reason=str(error) or type(error).__name__,
+        error_type=type(error).__name__,
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+        value_b64=base64.b64encode(raw).decode(),
+        message_id=record.key.decode("utf-8", "replace") if record.key else None,
+        failed_at=datetime.now(UTC),
+    )
+    headers = (("frontdesk-stage", stage.encode()), ("frontdesk-error", type(error).__name__.encode()))
+    return Outgoing(topic, encode(letter), record.key, headers)
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters a status line or metrics exporter reads (monotonic, per process)."""
+
+    consumed: int = 0
+    published: int = 0
+    dead_lettered: int = 0
+    transient_failures: int = 0
+    cycles: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with a ceiling; ``reset`` after a success."""
+
+    initial: float = 0.2
+    maximum: float = 30.0
+    _current: float = field(default=0.0, init=False)
+
+    def next(self) -> float:
+        self._current = self.initial if self._current == 0 else min(self.maximum, self._current * 2)
+        return self._current
+
+    def reset(self) -> None:
+        self._current = 0.0
+
+
+class StageRunner:
+    """Runs one processor against one consumer until stopped. Blocking; one thread."""
+
+    def __init__(
+        self,
+        name: str,
+        bus: Bus,
+        consumer: Consumer,
+        processor: Processor,
+        *,
+        max_records: int = 64,
+        poll_timeout: float = 0.5,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name, self.bus, self.consumer, self.processor = name, bus, consumer, processor
+        self.max_records, self.poll_timeout = max_records, poll_timeout
+        self.backoff = backoff or Backoff()
+        self.stats = StageStats()
+        self._sleep = sleep
+        self._must_rewind = False
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; finishes the current cycle, then closes the consumer."""
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self.consumer.close()
+
+    def run_once(self) -> int:
+        """One poll-process-publish-commit cycle. Returns the number of records committed."""
+        self.stats.cycles += 1
+        try:
+            if self._must_rewind:
+                # Never poll past records a failed cycle left uncommitted: committing later
+                # offsets would skip them.
+                self.consumer.rewind()
+                self._must_rewind = False
+            records = self.consumer.poll(self.max_records, self.poll_timeout)
+            if not records:
+                return 0
+            outcomes = self._process(records)
+            outgoing = self._outgoing(outcomes)
+            self.bus.publish(outgoing)
+            self.consumer.commit(records)
+        except TransientError as exc:
+            self._on_transient(exc)
+            return 0
+        self.backoff.reset()
+        self.stats.consumed += len(records)
+        self.stats.published += len(outgoing)
+        return len(records)
+
+    def _process(self, records: Sequence[Record]) -> list[Outcome]:
+        try:
+            return list(self.processor.process(records))
+        except TransientError:
+            raise
+        except Exception as exc:
+            if len(records) == 1:
+                return [Outcome(records[0], error=exc)]
+            log.warning("%s: batch of %d failed (%s); isolating records", self.name, len(records), exc)
+            return [oc for r in records for oc in self._process([r])]
+
+    def _outgoing(self, outcomes: Sequence[Outcome]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for oc in outcomes:
+            if oc.error is None:
+                out.extend(oc.outputs)
+                continue
+            log.warning("%s: dead-lettering %s/%d@%d: %s", self.name, oc.record.topic, oc.record.partition,
+                        oc.record.offset, oc.error)
+            self.stats.dead_lettered += 1
+            out.append(dead_letter(oc.record, self.name, oc.error, self.bus.topics.deadletter))
+        return out
+
+    def _on_transient(self, exc: TransientError) -> None:
+        self.stats.transient_failures += 1
+        self.stats.last_error = str(exc)
+        self._must_rewind = True
+        delay = self.backoff.next()
+        log.warning("%s: transient failure (%s); retrying in %.1fs", self.name, exc, delay)
+        self._sleep(delay)
