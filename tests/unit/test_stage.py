@@ -1,0 +1,90 @@
+"""The stage loop on the in-memory bus: transient failures, poison isolation, crash windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from frontdesk.bus.base import Outgoing, Record
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.errors import BusUnavailable, StoreUnavailable
+from frontdesk.stage import Backoff, Outcome, StageRunner
+
+
+class Echo:
+    """Copies each record to 'out'; raises for values starting with b'poison'; can fail transiently."""
+
+    def __init__(self) -> None:
+        self.transient_failures_left = 0
+        self.calls: list[int] = []
+
+    def process(self, records: Sequence[Record]) -> list[Outcome]:
+        self.calls.append(len(records))
+        if self.transient_failures_left:
+            self.transient_failures_left -= 1
+            raise StoreUnavailable("database down")
+        if any(r.value.startswith(b"poison") for r in records):
+            raise ValueError("cannot handle poison")
+        return [Outcome(r, (Outgoing("out", r.value, r.key),)) for r in records]
+
+
+def runner_for(bus: MemoryBus, proc: Echo) -> tuple[StageRunner, list[float]]:
+    sleeps: list[float] = []
+    runner = StageRunner("echo", bus, bus.consumer("g", ["in"]), proc, max_records=10, poll_timeout=0.01,
+                         backoff=Backoff(initial=0.1, maximum=1.0), sleep=sleeps.append)
+    return runner, sleeps
+
+
+def publish(bus: MemoryBus, values: list[bytes]) -> None:
+    bus.publish([Outgoing("in", v, b"k") for v in values])
+
+
+def run_until_idle(runner: StageRunner, cycles: int = 20) -> None:
+    for _ in range(cycles):
+        runner.run_once()
+
+
+def test_transient_failure_retries_same_records_without_dead_letter() -> None:
+    bus, proc = MemoryBus(), Echo()
+    publish(bus, [b"a", b"b", b"c"])
+    proc.transient_failures_left = 3
+    runner, sleeps = runner_for(bus, proc)
+    run_until_idle(runner)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"c"]
+    assert bus.records(bus.topics.deadletter) == []
+    assert sleeps == [0.1, 0.2, 0.4] and runner.stats.transient_failures == 3
+
+
+def test_poison_is_isolated_from_its_batch() -> None:
+    bus, proc = MemoryBus(), Echo()
+    publish(bus, [b"a", b"poison-1", b"b"])
+    runner, _ = runner_for(bus, proc)
+    run_until_idle(runner)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b"]
+    [letter] = bus.records(bus.topics.deadletter)
+    assert letter.header("frontdesk-stage") == b"echo" and b"cannot handle poison" in letter.value
+    assert proc.calls[:4] == [3, 1, 1, 1]
+
+
+def test_publish_failure_does_not_commit_and_nothing_is_lost() -> None:
+    bus, proc = MemoryBus(), Echo()
+    publish(bus, [b"a", b"b"])
+    bus.fail_next_publish = BusUnavailable("broker gone")
+    runner, _ = runner_for(bus, proc)
+    run_until_idle(runner)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b"]
+
+
+def test_crash_between_publish_and_commit_redelivers_with_same_outputs() -> None:
+    bus, proc = MemoryBus(), Echo()
+    publish(bus, [b"a", b"b"])
+    crashing = bus.consumer("g", ["in"])
+    crashing.commit = lambda records: (_ for _ in ()).throw(SystemExit("killed"))  # type: ignore[method-assign]
+    runner = StageRunner("echo", bus, crashing, proc, poll_timeout=0.01)
+    try:
+        runner.run_once()
+    except SystemExit:
+        crashing.close()
+    restarted, _ = runner_for(bus, proc)
+    run_until_idle(restarted)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"a", b"b"]
+    assert sum(bus.end_offsets("in").values()) == 2 and restarted.consumer.lag()[0].lag == 0
