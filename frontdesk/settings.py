@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
+import yaml
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from frontdesk.errors import ConfigError
@@ -54,8 +55,8 @@ class ComponentSettings(BaseSettings):
             sources.append(env_settings)
         path = _CONFIG_FILE.get()
         if path is not None:
-            section = getattr(settings_cls, "section", "")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path, yaml_config_section=section))
+            section = yaml_section(path, getattr(settings_cls, "section", ""))
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=section))
         return tuple(sources)
 
     @classmethod
@@ -73,6 +74,20 @@ class ComponentSettings(BaseSettings):
         finally:
             _CONFIG_FILE.reset(tokens[0])
             _ENV_ENABLED.reset(tokens[1])
+
+
+def yaml_section(path: Path, section: str) -> dict[str, Any]:
+    """The mapping under ``section`` in a YAML file ({} when absent). Raises ConfigError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    value = data.get(section) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config file {path}: section '{section}' must be a mapping")
+    return value
 
 
 def _describe(cls: type[ComponentSettings], exc: ValidationError, path: Path | None) -> str:
@@ -124,7 +139,7 @@ class KafkaSettings(ComponentSettings):
     ssl_password: SecretStr | None = None
     replication_factor: int = Field(1, ge=1)
     request_timeout_ms: int = Field(30_000, ge=1000)
-    publish_timeout_s: float = Field(30.0, gt=0)
+    publish_timeout_s: float = Field(60.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     linger_ms: int = Field(5, ge=0)
