@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+DOVECOT_USERS = ("support", "social", "harness")
+DOVECOT_PASSWORD = "secret"
+SMTP_USERS = {"frontdesk": "secret"}
 
 
 def unavailable(what: str, reason: str) -> None:
@@ -58,6 +61,8 @@ def dovecot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     if binary is None:
         unavailable("Dovecot IMAP", reason)
     server = DovecotServer(tmp_path_factory.mktemp("dovecot"))
+    for user in DOVECOT_USERS:
+        server.add_user(user, DOVECOT_PASSWORD)
     server.start()
     yield server
     server.stop()
@@ -69,7 +74,7 @@ def smtp_server() -> Iterator[object]:
         from tests.harness.smtp import RecordingSMTPServer
     except ImportError as exc:
         unavailable("the recording SMTP server (aiosmtpd)", str(exc))
-    server = RecordingSMTPServer(require_auth=True, users={"frontdesk": "secret"})
+    server = RecordingSMTPServer(require_auth=True, users=SMTP_USERS)
     server.start()
     yield server
     server.stop()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from classify.base import KeywordClassifier
+from classify.evaluate import evaluate, expected_calibration_error, macro_f1
+from classify.data import Example
+from classify.stage import ClassifyProcessor
+from frontdesk.bus.base import Outgoing
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.codec import decode, encode
+from frontdesk.messages import DeadLetter, InboundMessage, Party, TriagedMessage
+from frontdesk.stage import StageRunner
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def inbound(i: int, text: str) -> InboundMessage:
+    return InboundMessage.create(connector="chat:web", external_id=str(i), channel="chat",
+                                 sender=Party(handle=f"u{i}"), text=text, received_at=NOW)
+
+
+def test_stage_triages_inbound_and_dead_letters_garbage() -> None:
+    bus = MemoryBus()
+    msgs = [inbound(1, "my account was hacked"), inbound(2, "withdrawal pending"), inbound(3, "thanks!")]
+    bus.publish([Outgoing(bus.topics.inbound, encode(m), m.id.encode()) for m in msgs])
+    bus.publish([Outgoing(bus.topics.inbound, b"garbage", b"x")])
+    runner = StageRunner("classify", bus, bus.consumer("g", [bus.topics.inbound]),
+                         ClassifyProcessor(KeywordClassifier(), bus.topics, clock=lambda: NOW), poll_timeout=0.01)
+    for _ in range(5):
+        runner.run_once()
+    out = {decode(r.value, TriagedMessage).id: decode(r.value, TriagedMessage) for r in bus.records(bus.topics.triaged)}
+    assert {k: (v.triage.category, v.triage.urgency) for k, v in out.items()} == {
+        msgs[0].id: ("security", "critical"), msgs[1].id: ("payments", "high"), msgs[2].id: ("general", "low")}
+    assert all(r.key == decode(r.value, TriagedMessage).id.encode() for r in bus.records(bus.topics.triaged))
+    [letter] = [decode(r.value, DeadLetter) for r in bus.records(bus.topics.deadletter)]
+    assert letter.stage == "classify" and letter.error_type == "DecodeError"
+
+
+def test_evaluate_reports_the_contract_fields() -> None:
+    examples = [
+        Example("my account was hacked", "", "chat", "security", "critical", "en"),
+        Example("withdrawal pending", "", "chat", "payments", "high", "en"),
+        Example("Вывод не пришел", "", "chat", "payments", "high", "ru"),
+    ]
+    report = evaluate(examples, KeywordClassifier(), None)
+    assert report["n"] == 3 and report["category_macro_f1"] == 1.0 and report["language_accuracy"] == 1.0
+    assert set(report["per_language"]) == {"en", "ru"} and report["per_language"]["ru"]["n"] == 1
+    assert report["messages_per_second"] > 0
+
+
+def test_metrics() -> None:
+    assert macro_f1(["a", "b"], ["a", "a"]) == round((2 / 3 + 0) / 2, 4)
+    assert expected_calibration_error([0.9, 0.9], [True, False]) == 0.4
