@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -164,28 +166,88 @@ def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json")] = Fa
     not_yet("parse-mail", 3)
 
 
+def classifier_settings():  # type: ignore[no-untyped-def]
+    from classify.settings import ClassifierSettings
+
+    return load(ClassifierSettings)
+
+
+def stop_on_signals() -> threading.Event:
+    """An Event set by SIGINT/SIGTERM: stages finish their cycle, commit, and exit cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 @app.command()
 def classify() -> None:
-    """Run the classify stage: inbound topic -> triaged topic."""
-    not_yet("the classify stage", 4)
+    """Run the classify stage: inbound topic -> triaged topic (one consumer group)."""
+    from classify.commands import run_stage
+
+    settings = classifier_settings()
+    with open_configured_bus() as bus:
+        guard(lambda: run_stage(bus, settings, stop_on_signals()))
 
 
 @app.command("classify-text")
-def classify_text(text: str) -> None:
+def classify_text(
+    text: str,
+    subject: Annotated[str, typer.Option(help="Email subject, if any")] = "",
+    channel: Annotated[str, typer.Option(help="email, chat or social")] = "email",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Print labels and confidences for one message."""
-    not_yet("classify-text", 4)
+    from classify.commands import classify_text as run
+
+    triage = guard(lambda: run(text, subject, channel, classifier_settings()))
+    if as_json:
+        typer.echo(json.dumps(triage, ensure_ascii=False))
+        return
+    conf = triage["confidence"]
+    for task in ("category", "urgency", "language"):
+        typer.echo(f"{task:10} {triage[task]:22} {conf.get(task, 0):.2f}")
+    typer.echo(f"{'review':10} {'needs review' if triage['needs_review'] else 'no':22}")
+    if triage["reasons"]:
+        typer.echo(f"{'rules':10} {', '.join(triage['reasons'])}")
 
 
 @app.command()
-def train(data: Annotated[Path, typer.Option("--data")], out: Annotated[Optional[Path], typer.Option()] = None) -> None:
-    """Train the classifier heads and write a model card."""
-    not_yet("train", 4)
+def train(
+    data: Annotated[list[Path], typer.Option("--data", help="Labelled JSONL file (repeatable)")],
+    out: Annotated[Optional[Path], typer.Option(help="Model directory (default: the configured one)")] = None,
+    epochs: Annotated[int, typer.Option(help="LoRA fine-tuning epochs; 0 keeps the encoder frozen")] = 4,
+    dev: Annotated[Optional[Path], typer.Option(help="Evaluate on this file and record it in the card")] = None,
+) -> None:
+    """Fine-tune the encoder adapters, train the heads and write a model card."""
+    from classify.commands import train_command
+
+    settings = classifier_settings()
+    target = out or settings.model_dir
+    card = guard(lambda: train_command(data, target, settings, epochs, dev))
+    typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
+    if "dev" in card:
+        d = card["dev"]
+        typer.echo(f"dev: category F1 {d['category_macro_f1']:.3f}  urgency F1 {d['urgency_macro_f1']:.3f}  "
+                   f"language acc {d['language_accuracy']:.3f}")
 
 
 @app.command("eval")
-def evaluate(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Evaluate the classifier (and the TF-IDF baseline) on a labelled JSONL file."""
-    not_yet("eval", 4)
+def evaluate(path: Path, as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False) -> None:
+    """Evaluate the classifier and the TF-IDF baseline on a labelled JSONL file."""
+    from classify.commands import eval_report
+    from classify.evaluate import render
+
+    report = guard(lambda: eval_report(path, classifier_settings()))
+    typer.echo(json.dumps(report, ensure_ascii=False) if as_json else render(report))
+
+
+def guard(action):  # type: ignore[no-untyped-def]
+    """Run ``action``; a Frontdesk error becomes a one-line message and exit code 1."""
+    try:
+        return action()
+    except FrontdeskError as exc:
+        fail(str(exc))
 
 
 @app.command()

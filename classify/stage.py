@@ -1,0 +1,47 @@
+"""The classify stage: inbound topic → triaged topic, in batches, as one consumer group.
+
+Batches come from the bus (``poll_records``); the encoder buckets them by length and pads per
+batch. Output is published before the input is committed (see :mod:`frontdesk.stage`): after a
+crash a message may be triaged twice, both times under its stable id, and the dispatcher treats
+the second as a no-op. Several replicas share the inbound partitions through the consumer group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from classify.base import Classifier, TextItem
+from frontdesk.bus.base import Outgoing, Record, Topics
+from frontdesk.codec import decode, encode
+from frontdesk.errors import DecodeError
+from frontdesk.messages import InboundMessage, TriagedMessage
+from frontdesk.stage import Outcome
+
+
+def text_item(message: InboundMessage) -> TextItem:
+    """What the classifier reads: clean text, or the full text when cleaning left nothing."""
+    return TextItem(message.text or message.full_text, message.subject, message.channel)
+
+
+class ClassifyProcessor:
+    """Stage logic; idempotent for redelivered records (same input → same ids, same labels)."""
+
+    def __init__(self, classifier: Classifier, topics: Topics,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.classifier, self.topics, self.clock = classifier, topics, clock
+
+    def process(self, records: Sequence[Record]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(records)
+        messages: list[tuple[int, InboundMessage]] = []
+        for i, record in enumerate(records):
+            try:
+                messages.append((i, decode(record.value, InboundMessage)))
+            except DecodeError as exc:
+                outcomes[i] = Outcome(record, error=exc)
+        triages = self.classifier.classify([text_item(m) for _, m in messages])
+        now = self.clock()
+        for (i, message), triage in zip(messages, triages, strict=True):
+            out = TriagedMessage(message=message, triage=triage, triaged_at=now)
+            outcomes[i] = Outcome(records[i], (Outgoing(self.topics.triaged, encode(out), message.id.encode()),))
+        return [o for o in outcomes if o is not None]
