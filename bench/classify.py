@@ -4,14 +4,17 @@ Measures in one run, for fp32 and dynamic int8:
 * the bare encoder's batch throughput on the dev texts (length-bucketed batches);
 * the stage end to end, topic to topic: N inbound messages pre-published, then the classify
   stage (decode → classify → publish → commit) drains them; throughput = N / wall time;
-* peak RSS of the process.
+* peak RSS of the process (each variant runs in a process of its own).
 Prints a table; goals: stage ≥ 100 msg/s and ≥ 0.9× the bare encoder, RSS < 1.5 GB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -75,23 +78,37 @@ def bench_stage(model: TriageModel, msgs: list[InboundMessage], bus: Bus, batch:
     return len(msgs) / elapsed
 
 
+def run_variant(args: argparse.Namespace) -> None:
+    """One variant in this process (so peak RSS is that variant's own); prints a JSON row."""
+    msgs = messages(args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        bus = open_bus(args.kafka, Path(tmp))
+        model = TriageModel(ClassifierSettings(quantize=args.variant))
+        enc = bench_encoder(model, msgs)
+        stage = bench_stage(model, msgs, bus, args.batch)
+        bus.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"variant": args.variant, "encoder": enc, "stage": stage, "rss": rss}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64, help="records per stage cycle")
     parser.add_argument("--kafka", default=None, help="bootstrap servers; default: the embedded bus")
+    parser.add_argument("--variant", choices=("none", "int8"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    msgs = messages(args.n)
+    if args.variant:
+        run_variant(args)
+        return
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        bus = open_bus(args.kafka, Path(tmp))
-        for quantize in ("none", "int8"):
-            model = TriageModel(ClassifierSettings(quantize=quantize))
-            enc = bench_encoder(model, msgs)
-            stage = bench_stage(model, msgs, bus, args.batch)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            rows.append((quantize, enc, stage, stage / enc, rss))
-        bus.close()
+    for variant in ("none", "int8"):
+        cmd = [sys.executable, "-m", "bench.classify", "--variant", variant, "--n", str(args.n), "--batch", str(args.batch)]
+        if args.kafka:
+            cmd += ["--kafka", args.kafka]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        rows.append((variant, row["encoder"], row["stage"], row["stage"] / row["encoder"], row["rss"]))
     print(f"\nclassify benchmark: {args.n} messages (dev texts), bus={'kafka' if args.kafka else 'embedded'}, "
           f"batch={args.batch}")
     print(f"{'variant':8} {'encoder msg/s':>14} {'stage msg/s':>12} {'stage/encoder':>14} {'peak RSS MB':>12}")

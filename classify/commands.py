@@ -38,11 +38,11 @@ def train_command(data: list[Path], out: Path, settings: ClassifierSettings, epo
 
 def eval_report(path: Path, settings: ClassifierSettings) -> dict[str, Any]:
     from classify.evaluate import evaluate
-    from classify.model import load_heads
+    from classify.model import BASELINE, load_heads
 
     examples = read_examples(path)
     model = load_model(settings)
-    baseline = load_heads(settings.model_dir).get("baseline")
+    baseline = load_heads(settings.model_dir, BASELINE)
     return evaluate(examples, model, baseline)
 
 

@@ -145,7 +145,7 @@ def finetune(
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         log.info("epoch %d/%d loss %.3f (%.0fs)", epoch + 1, cfg.epochs, loss_sum / step, time.perf_counter() - started)
     stats = {"seconds": time.perf_counter() - started, "final_loss": loss_sum / max(step, 1),
              "wrapped_layers": float(len(wrapped)), "examples": float(len(texts))}

@@ -1,10 +1,11 @@
 """The shipped triage model: e5 encoder (+ merged LoRA adapters) with calibrated heads.
 
 A model directory holds ``card.json`` (what was trained on what, and how it scored),
-``adapters.safetensors`` (LoRA deltas for the encoder, fp16) and ``heads.joblib`` (the
-category/urgency heads with their temperatures, the language n-gram model and the TF-IDF
-baseline). Model directories are trusted artifacts: ``heads.joblib`` is a pickle, so only load
-directories you built or shipped yourself.
+``adapters.safetensors`` (LoRA deltas for the encoder, fp16), ``heads.joblib`` (the
+category/urgency heads with their temperatures and the language n-gram model) and
+``baseline.joblib`` (the TF-IDF baseline, loaded by ``frontdesk eval`` only). Model directories
+are trusted artifacts: the ``.joblib`` files are pickles, so only load directories you built or
+shipped yourself.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from frontdesk.messages import Triage
 
 log = logging.getLogger(__name__)
 
-CARD, HEADS, ADAPTERS = "card.json", "heads.joblib", "adapters.safetensors"
+CARD, HEADS, ADAPTERS, BASELINE = "card.json", "heads.joblib", "adapters.safetensors", "baseline.joblib"
 
 
 @dataclass
@@ -43,7 +44,14 @@ class Head:
         return [str(c) for c in self.estimator.classes_]
 
     def proba(self, x: Any) -> np.ndarray:
-        scores = np.asarray(self.estimator.decision_function(x), dtype=np.float64) / self.temperature
+        return self._softmax(self.estimator.decision_function(x))
+
+    def proba_from_features(self, features: Any) -> np.ndarray:
+        """For a pipeline head: skip the feature step (already computed by the caller)."""
+        return self._softmax(self.estimator[-1].decision_function(features))
+
+    def _softmax(self, raw: Any) -> np.ndarray:
+        scores = np.asarray(raw, dtype=np.float64) / self.temperature
         scores -= scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -65,8 +73,22 @@ class EnsembleHead:
     def classes(self) -> list[str]:
         return self.encoder.classes
 
-    def proba(self, x: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        return self.weight * self.encoder.proba(x) + (1.0 - self.weight) * self.ngram.proba(texts)
+    def proba(self, x: np.ndarray, texts: Sequence[str], features: Any | None = None) -> np.ndarray:
+        """``features``: the n-gram pipeline's transformed ``texts``, when the caller shares them."""
+        ngram = self.ngram.proba(texts) if features is None else self.ngram.proba_from_features(features)
+        return self.weight * self.encoder.proba(x) + (1.0 - self.weight) * ngram
+
+
+def same_features(a: Head, b: Head) -> bool:
+    """True if two n-gram heads were fitted with identical feature extractors (same texts)."""
+    try:
+        fa, fb = a.estimator[:-1][0], b.estimator[:-1][0]
+        return all(
+            ta.vocabulary_ == tb.vocabulary_ and np.array_equal(ta.idf_, tb.idf_)
+            for (_, ta), (_, tb) in zip(fa.transformer_list, fb.transformer_list, strict=True)
+        )
+    except (AttributeError, TypeError, IndexError, ValueError):
+        return False
 
 
 def read_card(model_dir: Path) -> dict[str, Any]:
@@ -76,13 +98,26 @@ def read_card(model_dir: Path) -> dict[str, Any]:
         raise ClassifierError(f"no usable model card in {model_dir}: {exc} (run `frontdesk train`)") from exc
 
 
-def load_heads(model_dir: Path) -> dict[str, Any]:
+def load_heads(model_dir: Path, name: str = HEADS) -> dict[str, Any]:
+    """Load ``heads.joblib`` (or ``baseline.joblib``) from a trusted model directory."""
     import joblib
 
     try:
-        return joblib.load(model_dir / HEADS)
+        return joblib.load(model_dir / name)
     except (OSError, EOFError, ValueError) as exc:
-        raise ClassifierError(f"cannot load heads from {model_dir}: {exc}") from exc
+        raise ClassifierError(f"cannot load {name} from {model_dir}: {exc}") from exc
+
+
+def _release_load_buffers() -> None:
+    """Loading leaves the fp32 checkpoint's buffers in freed-but-held heap; give them back."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class TriageModel(Classifier):
@@ -101,6 +136,8 @@ class TriageModel(Classifier):
             )
         heads = load_heads(settings.model_dir)
         self.heads: dict[str, EnsembleHead] = {"category": heads["category"], "urgency": heads["urgency"]}
+        # Both n-gram heads are fitted on the same texts, so one feature pass can serve both.
+        self._shared_features = same_features(self.heads["category"].ngram, self.heads["urgency"].ngram)
         self.language = LanguageIdentifier(settings.languages, heads.get("language"))
         self.encoder = E5Encoder(
             resolve_model(settings.encoder, settings.cache_dir), max_tokens=settings.max_tokens,
@@ -113,6 +150,7 @@ class TriageModel(Classifier):
             log.info("merged %d LoRA adapters", merged)
         if settings.quantize == "int8":
             self.encoder.quantize_int8()
+        _release_load_buffers()
         self.model_version = f"{self.card['version']}+{settings.quantize}"
 
     def embed(self, items: Sequence[TextItem]) -> np.ndarray:
@@ -123,7 +161,8 @@ class TriageModel(Classifier):
             return []
         x = self.embed(items)
         plain = [compose(i.subject, i.text) for i in items]
-        probs = {task: head.proba(x, plain) for task, head in self.heads.items()}
+        feats = self.heads["category"].ngram.estimator[:-1].transform(plain) if self._shared_features else None
+        probs = {task: head.proba(x, plain, feats) for task, head in self.heads.items()}
         languages = self.language.identify(plain)
         return [self._triage(n, plain[n], probs, languages[n]) for n in range(len(items))]
 

@@ -9,7 +9,7 @@ Steps (all on CPU, deterministic for a given seed):
 4. on *calibration*: each head's softmax temperature (minimum negative log-likelihood), then the
    encoder's share in their probability mix (best macro-F1);
 5. fit the character n-gram language model and the TF-IDF baseline on all training data;
-6. write ``adapters.safetensors``, ``heads.joblib`` and ``card.json`` (written last).
+6. write ``adapters.safetensors``, ``heads.joblib``, ``baseline.joblib`` and ``card.json`` (last).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from classify.data import Example, read_examples
 from classify.finetune import LoraConfig, finetune, merge_adapters, save_adapters
 from classify.language import fit_ngram_model
 from classify.evaluate import macro_f1
-from classify.model import ADAPTERS, CARD, HEADS, EnsembleHead, Head
+from classify.model import ADAPTERS, BASELINE, CARD, HEADS, EnsembleHead, Head
 from classify.settings import ClassifierSettings
 from classify.text import compose, model_input
 
@@ -64,17 +64,15 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, lora: L
     heads = {t: fit_ensemble(x_fit, t_fit, [getattr(e, t) for e in fit], x_cal, t_cal, [getattr(e, t) for e in calib])
              for t in TASKS}
     plain = [compose(e.subject, e.text) for e in examples]
-    bundle = {
-        **heads,
-        "language": fit_ngram_model(plain, [e.language for e in examples]),
-        "baseline": fit_baseline(plain, {t: [getattr(e, t) for e in examples] for t in TASKS}),
-    }
+    bundle = {**heads, "language": fit_ngram_model(plain, [e.language for e in examples])}
+    baseline = fit_baseline(plain, {t: [getattr(e, t) for e in examples] for t in TASKS})
     out.mkdir(parents=True, exist_ok=True)
     if adapters:
         save_adapters(out / ADAPTERS, adapters)
     elif (out / ADAPTERS).exists():
         (out / ADAPTERS).unlink()
     joblib.dump(bundle, out / HEADS, compress=3)
+    joblib.dump(baseline, out / BASELINE, compress=3)
     card = _card(data, examples, fit, calib, settings, lora if adapters else None, stats, heads, started)
     (out / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
