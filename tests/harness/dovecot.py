@@ -17,77 +17,36 @@ Usage::
         ...
     # imap.maildir("alice") is the user's Maildir on disk (root: owned by nobody)
 
-Capabilities (Dovecot 2.3.19 defaults; the pre-login greeting lists only
-IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN
-AUTH=LOGIN, after login also UIDPLUS MOVE NAMESPACE CONDSTORE QRESYNC
-SPECIAL-USE NOTIFY ESEARCH SORT THREAD ...); authentication is plain text
-(``ssl = no``, ``disable_plaintext_auth = no``, no STARTTLS).  Drafts, Sent,
-Trash and Junk carry SPECIAL-USE flags but are not auto-created.  The hierarchy
-separator is ``/`` (``namespace inbox { separator = / }``), mailboxes are
-Maildir++ under ``<home>/Maildir``.
+The configuration is ``dovecot.conf.in``.  Capabilities are Dovecot 2.3.19's
+defaults (pre-login only IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE
+LITERAL+ AUTH=PLAIN AUTH=LOGIN; after login also UIDPLUS MOVE NAMESPACE
+CONDSTORE QRESYNC SPECIAL-USE NOTIFY ESEARCH SORT THREAD ...); plain-text
+authentication, no STARTTLS.  Drafts, Sent, Trash and Junk carry SPECIAL-USE
+flags but are not auto-created.  Mailboxes are Maildir++ under ``<home>/Maildir``.
 
 IDLE: Dovecot watches the Maildir with inotify and pushes ``* N EXISTS`` about
-0.5 s after another session's APPEND (measured ~0.5 s here).
+0.5 s after another session's APPEND (measured).
 
-mbsync (isync 1.4) works against it with ``SSLType None`` + ``AuthMechs
-LOGIN`` -- isync refuses to send a password over an unencrypted connection
-unless LOGIN is explicitly allowed.  :func:`mbsync_config` renders a
-configuration of this shape::
-
-    IMAPAccount test
-    Host 127.0.0.1
-    Port 40123
-    User "alice"
-    Pass "secret"
-    SSLType None
-    AuthMechs LOGIN
-    Timeout 20
-
-    IMAPStore test-remote
-    Account test
-
-    MaildirStore test-local
-    Path /tmp/x/mail/
-    Inbox /tmp/x/mail/INBOX
-    SubFolders Verbatim
-
-    Channel test
-    Far :test-remote:
-    Near :test-local:
-    Patterns *
-    Create Near
-    Expunge None
-    SyncState *
-
-and ``mbsync -c FILE -a`` (or ``-V``) then syncs every folder into the local
-Maildir.
+mbsync works against it: see ``mbsync.py`` (:func:`mbsync_config` and
+:func:`find_mbsync` are re-exported here).
 
 Gotchas:
 
-* The dovecot master keeps the stdout/stderr it was started with open (and
-  forks children that inherit them): it is always started with stdin from
-  /dev/null and stdout/stderr appended to ``<run_dir>/dovecot.out``, never a
-  pipe -- a pipe would make ``subprocess.run(..., capture_output=True)`` or a
-  pytest capture hang.
+* The master's stdout/stderr, which its children inherit and keep open, go
+  to ``<run_dir>/dovecot.out``, never a pipe -- a pipe would make
+  ``subprocess.run(..., capture_output=True)`` or a pytest capture hang.
 * Running as root: the master runs as root, imap-login as ``dovenull``, the
-  internal services (auth, anvil, stats...) as ``dovecot`` (falling back to
-  ``nobody``/``nogroup`` when those accounts are missing), and the mail
-  processes as ``nobody:nogroup`` which owns the homes (Dovecot refuses mail
-  access as uid 0).  All of them must be able to traverse to the run dir; when
-  ``workdir`` is not traversable (pytest's ``tmp_path`` lives under 0700
-  ``/tmp/pytest-of-root``) or too deep for Unix socket paths, a private
-  ``/tmp/dovecot-*`` dir is used instead (see ``run_dir``), removed by
-  ``close()``/``__exit__``.
-* Not root: every service runs as the calling user; ``chroot =`` is set for
-  imap-login and anvil (they chroot by default, which needs root).
+  internal services as ``dovecot`` and the mail processes as ``nobody`` (which
+  owns the homes; Dovecot refuses mail access as uid 0), each falling back to
+  ``nobody``.  When not all of them can traverse to ``workdir`` (pytest's
+  ``tmp_path`` is under 0700 ``/tmp/pytest-of-root``) or it is too deep for
+  Unix socket paths, a private ``/tmp/dovecot-*`` dir is used instead (see
+  ``run_dir``), removed by ``close()``/``__exit__``.  Not root: every service
+  runs as the calling user (``chroot =`` for imap-login and anvil).
 * ``mail_max_userip_connections`` is raised to 100 (default 10 per user+IP is
   easy to hit with IDLE watchers plus workers).
-* ``add_user`` after ``start()`` needs no reload, but Dovecot 2.3 re-reads a
-  passwd-file only if its mtime *second* or size changed and checks at most
-  once per second; a user added right after another login was rejected (with
-  the 2 s auth-failure delay).  ``add_user`` therefore bumps the mtime and,
-  while the server runs, sleeps into the next second (~0.5-1 s).  Add users
-  before ``start()`` when you can.
+* ``add_user`` after ``start()`` needs no reload but blocks up to 1 s (see
+  ``_sync_users``): add users before ``start()`` when you can.
 * ``stop()`` sends SIGTERM to the whole process group (~20 ms).  SIGTERM to
   the master alone takes ~1 s and a logged-in imap process then lingers ~10 s
   more ("Server shutting down"), holding the client connection open.  Even
@@ -98,40 +57,35 @@ Gotchas:
 * ``kill()`` SIGKILLs the whole process group (master, login, auth, imap
   processes) so the port is released immediately and clients see the
   connection drop (EOF); the stale master.pid is removed so ``start()`` works.
-* Waiting for the group to be gone scans /proc and ignores zombies: orphaned
-  Dovecot children are re-parented to init, which on this VM reaps them only
-  after ~1-2 s, so ``os.killpg(pgid, 0)`` keeps "succeeding".
+  Waiting for the group to be gone ignores zombies (``process.group_alive``):
+  orphaned Dovecot children are reaped by init only after ~1-2 s here.
 """
 
 from __future__ import annotations
 
-import atexit
-import grp
 import imaplib
 import os
 import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
-import tempfile
-import threading
 import time
-import weakref
 from pathlib import Path
+from string import Template
+
+from .accounts import account, group_name, usable_dir
+from .mbsync import find_mbsync, mbsync_config  # noqa: F401 - re-exported
+from .process import (
+    HOST, ServerProcess, free_port, group_alive, kill_group, read_tail, signal_group,
+    wait_group_gone, wait_until,
+)
 
 __all__ = ["DovecotServer", "find_dovecot", "free_port", "mbsync_config"]
 
-HOST = "127.0.0.1"
+# dovecot.conf for the test instance, with ${...} fields filled by render_config()
+_CONFIG = Template((Path(__file__).parent / "dovecot.conf.in").read_text())
 _BASE_DIR_BUDGET = 70  # longest socket under base_dir is ~25 chars; sun_path is 108
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is currently free on ``host`` (racy, but fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def find_dovecot() -> tuple[Path | None, str]:
@@ -153,166 +107,14 @@ def find_dovecot() -> tuple[Path | None, str]:
     return None, "dovecot binary not found (/usr/sbin/dovecot or PATH); apt-get install dovecot-imapd"
 
 
-def find_mbsync() -> tuple[Path | None, str]:
-    """Locate isync's ``mbsync``: ``(path, version)`` or ``(None, reason)``."""
-    which = shutil.which("mbsync")
-    if not which:
-        return None, "mbsync not found on PATH; apt-get install isync"
-    out = subprocess.run([which, "--version"], capture_output=True, text=True, timeout=10).stdout
-    return Path(which), out.strip()
-
-
-def mbsync_config(
-    host: str,
-    port: int,
-    user: str,
-    password: str,
-    local_dir: Path | str,
-    *,
-    name: str = "test",
-    patterns: str = "*",
-    create: str = "Near",
-    expunge: str = "None",
-    extra_channel_lines: tuple[str, ...] = (),
-) -> str:
-    """Render an isync 1.4 (``Far``/``Near``) config syncing ``user``'s mailbox
-    into the Maildir ``local_dir`` (INBOX -> ``local_dir/INBOX``, sub-folders
-    verbatim).  Write it to a file and run ``mbsync -c FILE -a``.
-
-    ``SSLType None`` + ``AuthMechs LOGIN`` is what makes isync talk to the
-    plain-text test server (it will not send a password in clear otherwise).
-    ``SyncState *`` keeps isync's state inside the local Maildir folders.
-    ``local_dir`` is created if missing (mbsync fails with "cannot open
-    store" otherwise).  mbsync prints "*** IMAP Warning *** Password is being
-    sent in the clear" on stderr; that is expected.
-    """
-    Path(local_dir).mkdir(parents=True, exist_ok=True)
-    local = str(Path(local_dir).absolute()).rstrip("/")
-    for v in (user, password):
-        if '"' in v or "\n" in v:
-            raise ValueError("user/password may not contain '\"' or newlines")
-    lines = [
-        f"IMAPAccount {name}",
-        f"Host {host}",
-        f"Port {port}",
-        f'User "{user}"',
-        f'Pass "{password}"',
-        "SSLType None",
-        "AuthMechs LOGIN",
-        "Timeout 20",
-        "",
-        f"IMAPStore {name}-remote",
-        f"Account {name}",
-        "",
-        f"MaildirStore {name}-local",
-        f"Path {local}/",
-        f"Inbox {local}/INBOX",
-        "SubFolders Verbatim",
-        "",
-        f"Channel {name}",
-        f"Far :{name}-remote:",
-        f"Near :{name}-local:",
-        f"Patterns {patterns}",
-        f"Create {create}",
-        f"Expunge {expunge}",
-        "SyncState *",
-        *extra_channel_lines,
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _account(names: tuple[str, ...], fallback: str = "nobody") -> pwd.struct_passwd:
-    for n in (*names, fallback):
-        try:
-            return pwd.getpwnam(n)
-        except KeyError:
-            continue
-    raise RuntimeError(f"none of the accounts {names + (fallback,)} exist")
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:  # pragma: no cover
-        return str(gid)
-
-
-def _traversable_by(path: Path, uid: int, gid: int) -> bool:
-    """True if every existing directory from / down to ``path`` is searchable by uid/gid."""
-    try:
-        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    except KeyError:  # pragma: no cover
-        groups = {gid}
-    path = path.resolve()
-    for p in [*reversed(path.parents), path]:
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            break
-        if uid == 0:
-            continue
-        if st.st_uid == uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return False
-    return True
-
-
-def _group_alive(pgid: int, exclude: int | None = None) -> bool:
-    """True if a non-zombie process is left in process group ``pgid``.
-
-    ``os.killpg(pgid, 0)`` is not enough: orphaned children that died are
-    zombies until init reaps them, and this machine's init reaps lazily
-    (seconds).  Linux: scan /proc; elsewhere fall back to killpg.
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():  # pragma: no cover
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            raw = (d / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()
-        if (
-            len(fields) > 2
-            and int(fields[2]) == pgid
-            and fields[0] not in (b"Z", b"X")
-            and int(d.name) != exclude
-        ):
-            return True
-    return False
-
-
-_LIVE: "weakref.WeakSet[DovecotServer]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:  # pragma: no cover - exit path
-    for srv in list(_LIVE):
-        try:
-            srv.close()
-        except Exception:
-            pass
-
-
-class DovecotServer:
+class DovecotServer(ServerProcess):
     """A real Dovecot IMAP server (plain IMAP, no TLS) on 127.0.0.1:``port``.
 
     The port is chosen once and kept across ``restart()``.  Users live in a
     passwd-file; their mail in ``home(user)/Maildir``.
     """
+
+    _poll_interval = 0.03  # between probes for the IMAP greeting
 
     def __init__(
         self,
@@ -325,6 +127,7 @@ class DovecotServer:
         separator: str = "/",
         extra_config: str = "",
     ) -> None:
+        super().__init__()
         self.workdir = Path(workdir).absolute()
         self.host = HOST
         self._port = port
@@ -334,26 +137,21 @@ class DovecotServer:
         self.separator = separator
         self.extra_config = extra_config
         self.users: dict[str, str] = {}
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.RLock()
-        self._fallback_dir: Path | None = None
         self.run_dir: Path | None = None
-        self._out_fh = None
-        self.start_seconds: float | None = None
 
         self._root = os.geteuid() == 0
         if self._root:
-            self._login = _account(("dovenull",))
-            self._internal = _account(("dovecot",))
-            self._mail = _account(("nobody",))
+            self._login = account(("dovenull",))
+            self._internal = account(("dovecot",))
+            self._mail = account(("nobody",))
             self._login_user = self._login.pw_name
             self._internal_user = self._internal.pw_name
-            self._internal_group = _group_name(self._internal.pw_gid)
+            self._internal_group = group_name(self._internal.pw_gid)
             self.mail_uid, self.mail_gid = self._mail.pw_uid, self._mail.pw_gid
         else:
             me = pwd.getpwuid(os.geteuid())
             self._login_user = self._internal_user = me.pw_name
-            self._internal_group = _group_name(os.getegid())
+            self._internal_group = group_name(os.getegid())
             self.mail_uid, self.mail_gid = os.geteuid(), os.getegid()
 
     # ---------------------------------------------------------------- paths
@@ -375,14 +173,10 @@ class DovecotServer:
     def _prepare_dirs(self) -> Path:
         if self.run_dir is not None:
             return self.run_dir
-        self.workdir.mkdir(parents=True, exist_ok=True)
         run_dir = self.workdir
-        ok = len(str(run_dir / "base")) <= _BASE_DIR_BUDGET and all(
-            _traversable_by(run_dir.parent, u, g) for u, g in self._uids_needing_access()
-        )
-        if not ok:
-            run_dir = Path(tempfile.mkdtemp(prefix="dovecot-", dir="/tmp"))
-            self._fallback_dir = run_dir
+        usable = usable_dir(run_dir, self._uids_needing_access())
+        if len(str(run_dir / "base")) > _BASE_DIR_BUDGET or not usable:
+            run_dir = self._private_dir("dovecot-")
         if self._root:
             os.chmod(run_dir, 0o755)
         for sub in ("base", "state", "home"):
@@ -423,12 +217,8 @@ class DovecotServer:
 
     # ---------------------------------------------------------------- users
     def add_user(self, name: str, password: str) -> None:
-        """Create (or re-password) an IMAP user; works while the server runs.
-
-        While the server runs this blocks until the next wall-clock second
-        (<= 1 s) so the change is visible to the very next login -- add
-        users before ``start()`` when you can.
-        """
+        """Create (or re-password) an IMAP user; while the server runs this
+        blocks until the next wall-clock second (see ``_sync_users``)."""
         for v in (name, password):
             if not v or any(c in v for c in ":\n\r\0"):
                 raise ValueError(f"invalid user name/password {v!r} (no ':' or newlines)")
@@ -478,162 +268,64 @@ class DovecotServer:
     def render_config(self) -> str:
         run = self._prepare_dirs()
         debug = "yes" if self.debug else "no"
-        return f"""\
-# generated by tests/harness/dovecot.py -- do not edit
-protocols = imap
-listen = {HOST}
-base_dir = {run / "base"}
-state_dir = {run / "state"}
-log_path = {self.log_path}
-info_log_path = {self.log_path}
-debug_log_path = {self.log_path}
-instance_name = dovecot-test-{self.port}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_verbose = yes
-auth_debug = {debug}
-mail_debug = {debug}
-verbose_proctitle = yes
-mail_location = maildir:~/Maildir
-mail_fsync = never
-first_valid_uid = 1
-first_valid_gid = 1
-mail_max_userip_connections = 100
-default_login_user = {self._login_user}
-default_internal_user = {self._internal_user}
-default_internal_group = {self._internal_group}
-import_environment = TZ
-
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.users_file}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {self.users_file}
-}}
-
-namespace inbox {{
-  inbox = yes
-  prefix =
-  separator = {self.separator}
-  mailbox Drafts {{
-    special_use = \\Drafts
-  }}
-  mailbox Sent {{
-    special_use = \\Sent
-  }}
-  mailbox Trash {{
-    special_use = \\Trash
-  }}
-  mailbox Junk {{
-    special_use = \\Junk
-  }}
-}}
-
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = {HOST}
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-protocol imap {{
-  mail_max_userip_connections = 100
-}}
-{self.extra_config}
-"""
+        return _CONFIG.substitute(
+            base_dir=run / "base", state_dir=run / "state", log_path=self.log_path,
+            port=self.port, debug=debug, login_user=self._login_user,
+            internal_user=self._internal_user, internal_group=self._internal_group,
+            users_file=self.users_file, separator=self.separator,
+            extra_config=self.extra_config, host=HOST,
+        )
 
     # -------------------------------------------------------------- process
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     @property
     def master_pid_path(self) -> Path:
         return self.base_dir / "master.pid"
 
-    def start(self) -> "DovecotServer":
-        with self._lock:
-            if self.running:
-                return self
-            t0 = time.monotonic()
-            self._prepare_dirs()
-            self._sync_users(wait=False)
-            self.config_path.write_text(self.render_config())
-            self._close_out()
-            self._out_fh = open(self.out_path, "ab")
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                "TZ": os.environ.get("TZ", "UTC"),
-                "LANG": "C",
-            }
-            self._proc = subprocess.Popen(
-                [str(self.binary), "-F", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=self._out_fh, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env, cwd=str(self.run_dir),
-            )
-            _LIVE.add(self)
-            try:
-                self._wait_greeting(t0 + self.startup_timeout)
-            except BaseException:
-                self.kill()
-                raise
-            self.start_seconds = time.monotonic() - t0
-            return self
+    def _launch(self) -> None:
+        self._prepare_dirs()
+        self._sync_users(wait=False)
+        self.config_path.write_text(self.render_config())
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "TZ": os.environ.get("TZ", "UTC"),
+            "LANG": "C",
+        }
+        self._spawn(
+            [str(self.binary), "-F", "-c", str(self.config_path)], self.out_path,
+            env=env, cwd=str(self.run_dir),
+        )
 
-    def _wait_greeting(self, deadline: float) -> None:
-        last: object = None
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"dovecot exited with {self._proc.returncode if self._proc else '?'} "
-                    f"during startup:\n{self.diagnostics()}"
-                )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=2) as s:
-                    line = b""
-                    while b"\n" not in line and len(line) < 4096:
-                        chunk = s.recv(4096)
-                        if not chunk:
-                            break
-                        line += chunk
-                    if line.startswith(b"* OK"):
-                        try:
-                            s.sendall(b"z LOGOUT\r\n")
-                        except OSError:
-                            pass
-                        return
-                    last = line
-            except OSError as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"dovecot on {self.host}:{self.port} gave no IMAP greeting after "
-                    f"{self.startup_timeout}s ({last!r}):\n{self.diagnostics()}"
-                )
-            time.sleep(0.03)
+    def _probe(self) -> object:
+        """None once the IMAP greeting arrives, else what came instead."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2) as s:
+                line = b""
+                while b"\n" not in line and len(line) < 4096:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    line += chunk
+                if line.startswith(b"* OK"):
+                    try:
+                        s.sendall(b"z LOGOUT\r\n")
+                    except OSError:
+                        pass
+                    return None
+                return line
+        except OSError as exc:
+            return exc
+
+    _exited = "dovecot exited with {returncode} during startup:\n{log}"
+    _not_ready = (
+        "dovecot on {host}:{port} gave no IMAP greeting after {timeout}s ({last!r}):\n{log}"
+    )
 
     def diagnostics(self, n: int = 30) -> str:
-        out = []
-        for p in (self.out_path, self.log_path):
-            try:
-                tail = "\n".join(p.read_text(errors="replace").splitlines()[-n:])
-            except OSError:
-                tail = "<missing>"
-            out.append(f"--- {p}\n{tail}")
-        return "\n".join(out)
+        return "\n".join(
+            f"--- {p}\n{read_tail(p, n, '<missing>')}" for p in (self.out_path, self.log_path)
+        )
+
+    _startup_log = diagnostics
 
     def log_text(self) -> str:
         try:
@@ -641,29 +333,11 @@ protocol imap {{
         except OSError:
             return ""
 
-    def _close_out(self) -> None:
-        if self._out_fh is not None:
-            self._out_fh.close()
-            self._out_fh = None
-
-    def _wait_pidfile_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.master_pid_path.exists():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
     def stop(self, timeout: float = 20.0) -> None:
-        """Graceful shutdown: SIGTERM to the whole Dovecot process group.
+        """Graceful shutdown: SIGTERM to the whole Dovecot process group (see module docstring).
 
         Waits for the master to exit, for ``master.pid`` to disappear and for
         every Dovecot process to be gone (SIGKILL after ``timeout``).
-
-        SIGTERM to the master alone is slow: the master lingers ~1 s and
-        logged-in imap processes only go away ~10 s later ("Server shutting
-        down"), keeping client connections open; signalling the group takes
-        ~20 ms and clients get a clean disconnect.
         """
         with self._lock:
             proc = self._proc
@@ -675,30 +349,26 @@ protocol imap {{
                 except (ProcessLookupError, PermissionError):
                     proc.terminate()
                 self._wait_master_exit(proc, timeout)
-            if not self._wait_pidfile_gone(timeout):
+            if not wait_until(lambda: not self.master_pid_path.exists(), timeout, 0.02):
                 self.master_pid_path.unlink(missing_ok=True)
-            if not self._wait_group_gone(proc.pid, timeout):
-                self._killpg(proc)
-                self._wait_group_gone(proc.pid, 10)
-            self._proc = None
-            self._close_out()
+            if not wait_group_gone(proc.pid, timeout):
+                signal_group(proc.pid, signal.SIGKILL)
+                wait_group_gone(proc.pid, 10)
+            self._forget_proc()
 
     def _wait_master_exit(self, proc: subprocess.Popen, timeout: float) -> None:
-        # The master polls its children's status in 100 ms steps with a
-        # whole-second deadline and, racing with the group SIGTERM, often sits
-        # out that full ~1 s although every child is already gone.  Once no
-        # other Dovecot process is left for 100 ms there is nothing left to
-        # shut down gracefully: SIGKILL the master and drop its master.pid.
+        # The master often idles ~1 s after its children are gone (module
+        # docstring): once it has been alone for 100 ms, SIGKILL it.
         deadline = time.monotonic() + timeout
         alone_since: float | None = None
         while proc.poll() is None:
             now = time.monotonic()
-            if _group_alive(proc.pid, exclude=proc.pid):
+            if group_alive(proc.pid, exclude=proc.pid):
                 alone_since = None
             elif alone_since is None:
                 alone_since = now
             if now > deadline or (alone_since is not None and now - alone_since > 0.1):
-                self._killpg(proc)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(10)
                 self.master_pid_path.unlink(missing_ok=True)
                 break
@@ -710,53 +380,14 @@ protocol imap {{
             proc = self._proc
             if proc is None:
                 return
-            self._killpg(proc)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                proc.kill()
-                proc.wait(10)
-            self._wait_group_gone(proc.pid)
+            kill_group(proc)
             self.master_pid_path.unlink(missing_ok=True)
-            self._proc = None
-            self._close_out()
-
-    @staticmethod
-    def _killpg(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    @staticmethod
-    def _wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not _group_alive(pgid):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+            self._forget_proc()
 
     def restart(self, timeout: float = 20.0) -> "DovecotServer":
         """Stop (gracefully) if running, then start on the same port; mail is kept."""
         self.stop(timeout)
         return self.start()
-
-    def close(self) -> None:
-        """Stop and remove the private fallback run dir (``workdir`` is left alone)."""
-        self.stop()
-        _LIVE.discard(self)
-        if self._fallback_dir is not None:
-            shutil.rmtree(self._fallback_dir, ignore_errors=True)
-            self._fallback_dir = None
-            self.run_dir = None
-
-    def __enter__(self) -> "DovecotServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

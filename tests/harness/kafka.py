@@ -1,8 +1,7 @@
 """A real single-node Apache Kafka 4.x broker (KRaft, combined broker+controller) for tests.
 
-The jars come from Maven Central via ``scripts/kafka-jars.sh`` (see
-``tools/kafka/pom.xml``) and are cached under
-``${FRONTDESK_CACHE:-~/.cache/frontdesk}/kafka/<version>/libs``.  No emulator.
+Java and the cached Maven Central jars are located by ``kafka_libs.py`` (no
+emulator); its functions and constants are re-exported here.
 
 Typical use::
 
@@ -21,26 +20,21 @@ Only the standard library and kafka-python are used here.
 
 from __future__ import annotations
 
-import atexit
 import base64
-import hashlib
 import os
-import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
-import weakref
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POM = REPO_ROOT / "tools" / "kafka" / "pom.xml"
-JARS_SCRIPT = REPO_ROOT / "scripts" / "kafka-jars.sh"
-STAMP_NAME = ".pom.sha256"  # written by scripts/kafka-jars.sh
-MIN_JAVA = 17
+from .kafka_libs import (  # noqa: F401 - re-exported
+    JARS_SCRIPT, MIN_JAVA, POM, REPO_ROOT, STAMP_NAME, KafkaBrokerError, find_java,
+    find_kafka_libs, kafka_version, libs_dir,
+)
+from .process import cleanup_at_exit, escalate, free_port, spawn
 
 __all__ = [
     "KafkaBroker",
@@ -53,115 +47,6 @@ __all__ = [
 ]
 
 
-class KafkaBrokerError(RuntimeError):
-    """The broker could not be formatted, started or stopped."""
-
-
-# --------------------------------------------------------------------------- #
-# locating java and the jars
-
-
-def kafka_version() -> str:
-    """The Kafka version pinned in tools/kafka/pom.xml."""
-    m = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
-    if not m:
-        raise KafkaBrokerError(f"no <kafka.version> in {POM}")
-    return m.group(1).strip()
-
-
-def libs_dir() -> Path:
-    """Where scripts/kafka-jars.sh puts the jars (whether or not it has run)."""
-    cache = os.environ.get("FRONTDESK_CACHE") or str(Path.home() / ".cache" / "frontdesk")
-    return Path(cache) / "kafka" / kafka_version() / "libs"
-
-
-def find_java() -> tuple[str | None, str]:
-    """(path to a java >= 17, "") or (None, reason)."""
-    candidates = []
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidates.append(str(Path(java_home) / "bin" / "java"))
-    on_path = shutil.which("java")
-    if on_path:
-        candidates.append(on_path)
-    for java in candidates:
-        if not (os.path.isfile(java) and os.access(java, os.X_OK)):
-            continue
-        try:
-            out = subprocess.run(
-                [java, "-version"], capture_output=True, text=True, timeout=30
-            ).stderr
-        except (OSError, subprocess.SubprocessError):
-            continue
-        m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-        if not m:
-            continue
-        major = int(m.group(1))
-        if major == 1 and m.group(2):  # "1.8.0_x"
-            major = int(m.group(2))
-        if major >= MIN_JAVA:
-            return java, ""
-        return None, f"Kafka {kafka_version()} needs Java {MIN_JAVA}+, found Java {major} at {java}"
-    return None, f"java not found (Kafka needs Java {MIN_JAVA}+ on PATH or in JAVA_HOME)"
-
-
-def _libs_complete(libs: Path) -> bool:
-    if not (libs / f"kafka_2.13-{kafka_version()}.jar").is_file():
-        return False
-    try:
-        stamp = (libs / STAMP_NAME).read_text().strip()
-    except OSError:
-        return False
-    return stamp == hashlib.sha256(POM.read_bytes()).hexdigest()
-
-
-def find_kafka_libs() -> tuple[Path | None, str]:
-    """(libs dir, "") when java and the cached Kafka jars are there, else (None, reason).
-
-    With FRONTDESK_FETCH_KAFKA=1 it runs scripts/kafka-jars.sh (Maven) to
-    resolve missing jars; otherwise it only looks.
-    """
-    java, reason = find_java()
-    if java is None:
-        return None, reason
-    libs = libs_dir()
-    if _libs_complete(libs):
-        return libs, ""
-    if os.environ.get("FRONTDESK_FETCH_KAFKA") == "1":
-        try:
-            proc = subprocess.run(
-                ["bash", str(JARS_SCRIPT)],
-                capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            return None, f"{JARS_SCRIPT.name} failed to run: {exc}"
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-            return None, f"{JARS_SCRIPT.name} failed (exit {proc.returncode}):\n{tail}"
-        lines = proc.stdout.strip().splitlines()
-        if lines:
-            libs = Path(lines[-1])
-        if _libs_complete(libs):
-            return libs, ""
-        return None, f"{JARS_SCRIPT.name} ran but {libs} is incomplete"
-    state = "are out of date" if libs.exists() else "are not resolved"
-    return None, (
-        f"Kafka {kafka_version()} jars {state} ({libs}); run scripts/kafka-jars.sh "
-        f"(needs Maven Central) or set FRONTDESK_FETCH_KAFKA=1"
-    )
-
-
-# --------------------------------------------------------------------------- #
-# the broker
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _new_cluster_id() -> str:
     # what `kafka-storage random-uuid` prints: url-safe base64 of 16 random
     # bytes without padding, never starting with '-'
@@ -171,29 +56,8 @@ def _new_cluster_id() -> str:
             return cid
 
 
-_LOG4J2_XML = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- written by tests/harness/kafka.py: everything goes to stdout, which the
-     harness sends to broker.log in the workdir -->
-<Configuration status="warn">
-  <Appenders>
-    <Console name="STDOUT" target="SYSTEM_OUT">
-      <PatternLayout pattern="[%d{HH:mm:ss,SSS}] %p %m (%c{1})%n"/>
-    </Console>
-  </Appenders>
-  <Loggers>
-    <Root level="INFO"><AppenderRef ref="STDOUT"/></Root>
-    <Logger name="kafka.request.logger" level="WARN"/>
-    <Logger name="kafka.authorizer.logger" level="WARN"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Logger name="kafka.log.LogCleaner" level="WARN"/>
-    <Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
-    <Logger name="org.apache.kafka.common.utils.AppInfoParser" level="WARN"/>
-    <Logger name="org.apache.kafka.storage.internals.log" level="WARN"/>
-    <Logger name="kafka.log.LogManager" level="WARN"/>
-  </Loggers>
-</Configuration>
-"""
+# written to the workdir on every start: all logging to stdout (-> broker.log)
+_LOG4J2_XML = (Path(__file__).parent / "kafka-log4j2.xml").read_text()
 
 # JVM flags for a test broker on a small machine: 512 MiB heap, serial GC (no
 # GC threads), C1 only (starts faster; enough throughput for tests).
@@ -209,17 +73,8 @@ _JVM_FLAGS = [
     "-Dlog4j2.disable.jmx=true",
 ]
 
-_live_brokers: "weakref.WeakSet[KafkaBroker]" = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftover_brokers() -> None:
-    # a test run that forgot stop() must not leave JVMs behind
-    for broker in list(_live_brokers):
-        try:
-            broker.kill()
-        except Exception:  # noqa: BLE001
-            pass
+# a test run that forgot stop() must not leave JVMs behind
+_live_brokers = cleanup_at_exit("kill")
 
 
 class KafkaBroker:
@@ -466,14 +321,7 @@ class KafkaBroker:
             f"(controller {self.controller_port}) {time.strftime('%H:%M:%S')}\n".encode()
         )
         self._log_file.flush()
-        self._proc = subprocess.Popen(
-            cmd,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=True,  # own process group: signals reach only it
-        )
+        self._proc = spawn(cmd, self._log_file, cwd=self.workdir)
         _live_brokers.add(self)
 
     def _fail(self, what: str) -> KafkaBrokerError:
@@ -530,26 +378,10 @@ class KafkaBroker:
             time.sleep(0.1)
 
     def _terminate(self, sig: int, timeout: float) -> None:
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                self._signal_group(proc, sig)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self._signal_group(proc, signal.SIGKILL)
-                    proc.wait(10)
-            else:
-                proc.wait()
+        if self._proc is not None:
+            escalate(self._proc, (sig, True, timeout), (signal.SIGKILL, True, 10))
             self._proc = None
         _live_brokers.discard(self)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    @staticmethod
-    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # pgid == pid (start_new_session)
-        except ProcessLookupError:
-            pass

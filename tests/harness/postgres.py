@@ -36,45 +36,29 @@ Notes / gotchas:
   notice and exit within ms, but a backend busy in a query keeps the
   shared-memory segment and ``start()`` then fails with "pre-existing shared
   memory block ... is still in use" (measured) until it finishes.
-* Waiting for the killed process group scans /proc and ignores zombies
-  (init on this VM reaps orphans lazily, so ``os.killpg(pgid, 0)`` lies).
-* The postmaster runs in its own session so a Ctrl-C in the test runner does
-  not reach it; servers still running at interpreter exit are stopped by an
-  ``atexit`` hook (a SIGKILLed test runner leaks them, of course).
+* Process-group handling, the zombie-aware wait and the ``atexit`` cleanup of
+  servers still running at interpreter exit are in ``process.py``.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
-import stat
 import subprocess
-import tempfile
-import threading
-import time
-import weakref
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
+from .accounts import account, usable_dir
+from .process import HOST, ServerProcess, escalate, free_port, kill_group, read_tail
+
 __all__ = ["PostgresServer", "find_postgres", "free_port"]
 
-HOST = "127.0.0.1"
 _SOCKET_PATH_BUDGET = 90  # sun_path is 108 bytes incl. "/.s.PGSQL.65535" + NUL
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is currently free on ``host`` (racy, but fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _version_key(path: Path) -> tuple:
@@ -114,82 +98,7 @@ def find_postgres() -> tuple[Path | None, str]:
     )
 
 
-def _service_account() -> tuple[str, int, int] | None:
-    """Account to run the server as when we are root (None when not root)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return pw.pw_name, pw.pw_uid, pw.pw_gid
-    raise RuntimeError("running as root but neither a 'postgres' nor a 'nobody' user exists")
-
-
-def _traversable_by(path: Path, uid: int, gid: int) -> bool:
-    """True if every existing directory from / down to ``path`` is searchable by uid/gid."""
-    try:
-        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    except KeyError:  # pragma: no cover
-        groups = {gid}
-    path = path.resolve()
-    for p in [*reversed(path.parents), path]:
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            break  # will be created by us (and chowned)
-        if st.st_uid == uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """True if a non-zombie process is left in process group ``pgid``.
-
-    ``os.killpg(pgid, 0)`` is not enough: orphaned children that died are
-    zombies until init reaps them, and this machine's init reaps lazily
-    (seconds).  Linux: scan /proc; elsewhere fall back to killpg.
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():  # pragma: no cover
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            raw = (d / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-_LIVE: "weakref.WeakSet[PostgresServer]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:  # pragma: no cover - exit path
-    for srv in list(_LIVE):
-        try:
-            srv.close()
-        except Exception:
-            pass
-
-
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """A real PostgreSQL server in a temp dir, listening on 127.0.0.1:``port``.
 
     ``workdir`` holds the cluster (``data/``), the server log (``postgres.log``)
@@ -208,6 +117,7 @@ class PostgresServer:
         startup_timeout: float = 60.0,
         extra_conf: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.bin_dir = Path(bin_dir)
         self.workdir = Path(workdir).absolute()
         self.host = HOST
@@ -217,14 +127,10 @@ class PostgresServer:
         # extra GUCs, passed as "-c k=v" on every start (so they can be changed
         # between restarts), e.g. {"synchronous_commit": "on"} -- see kill().
         self.extra_conf = dict(extra_conf or {})
-        self._account = _service_account()
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.RLock()
-        self._fallback_dirs: list[Path] = []
+        # PostgreSQL refuses to run as root: then it runs as this account
+        self._account = account(("postgres",)) if os.geteuid() == 0 else None
         self.run_dir: Path | None = None
         self.sock_dir: Path | None = None
-        self._log_fh = None
-        self.start_seconds: float | None = None  # duration of the last start()
 
     # ------------------------------------------------------------------ paths
     @property
@@ -240,27 +146,24 @@ class PostgresServer:
         return self.run_dir / "postgres.log"
 
     def _mkdtemp(self, prefix: str) -> Path:
-        d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-        self._fallback_dirs.append(d)
+        d = self._private_dir(prefix)
         self._chown(d)
         return d
 
     def _chown(self, path: Path) -> None:
         if self._account is not None:
-            _, uid, gid = self._account
-            os.chown(path, uid, gid)
+            os.chown(path, self._account.pw_uid, self._account.pw_gid)
 
     def _prepare_dirs(self) -> None:
         if self.run_dir is not None:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        run_dir = self.workdir
-        if self._account is not None:
-            _, uid, gid = self._account
-            if not _traversable_by(self.workdir.parent, uid, gid):
-                run_dir = self._mkdtemp("pgharness-")
-            else:
-                self._chown(self.workdir)
+        acct = self._account
+        ids = [(acct.pw_uid, acct.pw_gid)] if acct is not None else []
+        if usable_dir(self.workdir, ids):
+            run_dir = self.workdir
+            self._chown(run_dir)
+        else:
+            run_dir = self._mkdtemp("pgharness-")
         self.run_dir = run_dir
         sock = run_dir / "sock"
         if len(str(sock)) > _SOCKET_PATH_BUDGET:
@@ -274,17 +177,17 @@ class PostgresServer:
     def _popen_kwargs(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(LC_ALL="C", LANG="C", TZ=env.get("TZ", "UTC"))
-        kw: dict = dict(env=env, stdin=subprocess.DEVNULL, cwd=str(self.run_dir))
+        kw: dict = dict(env=env, cwd=str(self.run_dir))
         if self._account is not None:
-            name, uid, gid = self._account
+            name = self._account.pw_name
             env.update(HOME=str(self.run_dir), USER=name, LOGNAME=name)
-            kw.update(user=uid, group=gid, extra_groups=[])
+            kw.update(user=self._account.pw_uid, group=self._account.pw_gid, extra_groups=[])
         return kw
 
     def _run(self, argv: list[str]) -> None:
         res = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=300, **self._popen_kwargs(),
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, timeout=300, **self._popen_kwargs(),
         )
         if res.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed ({res.returncode}):\n{res.stdout}")
@@ -320,97 +223,51 @@ class PostgresServer:
             for k, v in conf.items():
                 fh.write(f"{k} = {v}\n")
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _launch(self) -> None:
+        self._prepare_dirs()
+        self.initdb()
+        if self.port is None:
+            self.port = free_port()
+        self._spawn(
+            [
+                str(self.bin_dir / "postgres"), "-D", str(self.datadir),
+                "-p", str(self.port), "-k", str(self.sock_dir),
+                "-c", f"listen_addresses={HOST}",
+                *[a for k, v in self.extra_conf.items() for a in ("-c", f"{k}={v}")],
+            ],
+            self.log_path, **self._popen_kwargs(),
+        )
+        self._chown(self.log_path)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def _probe(self) -> Exception | None:
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as c:
+                c.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            return exc
+        return None
 
-    def start(self) -> "PostgresServer":
-        with self._lock:
-            if self.running:
-                return self
-            t0 = time.monotonic()
-            self._prepare_dirs()
-            self.initdb()
-            if self.port is None:
-                self.port = free_port()
-            self._close_log()
-            self._log_fh = open(self.log_path, "ab")
-            if self._account is not None:
-                os.chown(self.log_path, self._account[1], self._account[2])
-            self._proc = subprocess.Popen(
-                [
-                    str(self.bin_dir / "postgres"), "-D", str(self.datadir),
-                    "-p", str(self.port), "-k", str(self.sock_dir),
-                    "-c", f"listen_addresses={HOST}",
-                    *[a for k, v in self.extra_conf.items() for a in ("-c", f"{k}={v}")],
-                ],
-                stdout=self._log_fh, stderr=subprocess.STDOUT,
-                start_new_session=True, **self._popen_kwargs(),
-            )
-            _LIVE.add(self)
-            try:
-                self._wait_ready(t0 + self.startup_timeout)
-            except BaseException:
-                self.kill()
-                raise
-            self.start_seconds = time.monotonic() - t0
-            return self
-
-    def _wait_ready(self, deadline: float) -> None:
-        last: Exception | None = None
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"postgres exited with {self._proc.returncode if self._proc else '?'}"
-                    f" during startup; log tail:\n{self.log_tail()}"
-                )
-            try:
-                with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as c:
-                    c.execute("SELECT 1")
-                return
-            except psycopg.OperationalError as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"postgres on port {self.port} not ready after {self.startup_timeout}s: "
-                    f"{last}\nlog tail:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+    _exited = "postgres exited with {returncode} during startup; log tail:\n{log}"
+    _not_ready = "postgres on port {port} not ready after {timeout}s: {last}\nlog tail:\n{log}"
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "<no log>"
+        return read_tail(self.log_path, n, "<no log>")
 
-    def _close_log(self) -> None:
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
+    _startup_log = log_tail
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT): roll back open transactions, disconnect clients."""
+        """Fast shutdown (SIGINT): roll back open transactions, disconnect clients.
+
+        Escalates to SIGQUIT (immediate shutdown) after ``timeout`` and to
+        SIGKILL of the process group 10 s later.
+        """
         with self._lock:
             proc = self._proc
             if proc is None:
                 return
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        self._killpg(proc)
-                        proc.wait(10)
-            self._proc = None
-            self._close_log()
+            escalate(proc, (signal.SIGINT, False, timeout), (signal.SIGQUIT, False, 10),
+                     (signal.SIGKILL, True, 10))
+            self._forget_proc()
 
     def kill(self, children: bool = True) -> None:
         """Crash the server: SIGKILL the postmaster (and, by default, all its backends).
@@ -429,34 +286,12 @@ class PostgresServer:
             proc = self._proc
             if proc is None:
                 return
-            if proc.poll() is None:
-                if children:
-                    self._killpg(proc)
-                else:
-                    proc.kill()
-                proc.wait(10)
             if children:
-                self._killpg(proc)  # stragglers
-                self._wait_group_gone(proc.pid)
-            self._proc = None
-            self._close_log()
-
-    @staticmethod
-    def _killpg(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    @staticmethod
-    def _wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not _group_alive(pgid):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+                kill_group(proc)
+            elif proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            self._forget_proc()
 
     def restart(self, timeout: float = 30.0) -> "PostgresServer":
         """Stop (fast) if running, then start again on the same port with the same data."""
@@ -465,19 +300,9 @@ class PostgresServer:
 
     def close(self) -> None:
         """Stop the server and remove private fallback dirs (``workdir`` is left alone)."""
-        self.stop()
-        _LIVE.discard(self)
-        for d in self._fallback_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        self._fallback_dirs.clear()
+        super().close()
         self.run_dir = None
         self.sock_dir = None
-
-    def __enter__(self) -> "PostgresServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -58,9 +58,9 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["RecordingSMTPServer", "Received", "free_port"]
+from .process import HOST, free_port
 
-HOST = "127.0.0.1"
+__all__ = ["RecordingSMTPServer", "Received", "free_port"]
 
 # --- silence aiosmtpd's login_data deprecation noise -----------------------
 warnings.filterwarnings(
@@ -80,13 +80,6 @@ class _LoginDataDeprecationFilter(logging.Filter):
 _MAIL_LOG = logging.getLogger("mail.log")
 if not any(isinstance(f, _LoginDataDeprecationFilter) for f in _MAIL_LOG.filters):
     _MAIL_LOG.addFilter(_LoginDataDeprecationFilter())
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is currently free on ``host`` (racy, but fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
