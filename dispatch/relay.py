@@ -1,0 +1,107 @@
+"""The outbox relay: delivers what committed transactions left in the outbox.
+
+Case events are published to the cases topic (key = case id) and then marked sent; an
+acknowledgement is handed to the channel's Replier and marked sent right after the far side
+accepted it. Transient failures are retried with exponential backoff (capped at 5 minutes);
+permanent ones mark the item failed with the reason in the case history.
+
+Crash windows: after publishing an event and before marking it, the event is published again
+(same ``event_id``; consumers deduplicate). After the SMTP server accepted an acknowledgement and
+before it is marked — the one window that can duplicate a customer-visible effect — the
+acknowledgement is sent again with the same Message-ID. The window is one local database commit
+long: nothing else happens between ``send`` returning and ``mark_sent``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+
+from dispatch.base import OutboundReply, OutboxItem, Replier
+from dispatch.store.sql import SqlCaseStore
+from frontdesk.bus.base import Bus, Outgoing
+from frontdesk.errors import ReplyError, TransientError
+from frontdesk.faults import crashpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    events_published: int = 0
+    acks_sent: int = 0
+    acks_failed: int = 0
+    retries: int = 0
+
+
+class OutboxRelay:
+    def __init__(self, store: SqlCaseStore, bus: Bus, repliers: dict[str, Replier], *, batch: int = 100,
+                 lease_seconds: float = 60.0, max_attempts: int = 50) -> None:
+        self.store, self.bus, self.repliers = store, bus, repliers
+        self.batch, self.lease_seconds, self.max_attempts = batch, lease_seconds, max_attempts
+        self.stats = RelayStats()
+
+    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Blocking loop until ``stop``; a database outage is waited out, not fatal."""
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except TransientError as exc:
+                log.warning("relay: %s; retrying", exc)
+                busy = 0
+            if not busy:
+                stop.wait(interval)
+
+    def run_once(self) -> int:
+        items = self.store.claim_outbox(self.batch, self.lease_seconds)
+        events = [i for i in items if i.kind == "event"]
+        if events:
+            self._publish(events)
+        for item in items:
+            if item.kind == "ack":
+                self._deliver(item)
+        return len(items)
+
+    def _publish(self, events: list[OutboxItem]) -> None:
+        records = [Outgoing(self.bus.topics.cases, e.payload.encode(), json.loads(e.payload)["case"]["id"].encode())
+                   for e in events]
+        try:
+            self.bus.publish(records)
+        except TransientError as exc:
+            for e in events:
+                self._retry(e, str(exc))
+            return
+        crashpoint("relay.after_publish")
+        for e in events:
+            self.store.mark_sent(e.id)
+        self.stats.events_published += len(events)
+
+    def _deliver(self, item: OutboxItem) -> None:
+        data = json.loads(item.payload)
+        replier = self.repliers.get(data["channel"])
+        if replier is None:
+            self.store.mark_retry(item.id, f"no replier for channel {data['channel']}", 0, permanent=True)
+            self.stats.acks_failed += 1
+            return
+        reply = OutboundReply(channel=data["channel"], connector=data["connector"], recipient=data["recipient"],
+                              body=data["body"], message_id=data["message_id"], case_reference=item.case_reference,
+                              raw=data["raw"].encode("utf-8", "surrogateescape") if data.get("raw") else None)
+        try:
+            replier.send(reply)
+        except TransientError as exc:
+            self._retry(item, str(exc))
+            return
+        except ReplyError as exc:
+            self.store.mark_retry(item.id, str(exc), 0, permanent=True)
+            self.stats.acks_failed += 1
+            return
+        crashpoint("relay.after_send")
+        self.store.mark_sent(item.id)
+        self.stats.acks_sent += 1
+
+    def _retry(self, item: OutboxItem, error: str) -> None:
+        self.stats.retries += 1
+        permanent = item.attempts + 1 >= self.max_attempts
+        self.store.mark_retry(item.id, error, min(300.0, 0.5 * 2 ** item.attempts), permanent=permanent)

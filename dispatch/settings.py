@@ -1,0 +1,44 @@
+"""Settings of the dispatch stage (section ``dispatch``) and of the SMTP replier (section ``smtp``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr
+
+from frontdesk.settings import ComponentSettings
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class DispatchSettings(ComponentSettings):
+    section: ClassVar[str] = "dispatch"
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/cases.sqlite3")
+    routing_file: Path = Field(CONFIG_DIR / "routing.yaml", description="Routing rules (first match wins)")
+    templates_dir: Path = Field(CONFIG_DIR / "templates", description="Acknowledgement templates per language")
+    fallback_language: str = "en"
+    from_address: str = Field("support@frontdesk.example", description="From of email acknowledgements")
+    from_name: str = "Support"
+    message_id_domain: str = Field("frontdesk.example", description="Right-hand side of our Message-IDs")
+    our_addresses: tuple[str, ...] = Field((), description="Our own mailboxes/domains ('@bet.az'): never acknowledged")
+    ack_channels: tuple[str, ...] = Field(("email",), description="Channels that get an acknowledgement")
+    ack_follow_ups: bool = Field(False, description="Acknowledge follow-ups too (default: one per case)")
+    ack_rate_max: int = Field(3, ge=1, description="At most this many acknowledgements per sender ...")
+    ack_rate_window_s: int = Field(600, ge=1, description="... per this many seconds")
+    group: str = Field("frontdesk-dispatch", description="Consumer group of the dispatch stage")
+    relay_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval")
+    relay_batch: int = Field(100, ge=1)
+    relay_max_attempts: int = Field(50, ge=1, description="After this many failed attempts an item is 'failed'")
+    reference_prefix: str = Field("FD", pattern=r"^[A-Z]{1,8}$")
+
+
+class SmtpSettings(ComponentSettings):
+    section: ClassVar[str] = "smtp"
+    host: str = "127.0.0.1"
+    port: int = 587
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = Field(None, description="CA bundle to verify the server (default: system)")
+    timeout_s: float = Field(30.0, gt=0)

@@ -1,0 +1,152 @@
+"""The SQL case store: SQLite (embedded default, also the in-memory store for tests) and PostgreSQL.
+
+Every method is one transaction. SQLAlchemy errors are translated here: a lost or refused
+connection becomes StoreUnavailable (the stage retries the same records), anything else StoreError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from dispatch.base import ApplyResult, CaseStore, OutboxItem
+from dispatch.cases import Context, apply_message
+from dispatch.store.models import Case, HistoryEntry, OutboxRow
+from frontdesk.errors import StoreError, StoreUnavailable
+from frontdesk.messages import TriagedMessage
+
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """Engine with the settings each backend needs (SQLite: WAL, FKs, busy timeout)."""
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               poolclass=StaticPool if memory else None)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision. Idempotent."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise StoreUnavailable(f"database unavailable during migration: {exc.orig}") from exc
+
+
+class SqlCaseStore(CaseStore):
+    """Thread-safe: every call opens its own session."""
+
+    def __init__(self, url: str, ctx: Context, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.engine = make_engine(url)
+        self.ctx, self.clock = ctx, clock
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        migrate(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One transaction; SQLAlchemy errors translated into the Frontdesk error tree."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+            raise StoreError(f"database error: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def apply(self, triaged: object) -> ApplyResult:
+        assert isinstance(triaged, TriagedMessage)
+        try:
+            with self.transaction() as session:
+                return apply_message(session, triaged, self.ctx, self.clock())
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+        # A concurrent dispatcher stored the same message (or thread key) first: re-run sees it.
+        with self.transaction() as session:
+            return apply_message(session, triaged, self.ctx, self.clock())
+
+    def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
+        now = self.clock()
+        free = or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until < now)
+        with self.transaction() as session:
+            rows = session.scalars(select(OutboxRow).where(OutboxRow.status == "pending",
+                                   OutboxRow.next_attempt_at <= now, free).order_by(OutboxRow.id).limit(limit)).all()
+            claimed = []
+            for row in rows:
+                won = session.execute(update(OutboxRow).where(OutboxRow.id == row.id, free)
+                                      .values(lease_until=now + timedelta(seconds=lease_seconds)))
+                if won.rowcount == 1:
+                    case = session.get(Case, row.case_id)
+                    claimed.append(OutboxItem(row.id, row.kind, case.reference if case else "", row.payload,
+                                              row.attempts, row.created_at))
+            return claimed
+
+    def mark_sent(self, item_id: int) -> None:
+        now = self.clock()
+        with self.transaction() as session:
+            row = session.get(OutboxRow, item_id)
+            if row is None or row.status == "sent":
+                return
+            row.status, row.sent_at, row.lease_until = "sent", now, None
+            row.attempts += 1
+            if row.kind == "ack":
+                case = session.get(Case, row.case_id)
+                if case is not None:
+                    case.acknowledged = True
+                mid = json.loads(row.payload).get("message_id")
+                session.add(HistoryEntry(case_id=row.case_id, at=now, event="acknowledged", detail={"message_id": mid}))
+
+    def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None:
+        now = self.clock()
+        with self.transaction() as session:
+            row = session.get(OutboxRow, item_id)
+            if row is None or row.status == "sent":
+                return
+            row.attempts += 1
+            row.last_error, row.lease_until = error[:2000], None
+            row.next_attempt_at = now + timedelta(seconds=delay_seconds)
+            if permanent:
+                row.status = "failed"
+                session.add(HistoryEntry(case_id=row.case_id, at=now, event=f"{row.kind}_failed",
+                                         detail={"error": error[:500]}))
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """Run a read-only query function in a transaction (used by the CLI and tests)."""
+        with self.transaction() as session:
+            return fn(session)
+
+    def close(self) -> None:
+        self.engine.dispose()
