@@ -25,7 +25,7 @@ from dispatch.ack import ack_message_id, build_ack_email, render_ack
 from dispatch.base import ApplyResult
 from dispatch.routing import Route, RoutingTable
 from dispatch.settings import DispatchSettings
-from dispatch.snapshot import case_event
+from dispatch.snapshot import aware, case_event
 from dispatch.store.models import Case, Customer, HistoryEntry, Identity, Message, OutboxRow, ThreadKey
 from dispatch.suppress import ack_decision, reply_address
 from frontdesk.codec import encode
@@ -134,7 +134,8 @@ def _follow_up(session: Session, case: Case, tm: TriagedMessage, ctx: Context, n
         case.urgency, case.queue, case.priority, case.routing_rule = (tm.triage.urgency, route.queue,
                                                                        route.priority, route.rule)
         due = tm.message.received_at + route.sla
-        case.first_response_due = min(case.first_response_due, due) if case.first_response_due else due
+        current = aware(case.first_response_due)
+        case.first_response_due = min(current, due) if current else due
         _history(session, case, now, "rerouted", tm.id, {"from": list(before), "to": [route.queue, route.priority,
                                                                                          case.urgency]})
         changes.append("rerouted")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -51,6 +52,12 @@ def main(
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     STATE.config = config
+    for noisy in ("alembic", "kafka", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if crash_at := os.environ.get("FRONTDESK_CRASH_AT"):
+        from frontdesk.faults import arm
+
+        arm(crash_at)
 
 
 def load(cls: type[ComponentSettings]) -> ComponentSettings:
@@ -250,26 +257,73 @@ def guard(action):  # type: ignore[no-untyped-def]
         fail(str(exc))
 
 
+def dispatch_store():  # type: ignore[no-untyped-def]
+    from dispatch.commands import open_store
+    from dispatch.settings import DispatchSettings
+
+    settings = load(DispatchSettings)
+    storage = load(StorageSettings)
+    return settings, guard(lambda: open_store(settings, storage.data_dir))  # type: ignore[attr-defined]
+
+
 @app.command()
 def dispatch() -> None:
     """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
-    not_yet("the dispatch stage", 5)
+    from dispatch.commands import run_dispatch
+    from dispatch.settings import SmtpSettings
+
+    settings, store = dispatch_store()
+    smtp = load(SmtpSettings)
+    with open_configured_bus() as bus:
+        guard(lambda: run_dispatch(bus, store, settings, smtp, stop_on_signals()))  # type: ignore[arg-type]
+    store.close()
 
 
 @cases_app.command("list")
 def cases_list(
     queue: Annotated[Optional[str], typer.Option()] = None,
     status: Annotated[Optional[str], typer.Option()] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout")] = False,
 ) -> None:
-    """List cases."""
-    not_yet("cases list", 5)
+    """List cases, most urgent first."""
+    from dispatch.commands import list_cases
+
+    _, store = dispatch_store()
+    rows = guard(lambda: list_cases(store, queue, status))
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    typer.echo(f"{'reference':16} {'queue':18} {'pri':>3} {'category':20} {'urgency':8} {'lang':4} {'chan':6} "
+               f"{'ack':3} {'msgs':>4}  customer")
+    for c in rows:
+        who = c["customer"]["identities"][0] if c["customer"]["identities"] else c["customer"]["id"]
+        typer.echo(f"{c['reference']:16} {c['queue']:18} {c['priority']:>3} {c['category']:20} {c['urgency']:8} "
+                   f"{c['language']:4} {c['channel']:6} {'yes' if c['acknowledged'] else 'no':3} "
+                   f"{c['message_count']:>4}  {who}")
+    typer.echo(f"{len(rows)} case(s)")
 
 
 @cases_app.command("show")
 def cases_show(reference: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one case with its messages and history."""
-    not_yet("cases show", 5)
+    """Show one case with its messages and full history."""
+    from dispatch.commands import show_case
+
+    _, store = dispatch_store()
+    case = guard(lambda: show_case(store, reference))
+    if case is None:
+        fail(f"no case {reference}")
+    if as_json:
+        typer.echo(json.dumps(case, ensure_ascii=False))
+        return
+    for key in ("reference", "status", "queue", "priority", "category", "urgency", "language", "channel",
+                "acknowledged", "first_response_due", "possible_thread_match"):
+        typer.echo(f"{key:22} {case[key]}")
+    typer.echo("\nmessages:")
+    for m in case["messages"]:
+        typer.echo(f"  {m['received_at']}  {m['sender']}: {m['subject']} | {m['text'][:100]!r}")
+    typer.echo("\nhistory:")
+    for h in case["history"]:
+        typer.echo(f"  {h['at']}  {h['event']:22} {json.dumps(h['detail'], ensure_ascii=False)}")
 
 
 @app.command()

@@ -107,7 +107,8 @@ class SqlCaseStore(CaseStore):
             claimed = []
             for row in rows:
                 won = session.execute(update(OutboxRow).where(OutboxRow.id == row.id, free)
-                                      .values(lease_until=now + timedelta(seconds=lease_seconds)))
+                                      .values(lease_until=now + timedelta(seconds=lease_seconds))
+                                      .execution_options(synchronize_session=False))
                 if won.rowcount == 1:
                     case = session.get(Case, row.case_id)
                     claimed.append(OutboxItem(row.id, row.kind, case.reference if case else "", row.payload,

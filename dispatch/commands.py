@@ -1,0 +1,98 @@
+"""Bodies of ``frontdesk dispatch`` and ``frontdesk cases list|show``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dispatch.cases import Context
+from dispatch.relay import OutboxRelay
+from dispatch.routing import RoutingTable
+from dispatch.settings import DispatchSettings, SmtpSettings
+from dispatch.snapshot import aware
+from dispatch.stage import DispatchProcessor
+from dispatch.store.models import Case, HistoryEntry, Message
+from dispatch.store.sql import SqlCaseStore
+from frontdesk.bus.base import Bus
+from frontdesk.stage import StageRunner
+
+
+def database_url(settings: DispatchSettings, data_dir: Path) -> str:
+    if settings.database_url:
+        return settings.database_url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data_dir / 'cases.sqlite3').resolve()}"
+
+
+def open_store(settings: DispatchSettings, data_dir: Path) -> SqlCaseStore:
+    """Load the routing rules (fails fast with the line at fault) and open/migrate the database."""
+    routing = RoutingTable.load(settings.routing_file)
+    return SqlCaseStore(database_url(settings, data_dir), Context(settings, routing))
+
+
+def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, smtp: SmtpSettings,
+                 stop: threading.Event) -> None:
+    """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``."""
+    from dispatch.smtp import SmtpReplier
+
+    relay = OutboxRelay(store, bus, {"email": SmtpReplier(smtp, settings.from_address)}, batch=settings.relay_batch,
+                        max_attempts=settings.relay_max_attempts)
+    relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
+    relay_thread.start()
+    runner = StageRunner("dispatch", bus, bus.consumer(settings.group, [bus.topics.triaged]), DispatchProcessor(store))
+    try:
+        runner.run(stop)
+    finally:
+        stop.set()
+        relay_thread.join()
+
+
+def _case_row(case: Case) -> dict[str, Any]:
+    due = aware(case.first_response_due)
+    return {
+        "reference": case.reference, "status": case.status, "queue": case.queue, "priority": case.priority,
+        "category": case.category, "urgency": case.urgency, "language": case.language, "channel": case.channel,
+        "customer": {"id": f"cus_{case.customer.id}", "name": case.customer.display_name,
+                     "identities": sorted(f"{i.kind}:{i.value}" for i in case.customer.identities)},
+        "acknowledged": case.acknowledged, "message_count": case.message_count, "subject": case.subject,
+        "first_response_due": due.isoformat() if due else None, "created_at": aware(case.created_at).isoformat(),
+        "routing_rule": case.routing_rule, "needs_review": case.needs_review,
+        "possible_thread_match": case.possible_thread_match,
+    }
+
+
+def list_cases(store: SqlCaseStore, queue: str | None, status: str | None, limit: int = 500) -> list[dict[str, Any]]:
+    def query(session: Session) -> list[dict[str, Any]]:
+        stmt = select(Case).order_by(Case.priority, Case.first_response_due, Case.id).limit(limit)
+        if queue:
+            stmt = stmt.where(Case.queue == queue)
+        if status:
+            stmt = stmt.where(Case.status == status)
+        return [_case_row(c) for c in session.scalars(stmt).unique()]
+
+    return store.read(query)
+
+
+def show_case(store: SqlCaseStore, reference: str) -> dict[str, Any] | None:
+    def query(session: Session) -> dict[str, Any] | None:
+        case = session.scalar(select(Case).where(Case.reference == reference))
+        if case is None:
+            return None
+        out = _case_row(case)
+        out["messages"] = [
+            {"id": m.id, "direction": m.direction, "external_id": m.external_id, "sender": m.sender,
+             "subject": m.subject, "text": m.text, "received_at": aware(m.received_at).isoformat(), "triage": m.triage}
+            for m in session.scalars(select(Message).where(Message.case_id == case.id).order_by(Message.received_at))
+        ]
+        out["history"] = [
+            {"at": aware(h.at).isoformat(), "event": h.event, "message_id": h.message_id, "detail": h.detail}
+            for h in session.scalars(select(HistoryEntry).where(HistoryEntry.case_id == case.id)
+                                     .order_by(HistoryEntry.id))
+        ]
+        return out
+
+    return store.read(query)

@@ -1,0 +1,185 @@
+"""Cases, threading, routing, acknowledgements and the relay on the in-memory SQLite store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from dispatch.base import MemoryReplier
+from dispatch.cases import Context
+from dispatch.commands import list_cases, show_case
+from dispatch.relay import OutboxRelay
+from dispatch.routing import RoutingTable
+from dispatch.settings import DispatchSettings
+from dispatch.store.sql import SqlCaseStore
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.codec import decode, schema_path
+from frontdesk.messages import CaseEvent, Flags, InboundMessage, Party, ThreadHints, Triage, TriagedMessage
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def store(clock: Clock) -> SqlCaseStore:
+    settings = DispatchSettings(our_addresses=("@bet.example",), from_address="support@bet.example",
+                                message_id_domain="bet.example")
+    return SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
+
+
+def email(n: int, sender: str = "aysel@mail.az", subject: str = "Pul çıxarışı", *, in_reply_to: str | None = None,
+          category: str = "payments", urgency: str = "high", language: str = "az", flags: Flags | None = None,
+          name: str | None = "Aysel") -> TriagedMessage:
+    msg = InboundMessage.create(
+        connector="imap:support", external_id=f"<m{n}@mail.az>", channel="email", platform="email",
+        sender=Party(address=sender, name=name), subject=subject, text=f"message {n}", received_at=NOW,
+        thread=ThreadHints(in_reply_to=in_reply_to, references=(in_reply_to,) if in_reply_to else ()),
+        flags=flags or Flags())
+    triage = Triage(category=category, urgency=urgency, language=language, model_version="test")  # type: ignore[arg-type]
+    return TriagedMessage(message=msg, triage=triage, triaged_at=NOW)
+
+
+def chat(n: int, user: str, conversation: str, urgency: str = "normal") -> TriagedMessage:
+    msg = InboundMessage.create(
+        connector="telegram:bot", external_id=f"{conversation}:{n}", channel="chat", platform="telegram",
+        sender=Party(platform_id=user, handle=f"user{user}"), text=f"chat {n}", received_at=NOW,
+        thread=ThreadHints(conversation_id=conversation))
+    triage = Triage(category="bonuses", urgency=urgency, language="ru", model_version="test")  # type: ignore[arg-type]
+    return TriagedMessage(message=msg, triage=triage, triaged_at=NOW)
+
+
+def relay(store: SqlCaseStore) -> tuple[OutboxRelay, MemoryBus, MemoryReplier]:
+    bus, replier = MemoryBus(), MemoryReplier()
+    return OutboxRelay(store, bus, {"email": replier}), bus, replier
+
+
+def test_new_case_is_routed_acknowledged_and_announced(store: SqlCaseStore) -> None:
+    result = store.apply(email(1))
+    assert result.created and result.case_reference == "FD-2026-000001" and result.ack == "ok"
+    [case] = list_cases(store, None, None)
+    assert (case["queue"], case["priority"], case["category"]) == ("payments-priority", 2, "payments")
+    assert case["first_response_due"] == (NOW + timedelta(hours=1)).isoformat()
+    rel, bus, replier = relay(store)
+    assert rel.run_once() == 2
+    [sent] = replier.sent
+    mail = message_from_bytes(sent.raw or b"", policy=policy.default)
+    assert mail["Subject"] == "[FD-2026-000001] Re: Pul çıxarışı" and mail["In-Reply-To"] == "<m1@mail.az>"
+    assert mail["Auto-Submitted"] == "auto-replied" and "FD-2026-000001" in mail.get_content()
+    [record] = bus.records(bus.topics.cases)
+    event = decode(record.value, CaseEvent)
+    assert record.key == b"case_1" and event.type == "created" and event.case.reference == "FD-2026-000001"
+    jsonschema.validate(json.loads(record.value), json.loads(schema_path("cases").read_text()))
+    shown = show_case(store, "FD-2026-000001")
+    assert shown is not None and shown["acknowledged"]
+    assert [h["event"] for h in shown["history"]] == ["created", "message_added", "ack_queued", "acknowledged"]
+
+
+def test_redelivery_is_a_no_op(store: SqlCaseStore) -> None:
+    first = store.apply(email(1))
+    again = store.apply(email(1))
+    assert again.duplicate and again.case_reference == first.case_reference
+    rel, bus, replier = relay(store)
+    rel.run_once()
+    assert len(replier.sent) == 1 and len(bus.records(bus.topics.cases)) == 1
+
+
+def test_follow_up_by_header_by_our_ack_and_by_subject_reference(store: SqlCaseStore) -> None:
+    ref = store.apply(email(1)).case_reference
+    rel, _, replier = relay(store)
+    rel.run_once()
+    by_header = store.apply(email(2, in_reply_to="<m1@mail.az>"))
+    by_ack = store.apply(email(3, in_reply_to=replier.sent[0].message_id))
+    by_subject = store.apply(email(4, subject=f"Re: [{ref}] hələ də yoxdur"))
+    assert {r.case_reference for r in (by_header, by_ack, by_subject)} == {ref}
+    assert not any(r.created for r in (by_header, by_ack, by_subject))
+    assert list_cases(store, None, None)[0]["message_count"] == 4
+    rel.run_once()
+    assert len(replier.sent) == 1, "follow-ups get no second acknowledgement"
+
+
+def test_stranger_replying_into_a_thread_gets_a_flagged_new_case(store: SqlCaseStore) -> None:
+    ref = store.apply(email(1)).case_reference
+    stranger = store.apply(email(2, sender="someone@else.az", subject=f"Re: [{ref}]", in_reply_to="<m1@mail.az>"))
+    assert stranger.created and stranger.case_reference != ref and stranger.possible_thread_match == ref
+    original = show_case(store, ref)
+    assert original is not None and original["message_count"] == 1
+
+
+def test_chat_follow_up_by_conversation_and_reroute_when_urgency_rises(store: SqlCaseStore) -> None:
+    first = store.apply(chat(1, "42", "c-1"))
+    second = store.apply(chat(2, "42", "c-1", urgency="critical"))
+    assert second.case_reference == first.case_reference and second.rerouted
+    case = show_case(store, first.case_reference)
+    assert case is not None and case["urgency"] == "critical"
+    assert "rerouted" in [h["event"] for h in case["history"]]
+    assert first.ack == "channel_not_acknowledged"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"flags": Flags(auto_submitted=True)}, "auto_submitted"),
+        ({"flags": Flags(bounce=True)}, "bounce"),
+        ({"flags": Flags(bulk=True)}, "bulk"),
+        ({"sender": "no-reply@shop.az"}, "noreply_sender"),
+        ({"sender": "agent@bet.example"}, "own_address"),
+        ({"category": "spam", "urgency": "low"}, "spam"),
+    ],
+)
+def test_no_acknowledgement_for_robots_and_spam(store: SqlCaseStore, kwargs: dict, reason: str) -> None:  # type: ignore[type-arg]
+    result = store.apply(email(1, **kwargs))
+    assert result.ack == reason
+    rel, _, replier = relay(store)
+    rel.run_once()
+    assert replier.sent == []
+
+
+def test_rate_limit_per_sender(store: SqlCaseStore, clock: Clock) -> None:
+    acks = [store.apply(email(i, subject=f"question {i}")).ack for i in range(5)]
+    assert acks == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
+    clock.now = NOW + timedelta(minutes=11)
+    assert store.apply(email(9, subject="later")).ack == "ok"
+
+
+def test_transient_reply_failure_is_retried_and_a_crashed_relay_lease_expires(store: SqlCaseStore,
+                                                                              clock: Clock) -> None:
+    store.apply(email(1))
+    rel, _, replier = relay(store)
+    replier.fail_next = 1
+    rel.run_once()
+    assert replier.sent == []
+    clock.now += timedelta(seconds=1)
+    rel.run_once()
+    assert len(replier.sent) == 1
+    store.apply(email(2, sender="other@mail.az"))
+    claimed = store.claim_outbox(10, lease_seconds=60)
+    assert claimed and store.claim_outbox(10, lease_seconds=60) == []
+    clock.now += timedelta(seconds=61)
+    assert {i.id for i in store.claim_outbox(10, lease_seconds=60)} == {i.id for i in claimed}
+
+
+def test_bad_routing_file_names_the_line(tmp_path: Path) -> None:
+    from frontdesk.errors import ConfigError
+
+    bad = tmp_path / "routing.yaml"
+    bad.write_text("default: {queue: general, priority: 4, sla: 1d}\nrules:\n  - name: x\n    match: {category: nope}\n"
+                   "    queue: q\n")
+    with pytest.raises(ConfigError, match=r"routing.yaml:\d+"):
+        RoutingTable.load(bad)
