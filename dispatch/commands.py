@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dispatch.base import Replier
 from dispatch.cases import Context
 from dispatch.relay import OutboxRelay
 from dispatch.routing import RoutingTable
@@ -34,12 +35,21 @@ def open_store(settings: DispatchSettings, data_dir: Path) -> SqlCaseStore:
     return SqlCaseStore(database_url(settings, data_dir), Context(settings, routing))
 
 
-def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, smtp: SmtpSettings,
+def email_replier(smtp: SmtpSettings, settings: DispatchSettings, data_dir: Path) -> Replier:
+    """SMTP when a server is configured, else .eml files in ``<data_dir>/outgoing`` (trial mode)."""
+    if smtp.host:
+        from dispatch.smtp import SmtpReplier
+
+        return SmtpReplier(smtp, settings.from_address)
+    from dispatch.maildrop import MaildropReplier
+
+    return MaildropReplier(data_dir / "outgoing")
+
+
+def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, replier: Replier,
                  stop: threading.Event) -> None:
     """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``."""
-    from dispatch.smtp import SmtpReplier
-
-    relay = OutboxRelay(store, bus, {"email": SmtpReplier(smtp, settings.from_address)}, batch=settings.relay_batch,
+    relay = OutboxRelay(store, bus, {"email": replier}, batch=settings.relay_batch,
                         max_attempts=settings.relay_max_attempts)
     relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
     relay_thread.start()

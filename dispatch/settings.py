@@ -35,7 +35,7 @@ class DispatchSettings(ComponentSettings):
 
 class SmtpSettings(ComponentSettings):
     section: ClassVar[str] = "smtp"
-    host: str = "127.0.0.1"
+    host: str | None = Field(None, description="SMTP server; unset: acknowledgements go to <data_dir>/outgoing/*.eml")
     port: int = 587
     security: Literal["starttls", "ssl", "none"] = "starttls"
     username: str | None = None

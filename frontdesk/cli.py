@@ -144,9 +144,43 @@ def deadletter_list(
 
 
 @app.command()
-def run() -> None:
-    """Run every stage in one process on the embedded default (bus, SQLite, blobs)."""
-    not_yet("the one-process pipeline (`frontdesk run`)", 7)
+def run(
+    demo: Annotated[int, typer.Option(help="On an empty bus, publish this many sample messages (0: none)")] = 40,
+) -> None:
+    """Run every stage in one process on the embedded default (bus, SQLite, blobs). Ctrl-C stops."""
+    from classify.commands import run_stage
+    from classify.data import DEV_FILE, read_examples
+    from dispatch.commands import email_replier, run_dispatch
+    from dispatch.settings import SmtpSettings
+    from dispatch.store.models import Case
+    from frontdesk.pipeline import publish_demo, run_pipeline
+    from sqlalchemy import func, select
+
+    storage = load(StorageSettings)
+    classifier = classifier_settings()
+    settings, store = dispatch_store()
+    replier = email_replier(load(SmtpSettings), settings, storage.data_dir)  # type: ignore[arg-type,attr-defined]
+    stop = stop_on_signals()
+
+    def counts() -> tuple[int, int]:
+        return store.read(lambda s: (s.scalar(select(func.count(Case.id))) or 0,
+                                     s.scalar(select(func.count(Case.id)).where(Case.acknowledged)) or 0))
+
+    with open_configured_bus() as bus:
+        if demo:
+            added = publish_demo(bus, read_examples(DEV_FILE)[:demo])
+            if added:
+                typer.echo(f"published {added} sample customer messages (connector 'demo') to {bus.topics.inbound}")
+        typer.echo(f"data in {storage.data_dir.resolve()}; acknowledgements: "  # type: ignore[attr-defined]
+                   f"{'SMTP' if load(SmtpSettings).host else storage.data_dir / 'outgoing'}")  # type: ignore[attr-defined]
+        typer.echo("next: `frontdesk cases list` in another terminal; Ctrl-C stops (restarting loses nothing)")
+        stages = {
+            "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
+            "dispatch": lambda ev: run_dispatch(bus, store, settings, replier, ev),
+        }
+        code = run_pipeline(stages, stop, bus, counts, typer.echo)
+    store.close()
+    raise typer.Exit(code)
 
 
 @ingest_app.command("imap")
@@ -269,13 +303,13 @@ def dispatch_store():  # type: ignore[no-untyped-def]
 @app.command()
 def dispatch() -> None:
     """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
-    from dispatch.commands import run_dispatch
+    from dispatch.commands import email_replier, run_dispatch
     from dispatch.settings import SmtpSettings
 
     settings, store = dispatch_store()
-    smtp = load(SmtpSettings)
+    replier = email_replier(load(SmtpSettings), settings, load(StorageSettings).data_dir)  # type: ignore[arg-type]
     with open_configured_bus() as bus:
-        guard(lambda: run_dispatch(bus, store, settings, smtp, stop_on_signals()))  # type: ignore[arg-type]
+        guard(lambda: run_dispatch(bus, store, settings, replier, stop_on_signals()))
     store.close()
 
 
@@ -293,11 +327,11 @@ def cases_list(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
-    typer.echo(f"{'reference':16} {'queue':18} {'pri':>3} {'category':20} {'urgency':8} {'lang':4} {'chan':6} "
+    typer.echo(f"{'reference':16} {'queue':20} {'pri':>3} {'category':20} {'urgency':8} {'lang':4} {'chan':6} "
                f"{'ack':3} {'msgs':>4}  customer")
     for c in rows:
         who = c["customer"]["identities"][0] if c["customer"]["identities"] else c["customer"]["id"]
-        typer.echo(f"{c['reference']:16} {c['queue']:18} {c['priority']:>3} {c['category']:20} {c['urgency']:8} "
+        typer.echo(f"{c['reference']:16} {c['queue']:20} {c['priority']:>3} {c['category']:20} {c['urgency']:8} "
                    f"{c['language']:4} {c['channel']:6} {'yes' if c['acknowledged'] else 'no':3} "
                    f"{c['message_count']:>4}  {who}")
     typer.echo(f"{len(rows)} case(s)")

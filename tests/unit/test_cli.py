@@ -25,7 +25,7 @@ def test_module_entry_point() -> None:
 
 
 def test_unimplemented_stage_says_so() -> None:
-    result = runner.invoke(app, ["dispatch"])
+    result = runner.invoke(app, ["replay"])
     assert result.exit_code == 3 and "not yet implemented" in result.output
 
 

@@ -1,0 +1,34 @@
+"""A Replier for one-machine trials without an SMTP server: acknowledgements become .eml files.
+
+Files are written atomically (temp file + rename) and named after the deterministic Message-ID,
+so a repeated send overwrites the same file instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from dispatch.base import OutboundReply, Replier
+from frontdesk.errors import ReplyError, ReplyUnavailable
+
+
+class MaildropReplier(Replier):
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def send(self, reply: OutboundReply) -> None:
+        if reply.raw is None:
+            raise ReplyError(f"email reply for {reply.case_reference} has no MIME body")
+        name = hashlib.sha256(reply.message_id.encode()).hexdigest()[:24]
+        target = self.directory / f"{reply.case_reference}-{name}.eml"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(reply.raw)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ReplyUnavailable(f"cannot write {target}: {exc}") from exc
