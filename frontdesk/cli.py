@@ -184,9 +184,22 @@ def run(
 
 
 @ingest_app.command("imap")
-def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass, then exit")] = False) -> None:
+def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over all mailboxes, then exit")] = False) -> None:
     """Import mail from the configured IMAP mailboxes (IDLE; --once for one pass)."""
-    not_yet("the IMAP connector", 3)
+    from ingest.commands import connectors, run_forever
+    from ingest.imap_settings import ImapSettings
+
+    settings = load(ImapSettings)
+    storage = load(StorageSettings)
+    if not settings.mailboxes:  # type: ignore[attr-defined]
+        fail("no mailboxes configured (imap.mailboxes in the config file)", code=2)
+    with open_configured_bus() as bus:
+        conns = connectors(settings, bus, storage.data_dir, storage.blobs)  # type: ignore[arg-type,attr-defined]
+        if once:
+            total = sum(guard(lambda c=c: c.run_once()) for c in conns)
+            typer.echo(f"published {total} message(s)")
+            return
+        run_forever(conns, stop_on_signals())
 
 
 @ingest_app.command("http")
@@ -202,9 +215,30 @@ def ingest_telegram() -> None:
 
 
 @app.command("parse-mail")
-def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False) -> None:
     """Print the normalised message the IMAP connector would publish for an .eml file."""
-    not_yet("parse-mail", 3)
+    from ingest.imap_settings import ImapSettings
+    from ingest.mail.parse import MailLimits, MailRejected, parse_mail as parse, to_parse_json
+
+    settings = load(ImapSettings)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc}")
+    limits = MailLimits(max_message_bytes=settings.max_message_bytes,  # type: ignore[attr-defined]
+                        max_attachment_bytes=settings.max_attachment_bytes)  # type: ignore[attr-defined]
+    try:
+        view = to_parse_json(parse(raw, connector="parse-mail", channel="email", blobs=None, limits=limits))
+    except MailRejected as exc:
+        fail(f"{path}: {exc.reason}")
+    if as_json:
+        typer.echo(json.dumps(view, ensure_ascii=False, default=str))
+        return
+    for key in ("subject", "sender", "sender_name", "sent_at", "auto_submitted", "auto_reply", "bounce", "bulk"):
+        typer.echo(f"{key:16} {view.get(key)}")
+    for a in view.get("attachments", []):  # type: ignore[union-attr]
+        typer.echo(f"attachment       {a['name']} ({a['content_type']}, {a['size']} bytes)")
+    typer.echo("\n" + str(view.get("text", "")))
 
 
 def classifier_settings():  # type: ignore[no-untyped-def]

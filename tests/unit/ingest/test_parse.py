@@ -7,6 +7,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -21,14 +22,15 @@ LIMITS = MailLimits()
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def parse(raw: bytes, blobs: BlobStore | None = None, limits: MailLimits = LIMITS, **kw: object) -> InboundMessage:
-    return parse_mail(raw, connector=kw.pop("connector", "imap:support"), channel=kw.pop("channel", "email"),  # type: ignore[arg-type]
-                      blobs=blobs, limits=limits, received_at=kw.pop("received_at", NOW))  # type: ignore[arg-type]
+def parse(raw: bytes, blobs: BlobStore | None = None, limits: MailLimits = LIMITS, *,
+          connector: str = "imap:support", channel: Literal["email", "social"] = "email",
+          received_at: datetime | None = NOW) -> InboundMessage:
+    return parse_mail(raw, connector=connector, channel=channel, blobs=blobs, limits=limits, received_at=received_at)
 
 
 def mail(body: str = "Salam, pulum gəlmədi.", *, headers: str = "", ctype: str = "text/plain; charset=utf-8") -> bytes:
-    head = f"From: Elvin <elvin@mail.az>\r\nTo: support@bet.az\r\nSubject: Pul\r\n{headers}Content-Type: {ctype}\r\n\r\n"
-    return head.encode() + body.encode()
+    head = f"From: Elvin <elvin@mail.az>\r\nTo: support@bet.az\r\nSubject: Pul\r\n{headers}Content-Type: {ctype}"
+    return head.encode() + b"\r\n\r\n" + body.encode()
 
 
 def ew(text: str) -> str:
@@ -122,10 +124,14 @@ def test_a_failing_blob_store_is_transient_not_a_rejection(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("limits", "raw", "reason"),
     [
-        (MailLimits(max_message_bytes=1024), b"Subject: x\r\n\r\n" + b"y" * 2000, "message is 2 KiB, over the 1 KiB limit"),
-        (MailLimits(max_message_bytes=1000), b"Subject: x\r\n\r\n" + b"y" * 990, "message is 1004 bytes, over the 1000 bytes limit"),
-        (MailLimits(max_message_bytes=2048), b"Subject: x\r\n\r\n" + b"y" * 2035, "message is 2049 bytes, over the 2048-byte limit"),
-        (MailLimits(max_header_bytes=100), b"X-A: " + b"a" * 200 + b"\r\n\r\nbody", "header section is over the 100 bytes limit"),
+        (MailLimits(max_message_bytes=1024), b"Subject: x\r\n\r\n" + b"y" * 2000,
+         "message is 2 KiB, over the 1 KiB limit"),
+        (MailLimits(max_message_bytes=1000), b"Subject: x\r\n\r\n" + b"y" * 990,
+         "message is 1004 bytes, over the 1000 bytes limit"),
+        (MailLimits(max_message_bytes=2048), b"Subject: x\r\n\r\n" + b"y" * 2035,
+         "message is 2049 bytes, over the 2048-byte limit"),
+        (MailLimits(max_header_bytes=100), b"X-A: " + b"a" * 200 + b"\r\n\r\nbody",
+         "header section is over the 100 bytes limit"),
         (LIMITS, b"\r\n\r\n\x00", "message is empty"),
     ],
 )
@@ -164,7 +170,8 @@ def mutations(raw: bytes, seed: int) -> list[bytes]:
     out = [raw[: len(raw) * k // 7] for k in range(1, 7)]
     step = max(1, len(raw) // 5)
     out += [raw[:i] + b"\x00\xff\r" + raw[i:] for i in range(seed % step, len(raw), step)]
-    out += [raw.replace(b"\r\n", b"\r"), raw.replace(b"--", b"-"), raw.replace(b":", b"", 3), raw.replace(b"=", b"\x00")]
+    out += [raw.replace(b"\r\n", b"\r"), raw.replace(b"--", b"-"), raw.replace(b":", b"", 3), raw.replace(b"=",
+        b"\x00")]
     return out
 
 

@@ -85,7 +85,8 @@ def test_html_to_text_only_converts_up_to_the_limit() -> None:
 
 QUOTE_CASES = {
     "en-gmail": "On Mon, 8 Jan 2024 at 12:00, Support <support@bet.az> wrote:\n> old answer",
-    "en-outlook": "________________________________\nFrom: Support <support@bet.az>\nSent: Monday\nTo: me\nSubject: RE: x\n\nold answer",
+    "en-outlook": "________________________________\nFrom: Support <support@bet.az>\nSent: Monday\nTo: "
+                  "me\nSubject: RE: x\n\nold answer",
     "en-original": "-----Original Message-----\nFrom: Support\nSent: Monday\n\nold answer",
     "ru-pishet": "08.01.2024 12:00, Поддержка пишет:\n> old answer",
     "ru-pisal": "8 января 2024 г., в 12:00, Поддержка <support@bet.az> писал(а):\n> old answer",
@@ -132,7 +133,8 @@ def test_clean_text_keeps_ordinary_customer_text(own: str) -> None:
 
 
 def test_clean_text_of_a_bare_forward_is_the_forwarded_content() -> None:
-    text = clean_text("---------- Forwarded message ---------\nFrom: Bank <b@bank.az>\nDate: Mon\n\nCard charged 150 AZN.")
+    text = clean_text("---------- Forwarded message ---------\nFrom: Bank <b@bank.az>\nDate: Mon\n\nCard "
+                      "charged 150 AZN.")
     assert text == "Card charged 150 AZN."
 
 

@@ -1,0 +1,346 @@
+"""One raw RFC 5322 message → one :class:`InboundMessage`, or :class:`MailRejected` with the reason.
+
+The MIME tree comes from the stdlib ``email`` parser (``compat32``, the one mail-parser wraps);
+charsets, encoded-words, names and HTML are decoded by :mod:`ingest.mail.text` and
+:mod:`ingest.mail.flags` (why: see the package docstring).
+
+Contract of :func:`parse_mail`:
+
+* bounded: the size, header, part-count and depth limits are checked before the expensive
+  work, so a hostile mail costs milliseconds, not seconds;
+* pure until the end: blobs (the raw message, attachments within their limit) are written only
+  once the whole message is normalised, so a rejected mail leaves nothing behind;
+* deterministic: the same bytes give the same message (id, attachment names, texts); only
+  ``received_at`` defaults to "now";
+* total: anything the email package cannot make sense of raises :class:`MailRejected`, never a
+  library exception; only a failing blob write raises (``BlobWriteFailed``, transient).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.generator import BytesGenerator
+from email.message import Message
+from io import BytesIO
+from typing import Any, Literal
+
+from frontdesk.errors import RecordError
+from frontdesk.messages import Attachment, InboundMessage, ThreadHints
+from ingest.blobs import BlobStore, blob_ref
+from ingest.mail import flags as headers
+from ingest.mail.text import clean_text, decode_bytes, html_to_text, normalise_text
+
+KiB = 1024
+MiB = 1024 * KiB
+SUBJECT_MAX = 998
+HTML_FACTOR = 5  # HTML beyond 5x max_text_chars costs seconds in html2text and rarely adds text
+SYNTHETIC_DOMAIN = "frontdesk.invalid"
+_BODY_TYPES = ("text/plain", "text/html")
+_MESSAGE_TYPES = ("message/rfc822", "message/global")
+_REPORT_PARTS = {"message/delivery-status", "message/global-delivery-status", "text/rfc822-headers",
+                 "message/global-headers", "message/disposition-notification", "message/feedback-report"}
+_EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif",
+               "text/plain": ".txt", "text/html": ".html", "text/calendar": ".ics", "message/rfc822": ".eml"}
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_LINE = re.compile(rb"From |[!-9;-~]*:|[ \t]")  # what the stdlib feedparser takes for a header line
+_KNOWN_HEADER = re.compile(
+    rb"(?:from|to|cc|subject|date|message-id|mime-version|content-[a-z-]+|reply-to|in-reply-to|references"
+    rb"|sender|return-path|received|x-[!-9;-~]+)[ \t]*:",
+    re.IGNORECASE,
+)
+_BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
+_DELIMITER = re.compile(rb"^--([!-~]{1,70}?)(?:--)?[ \t\r]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class MailLimits:
+    """What one mail may cost. Beyond a limit the mail is rejected; an attachment over
+    ``max_attachment_bytes`` is only described (metadata, no stored content)."""
+
+    max_message_bytes: int = 25 * MiB
+    max_attachment_bytes: int = 15 * MiB
+    max_parts: int = 200
+    max_text_chars: int = 100_000
+    max_header_bytes: int = 64 * KiB
+    max_depth: int = 10
+
+
+class MailRejected(RecordError):
+    """The mail cannot become an InboundMessage; ``reason`` says why, for the dead-letter record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_mail(raw: bytes, *, connector: str, channel: Literal["email", "social"], blobs: BlobStore | None,
+               limits: MailLimits, received_at: datetime | None = None) -> InboundMessage:
+    """Normalise ``raw`` (contract: module docstring).
+
+    ``external_id`` is the Message-ID, or ``<sha256(raw)@frontdesk.invalid>`` without one, so a
+    re-import of the same bytes has the same pipeline id. ``received_at`` must be aware.
+    """
+    if received_at is not None and received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    _check_bounds(raw, limits)
+    try:
+        message = message_from_bytes(_repair_header_section(raw, limits.max_header_bytes))
+        _check_structure(message, limits)
+        fields, payloads = _normalise(message, raw, limits, store=blobs is not None)
+        inbound = InboundMessage.create(
+            connector=connector, channel=channel, platform="email" if channel == "email" else None,
+            received_at=(received_at or datetime.now(UTC)).astimezone(UTC),
+            raw_ref=blob_ref(raw) if blobs is not None else None, **fields)
+    except MailRejected:
+        raise
+    except RecursionError as exc:
+        raise MailRejected("MIME structure is nested too deeply to parse") from exc
+    except Exception as exc:  # the email package raises a wide, undocumented set on hostile input
+        raise MailRejected(f"unparseable message: {type(exc).__name__}: {exc}"[:500]) from exc
+    if blobs is not None:
+        for data in (raw, *payloads):
+            blobs.put(data)
+    return inbound
+
+
+def _check_bounds(raw: bytes, limits: MailLimits) -> None:
+    """The checks that need no parse. The part count is bounded from the delimiter lines because
+    the stdlib parser needs seconds for the ~700,000 parts that fit in 25 MiB."""
+    if len(raw) > limits.max_message_bytes:
+        raise MailRejected(f"message is {_over(len(raw), limits.max_message_bytes)} limit")
+    if not raw.strip(b"\x00\r\n\t "):
+        raise MailRejected("message is empty")
+    if _header_section_size(raw, limits.max_header_bytes) > limits.max_header_bytes:
+        raise MailRejected(f"header section is over the {_human(limits.max_header_bytes)} limit")
+    boundaries = {quoted or bare for quoted, bare in _BOUNDARY_PARAM.findall(raw)}
+    # every part is announced by a delimiter line, every multipart also has a closing one
+    if len(boundaries) > limits.max_parts + 1 or _delimiters(raw, boundaries) > 2 * limits.max_parts + 2:
+        raise MailRejected(f"message has more than {limits.max_parts} MIME parts")
+
+
+def _delimiters(data: bytes, boundaries: Iterable[bytes]) -> int:
+    alternatives = b"|".join(re.escape(boundary) for boundary in boundaries)
+    if not alternatives:
+        return 0
+    pattern = re.compile(rb"^--(?:" + alternatives + rb")(?:--)?[ \t]*\r?$", re.MULTILINE)
+    return sum(1 for _ in pattern.finditer(data))
+
+
+def _over(actual: int, limit: int) -> str:
+    """'31.2 MiB, over the 25 MiB' — in bytes when rounding would hide the difference."""
+    shown, bound = _human(actual), _human(limit)
+    return f"{shown}, over the {bound}" if shown != bound else f"{actual} bytes, over the {limit}-byte"
+
+
+def _human(count: int) -> str:
+    for unit, size in (("MiB", MiB), ("KiB", KiB)):
+        if count >= size:
+            return f"{count / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{count} bytes"
+
+
+def _header_section_size(raw: bytes, limit: int) -> int:
+    """Bytes of the top-level header section as the parser sees it (``limit + 1`` if longer)."""
+    size = 0
+    for line in raw[: limit + 1].splitlines(keepends=True):
+        if not _HEADER_LINE.match(line):
+            return size
+        size += len(line)
+    return size if len(raw) <= limit else limit + 1
+
+
+def _repair_header_section(raw: bytes, limit: int) -> bytes:
+    """Drop up to two junk lines (no colon) from the header section when known headers follow:
+    the stdlib parser would end the headers there and read Content-Type & co. as body text."""
+    end = _HEADER_END.search(raw, 0, limit + 4)
+    if end is None:
+        return raw
+    lines = raw[: end.start()].split(b"\n")
+    junk = [index for index, line in enumerate(lines) if not _HEADER_LINE.match(line)]
+    if not junk or len(junk) > 2 or not any(_KNOWN_HEADER.match(line) for line in lines[junk[-1] + 1 :]):
+        return raw
+    kept = [line for index, line in enumerate(lines) if index not in junk]
+    return b"\n".join(kept) + raw[end.start() :]
+
+
+def _check_structure(message: Message, limits: MailLimits) -> None:
+    """Reject more than ``max_parts`` entities below the root, or nesting deeper than ``max_depth``.
+    Walks iteratively (a hostile tree is deep) and repairs broken multiparts on the way."""
+    count, stack = 0, [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if part.get_content_maintype() == "multipart" and not part.is_multipart():
+            _recover_multipart(part, limits)
+        if not part.is_multipart():
+            continue
+        if depth >= limits.max_depth:
+            raise MailRejected(f"MIME nesting is deeper than {limits.max_depth} levels")
+        for child in part.get_payload():
+            count += 1
+            if count > limits.max_parts:
+                raise MailRejected(f"message has more than {limits.max_parts} MIME parts")
+            stack.append((child, depth + 1))
+
+
+def _recover_multipart(part: Message, limits: MailLimits) -> None:
+    """A multipart whose boundary parameter is missing or wrong: split at the delimiter lines found."""
+    data = part.get_payload(decode=True)  # the raw body: a multipart has no transfer encoding
+    match = _DELIMITER.search(data) if isinstance(data, bytes) else None
+    if match is None:
+        return
+    if _delimiters(data, [match.group(1)]) > 2 * limits.max_parts + 2:
+        raise MailRejected(f"message has more than {limits.max_parts} MIME parts")
+    boundary = match.group(1).decode("ascii")
+    header = f'Content-Type: {part.get_content_type()}; boundary="{boundary}"\n\n'.encode()
+    rebuilt = message_from_bytes(header + data)
+    if rebuilt.is_multipart():
+        part.set_payload(rebuilt.get_payload())
+        part.set_param("boundary", boundary)
+
+
+def _normalise(
+    message: Message, raw: bytes, limits: MailLimits, *, store: bool
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The InboundMessage fields (but the connector's) and the attachment bytes to store."""
+    bodies: list[Message] = []
+    parts: list[Message] = []
+    _visit(message, bodies, parts, in_body=True)
+    full_text = normalise_text("\n\n".join(_body_text(part, limits) for part in bodies))
+    full_text = full_text[: limits.max_text_chars]
+    described = [_attachment(part, index, limits, store=store) for index, part in enumerate(parts, start=1)]
+    subject = headers.header_text(message, "Subject", SUBJECT_MAX)
+    sender = headers.mail_sender(message)
+    fields = {
+        "external_id": headers.normalise_msgid(headers.header_text(message, "Message-ID", 4000))
+        or f"<{hashlib.sha256(raw).hexdigest()}@{SYNTHETIC_DOMAIN}>",
+        "thread": ThreadHints(
+            in_reply_to=headers.normalise_msgid(headers.header_text(message, "In-Reply-To", 4000)),
+            references=headers.msgid_list(headers.header_text(message, "References", 200_000)),
+        ),
+        "sender": sender,
+        "recipients": headers.mail_recipients(message),
+        "subject": subject,
+        "text": clean_text(full_text)[: limits.max_text_chars],
+        "full_text": full_text,
+        "attachments": tuple(attachment for attachment, _ in described),
+        "sent_at": headers.mail_date(message),
+        "flags": headers.mail_flags(message, subject=subject, sender=sender.address),
+    }
+    return fields, [data for attachment, data in described if attachment.stored_at is not None]
+
+
+def _visit(part: Message, bodies: list[Message], attachments: list[Message], *, in_body: bool) -> None:
+    """Sort the tree into body parts (reading order) and attachments (document order).
+
+    Of a multipart/alternative only one branch is read (plain text preferred); of a
+    multipart/report only the first, human-readable part. Report parts are neither.
+    """
+    ctype = part.get_content_type()
+    if ctype in _REPORT_PARTS:
+        return
+    if _is_attachment(part, ctype):
+        attachments.append(part)
+    elif not part.is_multipart():
+        if in_body and (ctype in _BODY_TYPES or part.get_content_maintype() == "multipart"):
+            bodies.append(part)  # an unrecoverable multipart is still better read than dropped
+    else:
+        children = [child for child in part.get_payload() if isinstance(child, Message)]
+        chosen = _choose_alternative(children) if ctype == "multipart/alternative" else None
+        for index, child in enumerate(children):
+            readable = (chosen is None or child is chosen) and (ctype != "multipart/report" or index == 0)
+            _visit(child, bodies, attachments, in_body=in_body and readable)
+
+
+def _is_attachment(part: Message, ctype: str) -> bool:
+    if ctype in _MESSAGE_TYPES:
+        return True
+    if part.is_multipart() or part.get_content_maintype() == "multipart":
+        return False
+    if part.get_content_disposition() == "attachment" or headers.attachment_filename(part):
+        return True
+    return ctype not in _BODY_TYPES
+
+
+def _choose_alternative(children: list[Message]) -> Message | None:
+    """The first non-empty text/plain alternative, else the first HTML-bearing one, else the last."""
+    for child in children:
+        if child.get_content_type() == "text/plain" and str(child.get_payload()).strip():
+            return child
+    for child in children:
+        if any(sub.get_content_type() == "text/html" for sub in child.walk()):
+            return child
+    return children[-1] if children else None
+
+
+def _body_text(part: Message, limits: MailLimits) -> str:
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return ""
+    charset = part.get_content_charset()
+    if part.get_content_type() == "text/html":
+        return html_to_text(decode_bytes(data, charset), limits.max_text_chars * HTML_FACTOR)
+    return decode_bytes(data[: limits.max_text_chars * 4], charset)  # 4: the most bytes a character takes
+
+
+def _attachment(part: Message, index: int, limits: MailLimits, *, store: bool) -> tuple[Attachment, bytes]:
+    data = _payload_bytes(part)
+    ctype, disposition = part.get_content_type(), part.get_content_disposition()
+    attachment = Attachment(
+        name=headers.attachment_filename(part) or f"attachment-{index}{_EXTENSIONS.get(ctype, '.bin')}",
+        content_type=ctype,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        stored_at=blob_ref(data) if store and len(data) <= limits.max_attachment_bytes else None,
+        inline=disposition == "inline" or (disposition is None and part.get("Content-ID") is not None),
+    )
+    return attachment, data
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The attachment's bytes: transfer-decoded content, or the embedded message re-serialised."""
+    if part.is_multipart():
+        buffer = BytesIO()
+        inner = part.get_payload(0) if part.get_content_type() in _MESSAGE_TYPES else part
+        BytesGenerator(buffer, mangle_from_=False, maxheaderlen=0).flatten(inner)
+        return buffer.getvalue()
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def to_parse_json(msg: InboundMessage) -> dict[str, object]:
+    """The operator view printed by ``frontdesk parse-mail --json``: one flat, JSON-safe object."""
+    flags = msg.flags
+    return {
+        "message_id": msg.id,
+        "external_id": msg.external_id,
+        "connector": msg.connector,
+        "channel": msg.channel,
+        "subject": msg.subject,
+        "sender": msg.sender.address,
+        "sender_name": msg.sender.name,
+        "recipients": [party.address for party in msg.recipients if party.address],
+        "in_reply_to": msg.thread.in_reply_to,
+        "references": list(msg.thread.references),
+        "text": msg.text,
+        "full_text": msg.full_text,
+        "attachments": [
+            {"name": a.name, "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
+             "inline": a.inline, "stored_at": a.stored_at}
+            for a in msg.attachments
+        ],
+        "auto_submitted": flags.auto_submitted,
+        "auto_reply": flags.auto_reply,
+        "bounce": flags.bounce,
+        "bounced_message_id": flags.bounced_message_id,
+        "bulk": flags.bulk,
+        "list_id": flags.list_id,
+        "suppress_autoreply": flags.suppress_autoreply,
+        "sent_at": msg.sent_at.isoformat() if msg.sent_at else None,
+        "received_at": msg.received_at.isoformat(),
+        "raw_ref": msg.raw_ref,
+    }

@@ -1,0 +1,299 @@
+"""Bytes to readable text: charsets, RFC 2047 headers, HTML, control characters.
+
+Everything here is total: any input gives a ``str`` (possibly with U+FFFD replacement
+characters) and nothing raises, because mail from the internet is routinely mislabelled.
+
+Charset policy, in order:
+
+1. pure ASCII is ASCII;
+2. bytes that are valid UTF-8 (and not ASCII) are UTF-8 whatever the label says — valid UTF-8
+   is almost never an accident, while "iso-8859-1" / "koi8-r" labels on UTF-8 text are common;
+3. a known declared charset is used, except that Cyrillic text labelled cp1251 but written in
+   KOI8-R (or the reverse, or labelled Latin-1) is recognised by its letter case;
+4. a UTF-8 label on broken UTF-8 decodes with replacement characters;
+5. no usable label: Cyrillic by the same test, otherwise windows-1254 (Turkish, a superset of
+   ISO-8859-9 in the printable range).
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import re
+from email import quoprimime
+
+import html2text
+from mailparser_reply.constants import MAIL_LANGUAGES
+from mailparser_reply.parser import EmailMessage
+
+_CHARSET_ALIASES = {
+    "utf8": "utf-8",
+    "utf-8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+    "cp-1251": "cp1251",
+    "win-1251": "cp1251",
+    "windows1251": "cp1251",
+    "x-cp1251": "cp1251",
+    "koi8r": "koi8-r",
+    "latin5": "iso-8859-9",
+    "iso8859-9": "iso-8859-9",
+    "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030",
+}
+_UNUSABLE_CHARSETS = {"unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined", "binary"}
+_LATIN_LABELS = {"ascii", "iso8859-1", "cp1252", "iso8859-15", "iso8859-9", "cp1254"}
+_HIGH_BYTES = bytes(range(0xC0, 0x100))
+_LETTER_BYTES = bytes(range(0x80, 0x100)) + b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CYRILLIC_CODECS = ("cp1251", "koi8-r")
+_CYRILLIC_LOWER = re.compile("[а-яё]")
+_SAMPLE_BYTES = 64 * 1024
+_FALLBACK_CODEC = "cp1254"
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{0,64})\?([bBqQ])\?([^?\s]*)\?=")
+_ENCODED_RUN = re.compile(r"(?:=\?[^?\s]{0,64}\?[bBqQ]\?[^?\s]*\?=)+")
+_VALID_NON_ASCII = re.compile(r"[^\x00-\x7f\ufffd]")
+_BETWEEN_ENCODED_WORDS = re.compile(r"(\?=)[ \t\r\n]+(?==\?)")
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff\ufffe\uffff]")
+_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]{100,}")
+_MD_ESCAPE = re.compile(r"\\([-\\`*_{}\[\]()#+.!>])")
+_MANY_BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+def codec_for(label: str | None) -> str | None:
+    """The Python codec name for a MIME charset label, or None when it is unusable/unknown."""
+    if not label:
+        return None
+    name = label.strip().strip("\"'").lower().split("*", 1)[0]
+    name = _CHARSET_ALIASES.get(name, name)
+    if not name or name in _UNUSABLE_CHARSETS:
+        return None
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def decode_bytes(data: bytes, declared: str | None) -> str:
+    """Decode ``data`` following the module's charset policy; never raises."""
+    if data.isascii():
+        return data.decode("ascii")
+    codec = codec_for(declared)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if codec in (None, "utf-8") or codec in _LATIN_LABELS:
+        replaced = data.decode("utf-8", "replace")
+        valid = len(replaced) - len(_VALID_NON_ASCII.sub("", replaced))
+        # UTF-8 with a few broken bytes; real 8-bit text almost never forms valid sequences
+        if valid and (codec == "utf-8" or valid >= 2 * replaced.count("\ufffd")):
+            return replaced
+        if codec == "utf-8":
+            codec = None
+    if codec is not None and codec not in _CYRILLIC_CODECS and codec not in _LATIN_LABELS:
+        return data.decode(codec, "replace")
+    cyrillic = _cyrillic_guess(data)
+    if cyrillic is not None:
+        return cyrillic
+    return data.decode(codec or _FALLBACK_CODEC, "replace")
+
+
+def _cyrillic_guess(data: bytes) -> str | None:
+    """Decode 8-bit Cyrillic by letter case: KOI8-R read as cp1251 comes out mostly upper case."""
+    sample = data[:_SAMPLE_BYTES]
+    high = len(sample) - len(sample.translate(None, _HIGH_BYTES))
+    letters = len(sample) - len(sample.translate(None, _LETTER_BYTES))
+    if letters == 0 or high / letters < 0.5:
+        return None
+
+    def lower_case_letters(codec: str) -> int:
+        text = sample.decode(codec, "replace")
+        return len(text) - len(_CYRILLIC_LOWER.sub("", text))
+
+    return data.decode(max(_CYRILLIC_CODECS, key=lower_case_letters), "replace")
+
+
+def decode_header_value(value: str) -> str:
+    """Decode a raw header value: raw 8-bit bytes and RFC 2047 encoded-words, any charset.
+
+    ``value`` is what the stdlib parser stores: str with undecodable bytes as surrogate escapes.
+    Adjacent encoded-words in the same charset are joined before decoding (encoders split
+    multi-byte characters across them); one that cannot be decoded is kept literally.
+    """
+    text = value if value.isascii() else decode_bytes(value.encode("utf-8", "surrogateescape"), None)
+    text = re.sub(r"\r?\n(?=[ \t])", "", text)
+    if "=?" not in text:
+        return text
+    text = _BETWEEN_ENCODED_WORDS.sub(r"\1", text)
+    return _ENCODED_RUN.sub(_decode_run, text)
+
+
+def _decode_run(run: re.Match[str]) -> str:
+    pieces: list[tuple[str | None, bytes | str]] = []
+    for word in _ENCODED_WORD.finditer(run.group(0)):
+        charset, data = word.group(1).lower(), _word_bytes(word.group(2).lower(), word.group(3))
+        if data is None:
+            pieces.append((None, word.group(0)))
+        elif pieces and pieces[-1][0] == charset and isinstance(pieces[-1][1], bytes):
+            pieces[-1] = (charset, pieces[-1][1] + data)
+        else:
+            pieces.append((charset, data))
+    return "".join(data if isinstance(data, str) else decode_bytes(data, charset) for charset, data in pieces)
+
+
+def _word_bytes(encoding: str, payload: str) -> bytes | None:
+    try:
+        if encoding == "b":
+            return binascii.a2b_base64((payload + "=" * (-len(payload) % 4)).encode("ascii"))
+        return quoprimime.header_decode(payload).encode("latin-1")
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+
+
+def single_line(text: str, limit: int) -> str:
+    """``text`` as one line (header-injection safe: no CR/LF/NUL/controls), at most ``limit`` chars."""
+    flat = _HEADER_BREAKS.sub(" ", text)
+    return " ".join(flat.split())[:limit]
+
+
+def normalise_text(text: str) -> str:
+    """Unix newlines, no NUL/control characters, no runs of blank lines, no outer blank lines."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL_CHARS.sub("", text)
+    text = _MANY_BLANK_LINES.sub("\n\n", text)
+    return text.strip("\n").rstrip()
+
+
+def html_to_text(html: str, limit: int) -> str:
+    """Readable text of an HTML body via html2text.
+
+    Scripts, styles and the head are dropped by html2text's parser (nothing is executed or
+    fetched); links keep their text, images are dropped, blockquotes become ``> `` lines so the
+    quote remover sees them. Markdown escapes html2text adds are undone. Only the first ``limit``
+    characters are converted, after dropping inline ``data:`` images that would fill them.
+    """
+    html = _DATA_URI.sub("data:", html)[:limit]
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.unicode_snob = True
+    converter.ignore_images = True
+    converter.ignore_links = True
+    converter.ignore_emphasis = True
+    converter.ignore_tables = True
+    try:
+        markdown = converter.handle(html)
+    except Exception:  # html2text is a best-effort parser; never lose the mail over its bugs
+        markdown = re.sub(r"<[^>]*>", " ", html)
+    lines = (line.rstrip() for line in _MD_ESCAPE.sub(r"\1", markdown).split("\n"))
+    return "\n".join(line for line in lines if line.strip() != "* * *")  # html2text's <hr>
+
+
+# --- quoted replies and signatures -------------------------------------------------------------
+# mail-parser-reply knows English (and languages we do not need) but not Russian, Turkish or
+# Azerbaijani; its English signature and disclaimer lists cut customer sentences ("Thanks, but
+# ...", "CAUTION: ... email ..."). Its regex table is overridden in a subclass rather than by
+# mutating the library's module globals.
+
+_Q = r"(?:> ?)*+"
+_WROTE = r"(?:wrote|пишет|писал\(а\)|написал\(а\)|написала?|писала?|(?:şunu )?yazdı|yazıb)"
+_SEPARATORS = (
+    r"Original Message|Исходное сообщение|Оригинальное сообщение|Orijinal [Mm]esaj|Özgün [İi]leti"
+    r"|Orijinal məktub|Forwarded [Mm]essage|Пересылаемое сообщение|Пересланное сообщение"
+    r"|İletilen [İi]leti|Yönləndirilmiş məktub"
+)
+_EMAIL_IN_BRACKETS = r"<[^<>\s@]+@[^<>\s]+>"
+_CLOSINGS = (
+    r"Best regards|Kind regards|Warm regards|Regards|Best wishes|Sincerely"
+    r"|Yours (?:sincerely|faithfully)|С уважением|С наилучшими пожеланиями|Saygılarımla|Saygılar"
+    r"|İyi çalışmalar|Hörmətlə"
+)
+_SENT_FROM = (
+    r"Отправлено (?:с|из|со) [^\n]{1,60}"
+    r"|[^\n]{1,40}(?:'[uıüi]m(?:dan|den)|'dan|'den|dan|den) gönderildi\.?"
+    r"|[^\n]{1,40}(?:-dan|-dən|'dan|'dən|dan|dən) göndərildi\.?"
+)
+
+
+def _outlook_block(names: str) -> str:
+    """An Outlook-style header block (two or more ``Name: value`` lines), as the library builds them."""
+    return r"((?:(?:^|\n|\n" + _Q + r")[* ]*(?:" + names + r"):[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})"
+
+
+_EXTRA_LANGUAGES: dict[str, dict[str, str]] = {
+    "en": {
+        # the library's own "On ... wrote:" pattern is quadratic in the line length
+        "wrote_header": r"^(" + _Q + r"On\s[^\n]*(?:\n" + _Q + r"[^\n]*)?\s?wrote:)$",
+        "signatures": "",  # the x-generic entry has line-anchored closings for all languages
+        # "CAUTION: someone uses my email" is a customer's sentence, not a disclaimer; an empty
+        # pattern would make the library drop every sentence that mentions mail, hence (?!)
+        "disclaimers": r"(?!)",
+    },
+    "ru": {"from_header": _outlook_block("От|Отправлено|Кому|Тема|Дата|Копия")},
+    "tr": {"from_header": _outlook_block("Kimden|Gönderildi|Gönderilme Tarihi|Kime|Konu|Tarih|Bilgi")},
+    "az": {"from_header": _outlook_block("Kimdən|Göndərildi|Göndərilib|Kimə|Mövzu|Tarix|Surət")},
+    "x-generic": {
+        "wrote_header": (
+            r"^(" + _Q + r"(?=[^\n]*[\d@])[^\n]{0,300}?\s" + _WROTE + r"\s?:"  # "..., 12:00, X yazdı:"
+            r"|" + _Q + r"[^\n]{0,300}?" + _EMAIL_IN_BRACKETS + r"\s?:"  # "..., X <x@y>:" (Gmail ru)
+            r"|" + _Q + r"[^\n]{0,300}?" + _EMAIL_IN_BRACKETS + r"\s?\n" + _Q + _WROTE + r"\s?:"  # wrapped
+            r"|" + _Q + r"-{2,}\s?(?:" + _SEPARATORS + r")\s?-{2,}"
+            r"|" + _Q + r"Begin forwarded message:)$"
+        ),
+        "signatures": r"(?:" + _CLOSINGS + r")[ \t]*[,.!]?[ \t]*$|(?:" + _SENT_FROM + r")[ \t]*$",
+    },
+}
+_LANGUAGES = ["en", "ru", "tr", "az", "x-generic"]
+_MAX_LINE = 1000
+_QUOTE_PREFIX = re.compile(r"^(?:> ?)+")
+
+
+class _ReplyMessage(EmailMessage):
+    """mail-parser-reply's message with our extra languages and a conservative signature list."""
+
+    def _get_language_regex(self, language: str, regex_key: str) -> str:
+        override = _EXTRA_LANGUAGES.get(language, {})
+        if regex_key in override:
+            return override[regex_key]
+        if language not in MAIL_LANGUAGES:
+            return ""
+        return super()._get_language_regex(language, regex_key)
+
+
+def clean_text(full_text: str) -> str:
+    """The customer's own words: quoted history, reply headers and signatures removed.
+
+    Uses mail-parser-reply to split the text at reply/forward headers (en/ru/tr/az attribution
+    lines, Outlook header blocks, "Original/Forwarded message" separators) and to drop
+    signatures ("-- ", closings, "Sent from my iPhone" and its ru/tr/az forms); ``>``-quoted
+    lines are dropped too. If nothing is left above the first header (a bare forward, or
+    bottom-posting), the first fragment that still has own text is used instead.
+    """
+    prepared = _prepare(full_text)
+    if not prepared:
+        return ""
+    message = _ReplyMessage(text=prepared, languages=list(_LANGUAGES), keep_hyphen_lists=True).read()
+    for reply in message.replies:
+        own = _drop_quoted_lines(reply.body)
+        if own:
+            return own
+    return _drop_quoted_lines(prepared)
+
+
+def _prepare(text: str) -> str:
+    """Collapse whitespace runs and split very long lines: the library's regexes backtrack on them."""
+    lines = []
+    for line in normalise_text(text).split("\n"):
+        line = _QUOTE_PREFIX.sub("> ", " ".join(line.split()))
+        while len(line) > _MAX_LINE:
+            cut = line.rfind(" ", 0, _MAX_LINE)
+            cut = cut if cut > 0 else _MAX_LINE
+            lines.append(line[:cut])
+            line = line[cut:].lstrip()
+        lines.append(line)
+    return _MANY_BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _drop_quoted_lines(text: str) -> str:
+    kept = [line for line in text.split("\n") if not line.lstrip().startswith(">")]
+    return _MANY_BLANK_LINES.sub("\n\n", "\n".join(kept)).strip()

@@ -1,0 +1,260 @@
+"""The IMAP connector against the real Dovecot: corpus import, IDLE, crashes, dropped connections."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from imapclient import IMAPClient
+
+from frontdesk.bus.sqlite import SqliteBus
+from frontdesk.codec import decode
+from frontdesk.messages import DeadLetter, InboundMessage
+from ingest.blobs import BlobStore
+from ingest.imap import CheckpointStore, MailboxConnector
+from ingest.imap_settings import MailboxSettings
+from ingest.mail.parse import MailLimits
+from tests.conftest import DOVECOT_PASSWORD
+from tests.fixtures.mail.corpus import CorpusMail, build_corpus
+
+pytestmark = pytest.mark.dovecot
+USER = "support"
+
+
+def corpus() -> list[CorpusMail]:
+    """The MIME corpus with default limits, less the zero-byte mail no IMAP server stores."""
+    return [m for m in build_corpus() if not m.limits and m.raw.strip()]
+
+
+def fill(server, folder: str, raws: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    with IMAPClient(server.host, server.port, ssl=False, timeout=30) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.create_folder(folder)
+        for start in range(0, len(raws), 100):
+            imap.multiappend(folder, raws[start : start + 100])
+        assert imap.select_folder(folder)[b"EXISTS"] == len(raws)
+
+
+def box(server, folder: str, **over: object) -> MailboxSettings:  # type: ignore[no-untyped-def]
+    fields = dict(name="support", host=server.host, port=server.port, security="none", username=USER,
+                  password=DOVECOT_PASSWORD, folders=(folder,), batch=100, poll_interval_s=1.0)
+    fields.update(over)
+    return MailboxSettings(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def folder() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture()
+def bus(tmp_path: Path) -> Iterator[SqliteBus]:
+    b = SqliteBus(tmp_path / "bus.sqlite3")
+    b.ensure_topics()
+    yield b
+    b.close()
+
+
+def connector(server, bus: SqliteBus, tmp_path: Path, folder: str, **over: object) -> MailboxConnector:  # type: ignore[no-untyped-def]
+    return MailboxConnector(box(server, folder, **over), bus, CheckpointStore(tmp_path / "imap"),
+                            BlobStore(tmp_path / "blobs"), MailLimits(), reconnect=(0.2, 1.0))
+
+
+def records(bus: SqliteBus, topic: str) -> list:  # type: ignore[type-arg]
+    out = []
+    with bus.consumer(f"check-{uuid.uuid4().hex}", [topic]) as consumer:
+        while batch := consumer.poll(1000, timeout=0.3):
+            out.extend(batch)
+    return out
+
+
+def by_uid(bus: SqliteBus) -> dict[int, tuple[str, object]]:
+    out: dict[int, tuple[str, object]] = {}
+    for r in records(bus, bus.topics.inbound):
+        out[int(r.header("frontdesk-imap-uid"))] = ("inbound", decode(r.value, InboundMessage))
+    for r in records(bus, bus.topics.deadletter):
+        out[int(r.header("frontdesk-imap-uid"))] = ("dead", decode(r.value, DeadLetter))
+    return out
+
+
+def test_corpus_is_imported_exactly_once_with_correct_text(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    mails = corpus()
+    assert len(mails) >= 300
+    fill(dovecot_server, folder, [m.raw for m in mails])
+    conn = connector(dovecot_server, bus, tmp_path, folder)
+    assert conn.run_once() == len(mails)
+    got = by_uid(bus)
+    assert sorted(got) == list(range(1, len(mails) + 1)), "every UID exactly once"
+    for uid, mail in enumerate(mails, 1):
+        kind, item = got[uid]
+        if b"\x00" in mail.raw:
+            continue  # Dovecot stores NUL bytes as 0x80: the mail it serves is not the corpus mail
+        if mail.rejected:
+            assert kind == "dead" and mail.rejected in item.reason, (mail.name, item)  # type: ignore[attr-defined]
+            continue
+        assert kind == "inbound", (mail.name, item)
+        msg: InboundMessage = item  # type: ignore[assignment]
+        if mail.subject is not None:
+            assert msg.subject == mail.subject, mail.name
+        if mail.sender is not None:
+            assert msg.sender.address == mail.sender, mail.name
+        for needle in mail.text_has:
+            assert needle in msg.text, (mail.name, needle)
+        for needle in mail.text_lacks:
+            assert needle not in msg.text and needle in msg.full_text, (mail.name, needle)
+        # IMAP stores lines with CRLF, which changes the bytes of 8-bit text attachments only.
+        checked = [a for a in mail.attachments if a.sha256 and not a.content_type.startswith("text/")]
+        assert {a.sha256 for a in checked} <= {a.sha256 for a in msg.attachments}, mail.name
+        assert len(msg.attachments) == len(mail.attachments), mail.name
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.select_folder(folder, readonly=True)
+        assert imap.search(["UNSEEN"]) == [], "imported mail (rejected too) is flagged"
+    assert conn.run_once() == 0, "a second pass imports nothing"
+
+
+def test_idle_puts_a_new_mail_on_the_bus_within_two_seconds(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    fill(dovecot_server, folder, [corpus()[0].raw])
+    conn = connector(dovecot_server, bus, tmp_path, folder)
+    stop = threading.Event()
+    worker = threading.Thread(target=conn.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(records(bus, bus.topics.inbound)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        appended = time.monotonic()
+        with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+            imap.login(USER, DOVECOT_PASSWORD)
+            imap.append(folder, corpus()[1].raw)
+        while len(records(bus, bus.topics.inbound)) < 2 and time.monotonic() - appended < 5:
+            time.sleep(0.05)
+        latency = time.monotonic() - appended
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert len(records(bus, bus.topics.inbound)) == 2 and latency < 2.0, latency
+
+
+def test_kill_between_publish_and_flag_loses_nothing(dovecot_server, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    mails = [m for m in corpus() if not m.rejected][:250]
+    fill(dovecot_server, folder, [m.raw for m in mails])
+    config = tmp_path / "frontdesk.yaml"
+    config.write_text(yaml.safe_dump({"imap": {"mailboxes": [
+        {**box(dovecot_server, folder).model_dump(mode="json"), "password": DOVECOT_PASSWORD}]}}))
+    env = {**os.environ, "FRONTDESK_STORAGE_DATA_DIR": str(tmp_path / "var"), "FRONTDESK_LOG_LEVEL": "WARNING"}
+    cmd = [sys.executable, "-m", "frontdesk", "--config", str(config), "ingest", "imap", "--once"]
+    crashed = subprocess.run(cmd, env={**env, "FRONTDESK_CRASH_AT": "imap.after_publish:2"}, capture_output=True,
+                             text=True, timeout=120)
+    assert crashed.returncode == -9, crashed.stderr[-1500:]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "published" in done.stdout, done.stderr[-1500:]
+    bus = SqliteBus(tmp_path / "var" / "bus.sqlite3")
+    msgs = [decode(r.value, InboundMessage) for r in records(bus, bus.topics.inbound)]
+    uids = [int(r.header("frontdesk-imap-uid")) for r in records(bus, bus.topics.inbound)]
+    assert set(uids) == set(range(1, len(mails) + 1)), "nothing lost"
+    assert len(msgs) == len(mails) + 100, "the second batch (published, not flagged) came again"
+    first = {}
+    for uid, m in zip(uids, msgs, strict=True):
+        assert first.setdefault(uid, m.id) == m.id, "a duplicate carries the same id"
+
+
+class DroppingProxy:
+    """TCP proxy to Dovecot that cuts the first connection after ``cut_after`` server bytes."""
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        self.target, self.cut_after, self.connections = port, cut_after, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.sock.accept()
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.target))
+            limit = self.cut_after if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                sent += len(data)
+                if limit is not None and sent > limit:
+                    break
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+def test_connection_dropped_mid_fetch_recovers(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    mails = [m for m in corpus() if not m.rejected and len(m.raw) < 200_000][:200]
+    fill(dovecot_server, folder, [m.raw for m in mails])
+    proxy = DroppingProxy(dovecot_server.port, cut_after=sum(len(m.raw) for m in mails[:60]))
+    conn = connector(dovecot_server, bus, tmp_path, folder, port=proxy.port)
+    stop = threading.Event()
+    worker = threading.Thread(target=conn.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len({r.key for r in records(bus, bus.topics.inbound)}) < len(mails) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert proxy.connections >= 2 and conn.health.consecutive_failures == 0 and conn.health.last_error
+    uids = {int(r.header("frontdesk-imap-uid")) for r in records(bus, bus.topics.inbound)}
+    assert uids == set(range(1, len(mails) + 1))
+
+
+def test_uidvalidity_change_rescans_without_new_ids(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    mails = [m for m in corpus() if not m.rejected][:30]
+    fill(dovecot_server, folder, [m.raw for m in mails])
+    conn = connector(dovecot_server, bus, tmp_path, folder)
+    conn.run_once()
+    ids = {r.key for r in records(bus, bus.topics.inbound)}
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.delete_folder(folder)
+    fill(dovecot_server, folder, [m.raw for m in mails])
+    assert conn.run_once() == len(mails)
+    again = [r.key for r in records(bus, bus.topics.inbound)]
+    assert len(again) == 2 * len(mails) and set(again) == ids
+
+
+def test_parse_mail_cli(tmp_path: Path) -> None:
+    mail = next(m for m in corpus() if m.attachments and not m.rejected)
+    path = tmp_path / "m.eml"
+    path.write_bytes(mail.raw)
+    out = subprocess.run([sys.executable, "-m", "frontdesk", "parse-mail", str(path), "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    view = json.loads(out.stdout)
+    assert {"subject", "sender", "text", "full_text", "attachments", "auto_submitted", "bounce", "bulk"} <= set(view)
+    assert [a["sha256"] for a in view["attachments"]] == [a.sha256 for a in mail.attachments]
+    bad = tmp_path / "bad.eml"
+    bad.write_bytes(b"x" * (26 * 1024 * 1024))
+    out = subprocess.run([sys.executable, "-m", "frontdesk", "parse-mail", str(bad)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "limit" in out.stderr
