@@ -154,6 +154,8 @@ def run(
     from dispatch.settings import SmtpSettings
     from dispatch.store.models import Case
     from frontdesk.pipeline import publish_demo, run_pipeline
+    from ingest.commands import connectors
+    from ingest.imap_settings import ImapSettings
     from sqlalchemy import func, select
 
     storage = load(StorageSettings)
@@ -178,6 +180,12 @@ def run(
             "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
             "dispatch": lambda ev: run_dispatch(bus, store, settings, replier, ev),
         }
+        imap = load(ImapSettings)
+        for conn in connectors(imap, bus, storage.data_dir, storage.blobs):  # type: ignore[arg-type,attr-defined]
+            stages[conn.connector] = conn.run
+            typer.echo(f"watching mailbox {conn.connector} ({conn.box.host}, {', '.join(conn.box.folders)})")
+        if not imap.mailboxes:  # type: ignore[attr-defined]
+            typer.echo("no mailboxes configured: add imap.mailboxes to a config file (see config/frontdesk.yaml)")
         code = run_pipeline(stages, stop, bus, counts, typer.echo)
     store.close()
     raise typer.Exit(code)
