@@ -183,3 +183,39 @@ def test_bad_routing_file_names_the_line(tmp_path: Path) -> None:
                    "    queue: q\n")
     with pytest.raises(ConfigError, match=r"routing.yaml:\d+"):
         RoutingTable.load(bad)
+
+
+def test_migrations_match_the_models(store: SqlCaseStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from dispatch.store.models import Base
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_cases_cli_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from frontdesk.cli import app
+
+    url = f"sqlite:///{tmp_path / 'cases.sqlite3'}"
+    settings = DispatchSettings(database_url=url)
+    file_store = SqlCaseStore(url, Context(settings, RoutingTable.load(settings.routing_file)))
+    ref = file_store.apply(email(1)).case_reference
+    file_store.apply(email(2, in_reply_to="<m1@mail.az>"))
+    file_store.close()
+    env = {"FRONTDESK_DISPATCH_DATABASE_URL": url, "FRONTDESK_STORAGE_DATA_DIR": str(tmp_path)}
+    listed = CliRunner().invoke(app, ["cases", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    for key in ("reference", "queue", "priority", "category", "urgency", "language", "channel", "status",
+                "customer", "acknowledged", "message_count"):
+        assert key in row
+    assert (row["reference"], row["message_count"]) == (ref, 2)
+    shown = CliRunner().invoke(app, ["cases", "show", ref, "--json"], env=env)
+    case = json.loads(shown.stdout)
+    assert len(case["messages"]) == 2 and case["history"][0]["event"] == "created"
+    missing = CliRunner().invoke(app, ["cases", "show", "FD-2026-999999"], env=env)
+    assert missing.exit_code == 1
