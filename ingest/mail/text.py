@@ -1,4 +1,4 @@
-"""Bytes to readable text: charsets, RFC 2047 headers, HTML, control characters.
+"""Bytes to readable text: charsets, RFC 2047 headers, HTML, and the clean (unquoted) text.
 
 Everything here is total: any input gives a ``str`` (possibly with U+FFFD replacement
 characters) and nothing raises, because mail from the internet is routinely mislabelled.
@@ -8,9 +8,10 @@ Charset policy, in order:
 1. pure ASCII is ASCII;
 2. bytes that are valid UTF-8 (and not ASCII) are UTF-8 whatever the label says — valid UTF-8
    is almost never an accident, while "iso-8859-1" / "koi8-r" labels on UTF-8 text are common;
-3. a known declared charset is used, except that Cyrillic text labelled cp1251 but written in
-   KOI8-R (or the reverse, or labelled Latin-1) is recognised by its letter case;
-4. a UTF-8 label on broken UTF-8 decodes with replacement characters;
+3. UTF-8 with a few broken bytes (labelled UTF-8 or Latin, or unlabelled) keeps its valid
+   characters and gets U+FFFD for the broken bytes;
+4. a known declared charset is used, except that Cyrillic text labelled cp1251 but written in
+   KOI8-R (or the reverse, or labelled Latin-1/UTF-8) is recognised by its letter case;
 5. no usable label: Cyrillic by the same test, otherwise windows-1254 (Turkish, a superset of
    ISO-8859-9 in the printable range).
 """
