@@ -1,0 +1,78 @@
+"""``frontdesk train | eval | classify | classify-text``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from classify.settings import ClassifierSettings
+from frontdesk.clikit import app, guard, load, open_configured_bus, stop_on_signals
+
+
+def classifier_settings() -> ClassifierSettings:
+    return load(ClassifierSettings)
+
+
+@app.command()
+def classify() -> None:
+    """Run the classify stage: inbound topic -> triaged topic (one consumer group)."""
+    from classify.commands import run_stage
+
+    settings = classifier_settings()
+    with open_configured_bus() as bus:
+        guard(lambda: run_stage(bus, settings, stop_on_signals()))
+
+
+@app.command("classify-text")
+def classify_text(
+    text: str,
+    subject: Annotated[str, typer.Option(help="Email subject, if any")] = "",
+    channel: Annotated[str, typer.Option(help="email, chat or social")] = "email",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print labels and confidences for one message."""
+    from classify.commands import classify_text as run
+
+    triage = guard(lambda: run(text, subject, channel, classifier_settings()))
+    if as_json:
+        typer.echo(json.dumps(triage, ensure_ascii=False))
+        return
+    conf = triage["confidence"]
+    for task in ("category", "urgency", "language"):
+        typer.echo(f"{task:10} {triage[task]:22} {conf.get(task, 0):.2f}")
+    typer.echo(f"{'review':10} {'needs review' if triage['needs_review'] else 'no':22}")
+    if triage["reasons"]:
+        typer.echo(f"{'rules':10} {', '.join(triage['reasons'])}")
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option("--data", help="Labelled JSONL file (repeatable)")],
+    out: Annotated[Optional[Path], typer.Option(help="Model directory (default: the configured one)")] = None,
+    epochs: Annotated[int, typer.Option(help="LoRA fine-tuning epochs; 0 keeps the encoder frozen")] = 4,
+    dev: Annotated[Optional[Path], typer.Option(help="Evaluate on this file and record it in the card")] = None,
+) -> None:
+    """Fine-tune the encoder adapters, train the heads and write a model card."""
+    from classify.commands import train_command
+
+    settings = classifier_settings()
+    target = out or settings.model_dir
+    card = guard(lambda: train_command(data, target, settings, epochs, dev))
+    typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
+    if "dev" in card:
+        d = card["dev"]
+        typer.echo(f"dev: category F1 {d['category_macro_f1']:.3f}  urgency F1 {d['urgency_macro_f1']:.3f}  "
+                   f"language acc {d['language_accuracy']:.3f}")
+
+
+@app.command("eval")
+def evaluate(path: Path, as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False) -> None:
+    """Evaluate the classifier and the TF-IDF baseline on a labelled JSONL file."""
+    from classify.commands import eval_report
+    from classify.evaluate import render
+
+    report = guard(lambda: eval_report(path, classifier_settings()))
+    typer.echo(json.dumps(report, ensure_ascii=False) if as_json else render(report))

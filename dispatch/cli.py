@@ -1,0 +1,80 @@
+"""``frontdesk dispatch`` and ``frontdesk cases list | show``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from frontdesk.clikit import app, cases_app, fail, guard, load, open_configured_bus, stop_on_signals
+from frontdesk.settings import StorageSettings
+
+
+def dispatch_store():  # type: ignore[no-untyped-def]
+    from dispatch.commands import open_store
+    from dispatch.settings import DispatchSettings
+
+    settings = load(DispatchSettings)
+    storage = load(StorageSettings)
+    return settings, guard(lambda: open_store(settings, storage.data_dir))  # type: ignore[attr-defined]
+
+
+@app.command()
+def dispatch() -> None:
+    """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
+    from dispatch.commands import email_replier, run_dispatch
+    from dispatch.settings import SmtpSettings
+
+    settings, store = dispatch_store()
+    replier = email_replier(load(SmtpSettings), settings, load(StorageSettings).data_dir)  # type: ignore[arg-type]
+    with open_configured_bus() as bus:
+        guard(lambda: run_dispatch(bus, store, settings, replier, stop_on_signals()))
+    store.close()
+
+
+@cases_app.command("list")
+def cases_list(
+    queue: Annotated[Optional[str], typer.Option()] = None,
+    status: Annotated[Optional[str], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout")] = False,
+) -> None:
+    """List cases, most urgent first."""
+    from dispatch.commands import list_cases
+
+    _, store = dispatch_store()
+    rows = guard(lambda: list_cases(store, queue, status))
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    typer.echo(f"{'reference':16} {'queue':20} {'pri':>3} {'category':20} {'urgency':8} {'lang':4} {'chan':6} "
+               f"{'ack':3} {'msgs':>4}  customer")
+    for c in rows:
+        who = c["customer"]["identities"][0] if c["customer"]["identities"] else c["customer"]["id"]
+        typer.echo(f"{c['reference']:16} {c['queue']:20} {c['priority']:>3} {c['category']:20} {c['urgency']:8} "
+                   f"{c['language']:4} {c['channel']:6} {'yes' if c['acknowledged'] else 'no':3} "
+                   f"{c['message_count']:>4}  {who}")
+    typer.echo(f"{len(rows)} case(s)")
+
+
+@cases_app.command("show")
+def cases_show(reference: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one case with its messages and full history."""
+    from dispatch.commands import show_case
+
+    _, store = dispatch_store()
+    case = guard(lambda: show_case(store, reference))
+    if case is None:
+        fail(f"no case {reference}")
+    if as_json:
+        typer.echo(json.dumps(case, ensure_ascii=False))
+        return
+    for key in ("reference", "status", "queue", "priority", "category", "urgency", "language", "channel",
+                "acknowledged", "first_response_due", "possible_thread_match"):
+        typer.echo(f"{key:22} {case[key]}")
+    typer.echo("\nmessages:")
+    for m in case["messages"]:
+        typer.echo(f"  {m['received_at']}  {m['sender']}: {m['subject']} | {m['text'][:100]!r}")
+    typer.echo("\nhistory:")
+    for h in case["history"]:
+        typer.echo(f"  {h['at']}  {h['event']:22} {json.dumps(h['detail'], ensure_ascii=False)}")

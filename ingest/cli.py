@@ -1,0 +1,70 @@
+"""``frontdesk ingest imap | http | telegram`` and ``frontdesk parse-mail``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from frontdesk.clikit import app, fail, guard, ingest_app, load, not_yet, open_configured_bus, stop_on_signals
+from frontdesk.settings import StorageSettings
+
+
+@ingest_app.command("imap")
+def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over all mailboxes, then exit")] = False) -> None:
+    """Import mail from the configured IMAP mailboxes (IDLE; --once for one pass)."""
+    from ingest.commands import connectors, run_forever
+    from ingest.imap_settings import ImapSettings
+
+    settings = load(ImapSettings)
+    storage = load(StorageSettings)
+    if not settings.mailboxes:  # type: ignore[attr-defined]
+        fail("no mailboxes configured (imap.mailboxes in the config file)", code=2)
+    with open_configured_bus() as bus:
+        conns = connectors(settings, bus, storage.data_dir, storage.blobs)  # type: ignore[arg-type,attr-defined]
+        if once:
+            total = sum(guard(lambda c=c: c.run_once()) for c in conns)
+            typer.echo(f"published {total} message(s)")
+            return
+        run_forever(conns, stop_on_signals())
+
+
+@ingest_app.command("http")
+def ingest_http() -> None:
+    """Serve the HTTP intake (messages API, Telegram and Meta/WhatsApp webhooks)."""
+    not_yet("the HTTP intake", 6)
+
+
+@ingest_app.command("telegram")
+def ingest_telegram() -> None:
+    """Long-poll the Telegram Bot API (for bots without a public URL)."""
+    not_yet("the Telegram polling connector", 6)
+
+
+@app.command("parse-mail")
+def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False) -> None:
+    """Print the normalised message the IMAP connector would publish for an .eml file."""
+    from ingest.imap_settings import ImapSettings
+    from ingest.mail.parse import MailLimits, MailRejected, parse_mail as parse, to_parse_json
+
+    settings = load(ImapSettings)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc}")
+    limits = MailLimits(max_message_bytes=settings.max_message_bytes,  # type: ignore[attr-defined]
+                        max_attachment_bytes=settings.max_attachment_bytes)  # type: ignore[attr-defined]
+    try:
+        view = to_parse_json(parse(raw, connector="parse-mail", channel="email", blobs=None, limits=limits))
+    except MailRejected as exc:
+        fail(f"{path}: {exc.reason}")
+    if as_json:
+        typer.echo(json.dumps(view, ensure_ascii=False, default=str))
+        return
+    for key in ("subject", "sender", "sender_name", "sent_at", "auto_submitted", "auto_reply", "bounce", "bulk"):
+        typer.echo(f"{key:16} {view.get(key)}")
+    for a in view.get("attachments", []):  # type: ignore[union-attr]
+        typer.echo(f"attachment       {a['name']} ({a['content_type']}, {a['size']} bytes)")
+    typer.echo("\n" + str(view.get("text", "")))
