@@ -88,6 +88,7 @@ def run(
     from dispatch.store.models import Case
     from frontdesk.pipeline import publish_demo, run_pipeline
     from ingest.commands import connectors
+    from ingest.http import HttpIntakeSettings, serve
     from ingest.imap_settings import ImapSettings
     from sqlalchemy import func, select
 
@@ -119,6 +120,10 @@ def run(
             typer.echo(f"watching mailbox {conn.connector} ({conn.box.host}, {', '.join(conn.box.folders)})")
         if not imap.mailboxes:  # type: ignore[attr-defined]
             typer.echo("no mailboxes configured: add imap.mailboxes to a config file (see config/frontdesk.yaml)")
+        http = load(HttpIntakeSettings)
+        if http.api_tokens or http.hmac_secret or http.telegram_secret_token or http.meta_app_secret:
+            stages["http"] = lambda ev: serve(http, bus, ev)
+            typer.echo(f"HTTP intake on http://{http.host}:{http.port}")
         code = run_pipeline(stages, stop, bus, counts, typer.echo)
     store.close()
     raise typer.Exit(code)

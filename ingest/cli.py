@@ -33,8 +33,13 @@ def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over
 
 @ingest_app.command("http")
 def ingest_http() -> None:
-    """Serve the HTTP intake (messages API, Telegram and Meta/WhatsApp webhooks)."""
-    not_yet("the HTTP intake", 6)
+    """Serve the HTTP intake: /v1/messages, Telegram and Meta (WhatsApp, Messenger, Instagram) webhooks."""
+    from ingest.http import HttpIntakeSettings, serve
+
+    settings = load(HttpIntakeSettings)
+    with open_configured_bus() as bus:
+        typer.echo(f"HTTP intake on http://{settings.host}:{settings.port} (OpenAPI at /docs)")
+        guard(lambda: serve(settings, bus, stop_on_signals()))
 
 
 @ingest_app.command("telegram")

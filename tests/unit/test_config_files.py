@@ -10,10 +10,11 @@ from classify.settings import ClassifierSettings
 from dispatch.routing import RoutingTable
 from dispatch.settings import DispatchSettings, SmtpSettings
 from frontdesk.settings import BusSettings, ComponentSettings, KafkaSettings, StorageSettings
+from ingest.http import HttpIntakeSettings
 from ingest.imap_settings import ImapSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = [StorageSettings, BusSettings, KafkaSettings, ImapSettings, ClassifierSettings, DispatchSettings, SmtpSettings]
+ALL = [StorageSettings, BusSettings, KafkaSettings, ImapSettings, HttpIntakeSettings, ClassifierSettings, DispatchSettings, SmtpSettings]
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.section)

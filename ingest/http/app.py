@@ -1,0 +1,291 @@
+"""The HTTP intake service: ``create_app(settings, bus)`` builds the FastAPI application.
+
+Endpoints (OpenAPI document: ``GET /openapi.json``, committed as ``ingest/http/openapi.json``):
+
+* ``POST /v1/messages`` — the versioned messages API (:mod:`ingest.http.api`); bearer token or
+  ``X-Frontdesk-Signature: sha256=<hex>`` (HMAC-SHA256 of the raw body).
+* ``POST /webhooks/telegram`` — Bot API updates; ``X-Telegram-Bot-Api-Secret-Token`` must match.
+* ``GET /webhooks/meta`` — subscription handshake; ``POST /webhooks/meta`` — WhatsApp, Messenger
+  and Instagram events, ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw body, app secret).
+* ``GET /healthz`` (process up), ``GET /readyz`` (the bus answers).
+
+Guarantees of every POST: the body is read with a size limit (413, checked against Content-Length
+first and while reading) and authenticated before it is parsed (401: nothing published); a 2xx is
+sent only after ``bus.publish`` returned, i.e. the messages are durable. If the bus fails, the
+answer is 503 with Retry-After and the sender's retry is safe: ids are stable, so a message that
+was in fact written is a no-op downstream. Webhook events that are not customer messages get
+200 and publish nothing (platforms retry non-2xx answers). Secrets are never logged. Running the
+app: :mod:`ingest.http.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import SecretStr, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
+
+from frontdesk.bus.base import Bus, Outgoing
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.codec import encode
+from frontdesk.errors import FrontdeskError, TransientError
+from frontdesk.messages import InboundMessage
+from ingest.http.api import Accepted, MessageIn, Problem, Published, ValidationProblem, api_message
+from ingest.http.meta import MetaConnectors, meta_batch
+from ingest.http.normalise import PayloadError, telegram_update
+from ingest.http.settings import HttpIntakeSettings
+
+log = logging.getLogger(__name__)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+VERSION = "1.0.0"
+_DURABLE = "The customer messages of the event (none for other events) are durably on the bus"
+_SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer"},
+             "frontdeskSignature": {"type": "apiKey", "in": "header", "name": "X-Frontdesk-Signature",
+                                    "description": "sha256=<hex HMAC-SHA256 of the raw body with the shared secret>"},
+             "telegramSecretToken": {"type": "apiKey", "in": "header", "name": "X-Telegram-Bot-Api-Secret-Token",
+                                     "description": "The secret_token given to setWebhook"},
+             "metaSignature": {"type": "apiKey", "in": "header", "name": "X-Hub-Signature-256",
+                               "description": "sha256=<hex HMAC-SHA256 of the raw body with the app secret>"}}
+
+
+def _platform_body(description: str, scheme: str) -> dict[str, Any]:
+    """OpenAPI extras of a webhook whose body is the platform's own JSON (not re-specified here)."""
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+            "security": [{scheme: []}]}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    known: dict[int, dict[str, Any]] = {
+        400: {"model": Problem, "description": "The body is not valid JSON; nothing was published"},
+        401: {"model": Problem, "description": "Missing or invalid credentials; nothing was published"},
+        404: {"model": Problem, "description": "Endpoint disabled: its credential is not configured"},
+        413: {"model": Problem, "description": "Body larger than the configured limit; nothing was published"},
+        422: {"model": ValidationProblem, "description": "Schema error; `detail[].loc` names the field"},
+        503: {"model": Problem, "description": "The message bus is unavailable; nothing was accepted, retry later",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}},
+    }
+    return {code: known[code] for code in codes}
+
+
+def create_app(settings: HttpIntakeSettings, bus: Bus, *,
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
+    """The intake application publishing to ``bus.topics.inbound``. Does not start a server."""
+    intake = _Intake(settings, bus, clock)
+    app = FastAPI(title="Frontdesk HTTP intake", version=VERSION, redoc_url=None,
+                  description="Receives customer messages (messages API, Telegram and Meta webhooks) and "
+                              "publishes them to the inbound topic. A 2xx means the bus has them.")
+    app.add_exception_handler(PayloadError, _payload_error)
+    app.add_api_route("/v1/messages", intake.post_message, methods=["POST"], status_code=202, response_model=Accepted,
+                      operation_id="submitMessage", tags=["messages"],
+                      summary="Submit one social-media or chat message",
+                      response_description="Accepted: the message is durably on the bus under `id`",
+                      responses=_responses(401, 404, 413, 422, 503), openapi_extra={
+                          "requestBody": {"required": True, "content": {"application/json": {
+                              "schema": {"$ref": "#/components/schemas/MessageIn"}}}},
+                          "security": [{"bearerAuth": []}, {"frontdeskSignature": []}]})
+    app.add_api_route("/webhooks/telegram", intake.telegram, methods=["POST"], response_model=Published,
+                      operation_id="telegramWebhook", tags=["webhooks"], summary="Telegram Bot API update",
+                      response_description=_DURABLE, responses=_responses(400, 401, 404, 413, 422, 503),
+                      openapi_extra=_platform_body("A Bot API Update (https://core.telegram.org/bots/api#update)",
+                                                   "telegramSecretToken"))
+    app.add_api_route("/webhooks/meta", intake.meta_verify, methods=["GET"], response_class=PlainTextResponse,
+                      operation_id="metaVerify", tags=["webhooks"], summary="Meta subscription handshake",
+                      response_description="The hub.challenge, echoed as text/plain",
+                      responses={403: {"model": Problem, "description": "Wrong hub.mode or verify token"},
+                                 **_responses(404)})
+    app.add_api_route("/webhooks/meta", intake.meta, methods=["POST"], response_model=Published,
+                      operation_id="metaWebhook", tags=["webhooks"], summary="WhatsApp, Messenger and Instagram events",
+                      response_description=_DURABLE, responses=_responses(400, 401, 404, 413, 422, 503),
+                      openapi_extra=_platform_body("A Meta webhook batch: object whatsapp_business_account, page or "
+                                                   "instagram, with entry[]", "metaSignature"))
+    app.add_api_route("/healthz", _healthz, methods=["GET"], operation_id="healthz", tags=["operations"],
+                      summary="The process is up")
+    app.add_api_route("/readyz", intake.readyz, methods=["GET"], operation_id="readyz", tags=["operations"],
+                      summary="The bus answers", responses={503: {"description": "The bus does not answer"}})
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+class _Intake:
+    """The endpoint handlers, bound to one settings object and one bus."""
+
+    def __init__(self, settings: HttpIntakeSettings, bus: Bus, clock: Callable[[], datetime]) -> None:
+        self.settings, self.bus, self.clock = settings, bus, clock
+        self.meta_connectors = MetaConnectors(settings.whatsapp_connector, settings.facebook_connector,
+                                              settings.instagram_connector)
+
+    async def post_message(self, request: Request) -> Accepted:
+        s = self.settings
+        _enabled(bool(s.api_tokens or s.hmac_secret), "POST /v1/messages (http.api_tokens / http.hmac_secret)")
+        raw = await _read_body(request, s.max_body_bytes)
+        if not (_bearer_ok(request.headers.get("authorization"), s.api_tokens)
+                or _signature_ok(request.headers.get("x-frontdesk-signature"), raw, s.hmac_secret)):
+            _refuse(request, 401, "missing or invalid bearer token or signature", {"WWW-Authenticate": "Bearer"})
+        try:
+            body = MessageIn.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError([{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]}
+                                          for e in exc.errors(include_url=False)]) from None
+        message = api_message(body, received_at=self.clock())
+        await self._publish([message])
+        return Accepted(id=message.id)
+
+    async def telegram(self, request: Request) -> Published:
+        s = self.settings
+        _enabled(s.telegram_secret_token is not None, "the Telegram webhook (http.telegram_secret_token)")
+        if not _secret_ok(request.headers.get("x-telegram-bot-api-secret-token"), s.telegram_secret_token):
+            _refuse(request, 401, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+        update = _json(await _read_body(request, s.max_body_bytes))
+        message = telegram_update(update, connector=s.telegram_connector, received_at=self.clock(),
+                                  max_text=s.max_text_chars)
+        return await self._publish([message] if message else [])
+
+    async def meta_verify(self, mode: str | None = Query(None, alias="hub.mode"),
+                          token: str | None = Query(None, alias="hub.verify_token"),
+                          challenge: str | None = Query(None, alias="hub.challenge", max_length=256),
+                          ) -> PlainTextResponse:
+        _enabled(self.settings.meta_verify_token is not None, "the Meta webhook handshake (http.meta_verify_token)")
+        if mode != "subscribe" or not _secret_ok(token, self.settings.meta_verify_token):
+            log.warning("refused the Meta subscription handshake: wrong mode or verify token")
+            raise HTTPException(403, "wrong hub.mode or hub.verify_token")
+        if not challenge or not challenge.isprintable():
+            raise HTTPException(400, "hub.challenge missing or not printable")
+        return PlainTextResponse(challenge, headers={"X-Content-Type-Options": "nosniff"})
+
+    async def meta(self, request: Request) -> Published:
+        s = self.settings
+        _enabled(s.meta_app_secret is not None, "the Meta webhook (http.meta_app_secret)")
+        raw = await _read_body(request, s.max_body_bytes)
+        if not _signature_ok(request.headers.get("x-hub-signature-256"), raw, s.meta_app_secret):
+            _refuse(request, 401, "missing or invalid X-Hub-Signature-256")
+        messages = meta_batch(_json(raw), connectors=self.meta_connectors, received_at=self.clock(),
+                              max_text=s.max_text_chars)
+        return await self._publish(messages)
+
+    async def readyz(self) -> JSONResponse:
+        try:
+            await asyncio.wait_for(run_in_threadpool(self.bus.end_offsets, self.bus.topics.inbound),
+                                   self.settings.ready_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason is logged
+            log.warning("not ready: the bus does not answer (%s)", type(exc).__name__)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def _publish(self, messages: list[InboundMessage]) -> Published:
+        """Publish in one call and wait until durable; 503 (+ Retry-After) if the bus is unavailable."""
+        if messages:
+            records = [Outgoing(self.bus.topics.inbound, encode(m), m.id.encode(),
+                                (("frontdesk-connector", m.connector.encode()),)) for m in messages]
+            try:
+                await run_in_threadpool(self.bus.publish, records)
+            except TransientError as exc:
+                log.warning("bus unavailable, %d message(s) refused with 503: %s", len(records), exc)
+                raise HTTPException(503, "the message bus is unavailable; retry later",
+                                    headers={"Retry-After": str(self.settings.retry_after_s)}) from exc
+            except FrontdeskError as exc:
+                log.error("bus error, %d message(s) refused with 503: %s", len(records), exc)
+                raise HTTPException(503, "the message bus failed; retry later") from exc
+            for m in messages:
+                log.info("published %s from %s (%s)", m.id, m.connector, m.external_id[:80])
+        return Published(published=len(messages), ids=[m.id for m in messages])
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise HTTPException(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise HTTPException(413, f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise HTTPException(400, "the body is not valid JSON") from exc
+
+
+def _secret_ok(given: str | None, secret: SecretStr | None) -> bool:
+    """Constant-time comparison; False when either side is missing."""
+    if not given or secret is None:
+        return False
+    return hmac.compare_digest(given.encode(), secret.get_secret_value().encode())
+
+
+def _bearer_ok(header: str | None, tokens: tuple[SecretStr, ...]) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    return any([_secret_ok(token.strip(), t) for t in tokens])  # a list: compare with every token
+
+
+def _signature_ok(header: str | None, body: bytes, secret: SecretStr | None) -> bool:
+    """``sha256=<hex>`` is the HMAC-SHA256 of ``body`` keyed with ``secret`` (constant-time)."""
+    scheme, _, given = (header or "").strip().partition("=")
+    if secret is None or scheme.lower() != "sha256" or not given:
+        return False
+    expected = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
+
+
+def _enabled(configured: bool, what: str) -> None:
+    if not configured:
+        raise HTTPException(404, f"{what} is not configured")
+
+
+def _refuse(request: Request, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    client = request.client.host if request.client else "?"
+    log.warning("refused %s %s from %s: %s", request.method, request.url.path, client, reason)
+    raise HTTPException(status, reason, headers=headers)
+
+
+async def _payload_error(request: Request, exc: Exception) -> JSONResponse:
+    detail = exc.detail() if isinstance(exc, PayloadError) else [{"type": "payload", "loc": ["body"], "msg": str(exc)}]
+    log.warning("refused %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the request-body schemas of endpoints that parse their body themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        _, defs = models_json_schema([(MessageIn, "validation")], ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs["$defs"])
+        components["securitySchemes"] = _SECURITY
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def write_openapi(path: Path = OPENAPI_PATH) -> Path:
+    """(Re)write the committed OpenAPI document; a test fails when it drifts from the code."""
+    document = create_app(HttpIntakeSettings(), MemoryBus()).openapi()
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
