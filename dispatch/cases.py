@@ -178,6 +178,8 @@ def _acknowledge(session: Session, case: Case, tm: TriagedMessage, route: Route,
     if msg.channel not in s.ack_channels:
         _history(session, case, now, "ack_suppressed", msg.id, {"reason": "channel_not_acknowledged"})
         return "channel_not_acknowledged"
+    if msg.channel != "email":
+        return _chat_ack(session, case, tm, route, ctx, now, follow_up)
     address = reply_address(msg)
     recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
         OutboxRow.kind == "ack", OutboxRow.recipient == address,
@@ -200,6 +202,43 @@ def _acknowledge(session: Session, case: Case, tm: TriagedMessage, route: Route,
     _outbox(session, case, "ack", key, json.dumps(payload, ensure_ascii=False), now, recipient=address)
     session.add(ThreadKey(key=f"mid:{mid}"[:600], case_id=case.id))
     _history(session, case, now, "ack_queued", msg.id, {"message_id": mid})
+    return "ok"
+
+
+def chat_recipient(msg: InboundMessage) -> str | None:
+    """Where a chat reply goes: the Telegram chat (or chat:topic), else the sender's platform id."""
+    if msg.platform == "telegram":
+        return msg.thread.conversation_id or msg.sender.platform_id
+    return msg.sender.platform_id or msg.sender.phone
+
+
+def _chat_ack(session: Session, case: Case, tm: TriagedMessage, route: Route, ctx: Context, now: datetime,
+              follow_up: bool) -> str:
+    """Queue a chat/social acknowledgement for the platform's Replier, or record why not."""
+    msg, s = tm.message, ctx.settings
+    recipient = chat_recipient(msg)
+    recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
+        OutboxRow.kind == "ack", OutboxRow.recipient == f"{msg.platform}:{recipient}",
+        OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) or 0
+    reason = ("auto_submitted" if msg.flags.auto_submitted or msg.flags.auto_reply or msg.flags.bulk
+              else "public_mention_policy" if msg.channel == "social" and s.public_mentions == "none"
+              else "spam" if tm.triage.category == "spam"
+              else "follow_up" if follow_up and not s.ack_follow_ups
+              else "rate_limited" if recent >= s.ack_rate_max
+              else "no_address" if not recipient else "ok")
+    if reason != "ok":
+        _history(session, case, now, "ack_suppressed", msg.id, {"reason": reason})
+        return reason
+    due = case.first_response_due or now + route.sla
+    body = render_ack(case.reference or "", case.language, route.sla, due, msg.sender.name, s.templates_dir,
+                      s.fallback_language)
+    mid = ack_message_id(case.reference or "", msg.id, s.message_id_domain)
+    payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector, "recipient": recipient,
+               "body": body, "message_id": mid}
+    key = f"ack:{case.id}:{msg.id}" if follow_up else f"ack:{case.id}"
+    _outbox(session, case, "ack", key, json.dumps(payload, ensure_ascii=False), now,
+            recipient=f"{msg.platform}:{recipient}")
+    _history(session, case, now, "ack_queued", msg.id, {"message_id": mid, "platform": msg.platform})
     return "ok"
 
 

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from dispatch.base import Replier
+from dispatch.settings import DispatchSettings
+
 from frontdesk.clikit import app, cases_app, fail, guard, load, open_configured_bus, stop_on_signals
 from frontdesk.settings import StorageSettings
 
@@ -20,16 +23,23 @@ def dispatch_store():  # type: ignore[no-untyped-def]
     return settings, guard(lambda: open_store(settings, storage.data_dir))  # type: ignore[attr-defined]
 
 
+def configured_repliers(settings: DispatchSettings) -> dict[str, Replier]:
+    from dispatch.chat_repliers import ChatReplySettings
+    from dispatch.commands import repliers
+    from dispatch.settings import SmtpSettings
+
+    return guard(lambda: repliers(load(SmtpSettings), load(ChatReplySettings), settings, load(StorageSettings).data_dir))
+
+
 @app.command()
 def dispatch() -> None:
     """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
-    from dispatch.commands import email_replier, run_dispatch
-    from dispatch.settings import SmtpSettings
+    from dispatch.commands import run_dispatch
 
     settings, store = dispatch_store()
-    replier = email_replier(load(SmtpSettings), settings, load(StorageSettings).data_dir)  # type: ignore[arg-type]
+    out = configured_repliers(settings)
     with open_configured_bus() as bus:
-        guard(lambda: run_dispatch(bus, store, settings, replier, stop_on_signals()))
+        guard(lambda: run_dispatch(bus, store, settings, out, stop_on_signals()))
     store.close()
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from dispatch.base import Replier
 from dispatch.cases import Context
+from dispatch.chat_repliers import ChatReplySettings, build_repliers
 from dispatch.relay import OutboxRelay
 from dispatch.routing import RoutingTable
 from dispatch.settings import DispatchSettings, SmtpSettings
@@ -35,6 +36,12 @@ def open_store(settings: DispatchSettings, data_dir: Path) -> SqlCaseStore:
     return SqlCaseStore(database_url(settings, data_dir), Context(settings, routing))
 
 
+def repliers(smtp: SmtpSettings, chat: ChatReplySettings, settings: DispatchSettings,
+             data_dir: Path) -> dict[str, Replier]:
+    """Email (SMTP or .eml files) plus every chat platform whose credentials are configured."""
+    return {"email": email_replier(smtp, settings, data_dir), **build_repliers(chat)}
+
+
 def email_replier(smtp: SmtpSettings, settings: DispatchSettings, data_dir: Path) -> Replier:
     """SMTP when a server is configured, else .eml files in ``<data_dir>/outgoing`` (trial mode)."""
     if smtp.host:
@@ -46,11 +53,12 @@ def email_replier(smtp: SmtpSettings, settings: DispatchSettings, data_dir: Path
     return MaildropReplier(data_dir / "outgoing")
 
 
-def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, replier: Replier,
+def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repliers: dict[str, Replier],
                  stop: threading.Event) -> None:
-    """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``."""
-    relay = OutboxRelay(store, bus, {"email": replier}, batch=settings.relay_batch,
-                        max_attempts=settings.relay_max_attempts)
+    """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``.
+
+    ``repliers`` maps "email" and chat platforms ("telegram", "whatsapp", ...) to their Replier."""
+    relay = OutboxRelay(store, bus, repliers, batch=settings.relay_batch, max_attempts=settings.relay_max_attempts)
     relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
     relay_thread.start()
     runner = StageRunner("dispatch", bus, bus.consumer(settings.group, [bus.topics.triaged]), DispatchProcessor(store))

@@ -1,4 +1,5 @@
-"""A Replier for one-machine trials without an SMTP server: acknowledgements become .eml files.
+"""A Replier for one-machine trials without an SMTP server or chat platform: acknowledgements
+become files — ``.eml`` for email, ``.txt`` (recipient line + text) for chat.
 
 Files are written atomically (temp file + rename) and named after the deterministic Message-ID,
 so a repeated send overwrites the same file instead of creating a second one.
@@ -20,15 +21,19 @@ class MaildropReplier(Replier):
         self.directory = Path(directory)
 
     def send(self, reply: OutboundReply) -> None:
-        if reply.raw is None:
-            raise ReplyError(f"email reply for {reply.case_reference} has no MIME body")
         name = hashlib.sha256(reply.message_id.encode()).hexdigest()[:24]
-        target = self.directory / f"{reply.case_reference}-{name}.eml"
+        if reply.raw is not None:
+            target, data = self.directory / f"{reply.case_reference}-{name}.eml", reply.raw
+        elif reply.channel != "email":
+            target = self.directory / f"{reply.case_reference}-{name}.txt"
+            data = f"To: {reply.connector} {reply.recipient}\n\n{reply.body}\n".encode()
+        else:
+            raise ReplyError(f"email reply for {reply.case_reference} has no MIME body")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                fh.write(reply.raw)
+                fh.write(data)
             os.replace(tmp, target)
         except OSError as exc:
             raise ReplyUnavailable(f"cannot write {target}: {exc}") from exc

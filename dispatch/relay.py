@@ -80,9 +80,10 @@ class OutboxRelay:
 
     def _deliver(self, item: OutboxItem) -> None:
         data = json.loads(item.payload)
-        replier = self.repliers.get(data["channel"])
+        target = data.get("platform") if data["channel"] != "email" else "email"
+        replier = self.repliers.get(target or data["channel"])
         if replier is None:
-            self.store.mark_retry(item.id, f"no replier for channel {data['channel']}", 0, permanent=True)
+            self.store.mark_retry(item.id, f"no replier for {target or data['channel']}", 0, permanent=True)
             self.stats.acks_failed += 1
             return
         reply = OutboundReply(channel=data["channel"], connector=data["connector"], recipient=data["recipient"],

@@ -83,7 +83,9 @@ def run(
     """Run every stage in one process on the embedded default (bus, SQLite, blobs). Ctrl-C stops."""
     from classify.commands import run_stage
     from classify.data import DEV_FILE, read_examples
-    from dispatch.commands import email_replier, run_dispatch
+    from dispatch.cli import configured_repliers
+    from dispatch.commands import run_dispatch
+    from dispatch.maildrop import MaildropReplier
     from dispatch.settings import SmtpSettings
     from dispatch.store.models import Case
     from frontdesk.pipeline import publish_demo, run_pipeline
@@ -95,7 +97,7 @@ def run(
     storage = load(StorageSettings)
     classifier = classifier_settings()
     settings, store = dispatch_store()
-    replier = email_replier(load(SmtpSettings), settings, storage.data_dir)  # type: ignore[arg-type,attr-defined]
+    repliers = {"demo": MaildropReplier(storage.data_dir / "outgoing"), **configured_repliers(settings)}
     stop = stop_on_signals()
 
     def counts() -> tuple[int, int]:
@@ -112,7 +114,7 @@ def run(
         typer.echo("next: `frontdesk cases list` in another terminal; Ctrl-C stops (restarting loses nothing)")
         stages = {
             "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
-            "dispatch": lambda ev: run_dispatch(bus, store, settings, replier, ev),
+            "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev),
         }
         imap = load(ImapSettings)
         for conn in connectors(imap, bus, storage.data_dir, storage.blobs):  # type: ignore[arg-type,attr-defined]

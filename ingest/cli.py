@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from frontdesk.clikit import app, fail, guard, ingest_app, load, not_yet, open_configured_bus, stop_on_signals
+from frontdesk.clikit import app, fail, guard, ingest_app, load, open_configured_bus, stop_on_signals
 from frontdesk.settings import StorageSettings
 
 
@@ -43,9 +43,18 @@ def ingest_http() -> None:
 
 
 @ingest_app.command("telegram")
-def ingest_telegram() -> None:
-    """Long-poll the Telegram Bot API (for bots without a public URL)."""
-    not_yet("the Telegram polling connector", 6)
+def ingest_telegram(once: Annotated[bool, typer.Option("--once", help="One getUpdates call, then exit")] = False) -> None:
+    """Long-poll the Telegram Bot API (for bots without a public URL); the offset is stored durably."""
+    from ingest.telegram import TelegramPoller, TelegramSettings
+
+    settings = load(TelegramSettings)
+    storage = load(StorageSettings)
+    with open_configured_bus() as bus:
+        poller = guard(lambda: TelegramPoller(settings, bus, settings.offset_dir or storage.data_dir / "telegram"))
+        if once:
+            typer.echo(f"published {guard(poller.run_once)} message(s)")
+            return
+        guard(lambda: poller.run(stop_on_signals()))
 
 
 @app.command("parse-mail")

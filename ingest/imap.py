@@ -7,7 +7,8 @@ Per folder, one pass:
    UIDVALIDITY change) what is unseen, plus seen mail since ``backfill_since`` if configured;
 3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen), parse, publish the batch —
    messages to the inbound topic, unparseable or oversized mail as dead-letter records — and
-   wait until the bus has it;
+   wait until the bus has it (mails are parsed on a few threads, and the next batch is fetched
+   while this one is parsed: at most two batches are in memory);
 4. only then mark the batch Seen / move it / delete it, and then advance the checkpoint.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
@@ -27,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +47,11 @@ from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits, MailRejected, parse_mail
 
 log = logging.getLogger(__name__)
+
+# Mails are parsed on this many threads: parsing is CPU (one core under the GIL), but storing the
+# blobs of one mail (fsync) overlaps with parsing the next, and the IMAP round trips and the
+# publish of one batch overlap with parsing the next batch.
+PARSE_THREADS = 4
 
 
 @dataclass
@@ -134,9 +141,22 @@ class MailboxConnector:
         try:
             uidvalidity = int(client.select_folder(folder)[b"UIDVALIDITY"])
             uids = self._pending(client, folder, uidvalidity)
+            batches = [uids[start : start + self.box.batch] for start in range(0, len(uids), self.box.batch)]
             published = 0
-            for start in range(0, len(uids), self.box.batch):
-                published += self._import_batch(client, folder, uidvalidity, uids[start : start + self.box.batch])
+            if batches:
+                pool = ThreadPoolExecutor(min(PARSE_THREADS, len(uids)), f"{self.connector}-parse")
+                try:
+                    # While batch k is parsed, batch k+1 is fetched; while k+1 is parsed, k is published,
+                    # flagged and checkpointed. Fetching is BODY.PEEK: it changes nothing on the server.
+                    parsing = self._fetch_and_parse(client, batches[0], pool)
+                    for index, batch in enumerate(batches):
+                        following = (self._fetch_and_parse(client, batches[index + 1], pool)
+                                     if index + 1 < len(batches) else [])
+                        published += self._import_batch(client, folder, uidvalidity, batch,
+                                                        [future.result() for future in parsing])
+                        parsing = following
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
         except (IMAPClientError, OSError, socket.timeout) as exc:
             raise SourceError(f"{self.connector}/{folder}: {exc}") from exc
         self.health.last_success = datetime.now(UTC)
@@ -156,14 +176,20 @@ class MailboxConnector:
             return sorted(client.search(criteria))
         return sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
 
-    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int]) -> int:
+    def _fetch_and_parse(self, client: IMAPClient, uids: list[int],
+                         pool: ThreadPoolExecutor) -> list[Future[Outgoing]]:
+        """Fetch a batch and start parsing it on ``pool``: one future record per UID, in UID order."""
         sizes = client.fetch(uids, ["RFC822.SIZE"])
         small = [u for u in uids if sizes.get(u, {}).get(b"RFC822.SIZE", 0) <= self.limits.max_message_bytes]
         bodies = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
-        records = []
-        for uid in uids:
-            raw = bodies.get(uid, {}).get(b"BODY[]")
-            records.append(self._record(uid, raw, sizes.get(uid, {}).get(b"RFC822.SIZE", 0)))
+        return [pool.submit(self._record, uid, bodies.get(uid, {}).get(b"BODY[]"),
+                            sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) for uid in uids]
+
+    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int],
+                      records: list[Outgoing]) -> int:
+        dead = sum(1 for r in records if r.topic == self.bus.topics.deadletter)
+        self.health.published += len(records) - dead
+        self.health.dead_lettered += dead
         self.bus.publish(records)
         crashpoint("imap.after_publish")
         self._after_import(client, uids)
@@ -178,9 +204,7 @@ class MailboxConnector:
             msg = parse_mail(raw, connector=self.connector, channel=self.box.channel, blobs=self.blobs,
                              limits=self.limits)
         except MailRejected as exc:
-            self.health.dead_lettered += 1
             return self._dead_letter(uid, raw or b"", exc.reason)
-        self.health.published += 1
         return Outgoing(self.bus.topics.inbound, encode(msg), msg.id.encode(),
                         (("frontdesk-connector", self.connector.encode()), ("frontdesk-imap-uid", str(uid).encode())))
 

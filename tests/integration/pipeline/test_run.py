@@ -46,10 +46,10 @@ def test_first_run_then_restart(tmp_path: Path) -> None:
     cases = _cases(tmp_path)
     assert len(cases) == 12 and len({c["reference"] for c in cases}) == 12
     emails = [c for c in cases if c["channel"] == "email"]
-    outgoing = list((tmp_path / "var" / "outgoing").glob("*.eml"))
+    outgoing = list((tmp_path / "var" / "outgoing").glob("*.*"))
     second = _run_until(tmp_path, 12, timeout=20)
     assert "published" not in second
     assert len(_cases(tmp_path)) == 12
-    assert len(list((tmp_path / "var" / "outgoing").glob("*.eml"))) == sum(
+    assert len(list((tmp_path / "var" / "outgoing").glob("*.*"))) == sum(
         1 for c in _cases(tmp_path) if c["acknowledged"]) >= len(outgoing)
     assert emails and all(c["routing_rule"] for c in cases)

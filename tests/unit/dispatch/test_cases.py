@@ -129,7 +129,7 @@ def test_chat_follow_up_by_conversation_and_reroute_when_urgency_rises(store: Sq
     case = show_case(store, first.case_reference)
     assert case is not None and case["urgency"] == "critical"
     assert "rerouted" in [h["event"] for h in case["history"]]
-    assert first.ack == "channel_not_acknowledged"
+    assert first.ack == "ok"
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,20 @@ def test_cases_cli_json(tmp_path: Path) -> None:
     assert len(case["messages"]) == 2 and case["history"][0]["event"] == "created"
     missing = CliRunner().invoke(app, ["cases", "show", "FD-2026-999999"], env=env)
     assert missing.exit_code == 1
+
+
+def test_chat_acknowledgement_goes_to_the_platform_replier_once(store: SqlCaseStore) -> None:
+    first = store.apply(chat(1, "42", "-100777"))
+    store.apply(chat(2, "42", "-100777"))
+    assert first.ack == "ok"
+    bus, telegram, email_out = MemoryBus(), MemoryReplier(), MemoryReplier()
+    OutboxRelay(store, bus, {"email": email_out, "telegram": telegram}).run_once()
+    [sent] = telegram.sent
+    assert (sent.recipient, sent.channel) == ("-100777", "chat") and first.case_reference in sent.body
+    assert email_out.sent == []
+
+
+def test_public_mentions_are_not_acknowledged_by_default(store: SqlCaseStore) -> None:
+    mention = chat(1, "77", "post-9")
+    mention = mention.model_copy(update={"message": mention.message.model_copy(update={"channel": "social"})})
+    assert store.apply(mention).ack == "public_mention_policy"

@@ -1,0 +1,496 @@
+"""Benchmark of the IMAP intake against isync's mbsync: ``python -m bench.intake [--n 2000] [--kafka] [--profile]``.
+
+One command, everything on this machine:
+
+* a private Dovecot (``tests.harness.dovecot``) with one user and, for every measured run, a folder
+  of its own holding the same N distinct mails: the MIME corpus (``tests.fixtures.mail.corpus``, less
+  the mails built for non-default limits or expected to be rejected, and mails over 1 MiB) cycled to
+  N, every copy with a Message-ID of its own (prefixed in the top-level header; added where missing);
+* ``mbsync`` (``Sync Pull``: it never changes anything on the server; ``Create Near``; FSync at its
+  default, ``yes``) copies its folder into a local Maildir; wall clock of the subprocess; the files it
+  wrote are counted (mbsync skips mails whose header it finds incomplete, and says so);
+* the Frontdesk connector (``MailboxConnector.run_once``, production settings: batch 200, blob store
+  on, default limits) imports its folder — fetch, parse, store blobs, publish durably, flag \\Seen,
+  checkpoint — onto the embedded SQLite bus, and with ``--kafka`` onto a real Kafka broker
+  (``tests.harness.kafka``); the inbound + dead-letter records are then read back: their UIDs must be
+  exactly the folder's (nothing lost, nothing twice) and their ids distinct;
+* the tools take turns, ``--rounds`` times (default 3), each run after ``os.sync()`` so that nobody
+  pays for the writeback of the fills or of the run before; the median run is reported;
+* ``--profile``: one more Frontdesk pass (embedded bus, fresh folder) with timing wrappers around
+  each step of the connector (where the time goes), then one under cProfile (the hottest functions,
+  for the connector thread and for the parse threads).
+
+Prints a table (MB = 10^6 bytes of the messages as the server serves them, RFC822.SIZE);
+goal: Frontdesk at least as fast as mbsync while also parsing and publishing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imapclient import IMAPClient
+
+import ingest.imap as imap_module
+from frontdesk.bus.base import Bus, Topics
+from ingest.blobs import BlobStore
+from ingest.imap import CheckpointStore, MailboxConnector
+from ingest.imap_settings import MailboxSettings
+from ingest.mail.parse import MailLimits
+from tests.fixtures.mail.corpus import build_corpus
+from tests.harness.dovecot import DovecotServer, find_dovecot
+from tests.harness.mbsync import find_mbsync, mbsync_config
+
+USER, PASSWORD = "bench", "bench-secret"
+MAX_MAIL = 1024 * 1024
+APPEND_BATCH = 200
+MB = 1e6
+
+
+# --- the mails --------------------------------------------------------------------------------
+
+_HEADER_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_MESSAGE_ID = re.compile(rb"(?i)(?:^|(?<=[\r\n]))message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?")
+
+
+def unique_copy(raw: bytes, tag: str) -> bytes:
+    """``raw`` with ``tag`` prefixed to its top-level Message-ID (a Message-ID added if it has none)."""
+    end = _HEADER_END.search(raw)
+    header_end = end.start() if end else len(raw)
+    match = _MESSAGE_ID.search(raw, 0, header_end)
+    if match is not None:  # "<id>" -> "<tag.id>", a bare "id" -> "tag.id"
+        at = match.end() + (raw[match.end() : match.end() + 1] == b"<")
+        return raw[:at] + tag.encode() + b"." + raw[at:]
+    head = raw[: header_end + 2]
+    eol = b"\r\n" if b"\r\n" in head else b"\n" if b"\n" in head else b"\r"
+    return b"Message-ID: <" + tag.encode() + b"@bench.frontdesk.invalid>" + eol + raw
+
+
+def bench_mails(n: int) -> list[bytes]:
+    corpus = [m.raw for m in build_corpus()
+              if not m.limits and not m.rejected and m.raw.strip() and len(m.raw) <= MAX_MAIL]
+    return [unique_copy(corpus[i % len(corpus)], f"b{i:07d}") for i in range(n)]
+
+
+def fill(server: DovecotServer, folder: str, mails: list[bytes]) -> int:
+    """Create ``folder`` with ``mails``; returns their total size as the server serves them."""
+    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
+        imap.login(USER, PASSWORD)
+        imap.create_folder(folder)
+        for start in range(0, len(mails), APPEND_BATCH):
+            imap.multiappend(folder, mails[start : start + APPEND_BATCH])
+        exists = imap.select_folder(folder, readonly=True)[b"EXISTS"]
+        if exists != len(mails):
+            raise RuntimeError(f"{folder}: {exists} mails stored, {len(mails)} appended")
+        sizes = imap.fetch(imap.search(["ALL"]), ["RFC822.SIZE"])
+        return sum(item[b"RFC822.SIZE"] for item in sizes.values())
+
+
+def folder_uids(server: DovecotServer, folder: str) -> set[int]:
+    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
+        imap.login(USER, PASSWORD)
+        imap.select_folder(folder, readonly=True)
+        return set(imap.search(["ALL"]))
+
+
+def unseen(server: DovecotServer, folder: str) -> int:
+    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
+        imap.login(USER, PASSWORD)
+        imap.select_folder(folder, readonly=True)
+        return len(imap.search(["UNSEEN"]))
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    tool: str
+    messages: int
+    seconds: float
+    nbytes: int
+    check: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / MB / self.seconds
+
+
+# --- mbsync -----------------------------------------------------------------------------------
+
+
+def run_mbsync(server: DovecotServer, folder: str, work: Path, nbytes: int, n: int) -> Row:
+    binary, version = find_mbsync()
+    if binary is None:
+        raise SystemExit(version)
+    local = work / "maildir"
+    config = work / "mbsyncrc"
+    config.write_text(mbsync_config(server.host, server.port, USER, PASSWORD, local, name="bench",
+                                    patterns=folder, create="Near", expunge="None",
+                                    extra_channel_lines=("Sync Pull",)))
+    before = unseen(server, folder)
+    started = time.perf_counter()
+    out = subprocess.run([str(binary), "-c", str(config), "-q", "bench"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=3600)
+    elapsed = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"mbsync failed ({out.returncode}): {out.stderr[-2000:]}")
+    files = [p for p in local.rglob("*") if p.is_file() and p.parent.name in ("cur", "new")]
+    written = sum(p.stat().st_size for p in files)
+    after = unseen(server, folder)
+    skipped = len(re.findall(r"(?m)^Warning: message \d+ from far side .*skipping", out.stderr))
+    check = f"{len(files)} files, {written / MB:.1f} MB; skipped {skipped} (malformed header); " \
+            f"server unseen {before}->{after}"
+    if len(files) + skipped != n:
+        check += f"  MISMATCH: expected {n}"
+    return Row(f"mbsync ({version.split()[-1]})", len(files), elapsed, nbytes, check)
+
+
+# --- Frontdesk --------------------------------------------------------------------------------
+
+
+def connector(server: DovecotServer, folder: str, bus: Bus, work: Path, batch: int) -> MailboxConnector:
+    box = MailboxSettings(name="bench", host=server.host, port=server.port, security="none", username=USER,
+                          password=PASSWORD, folders=(folder,), batch=batch)
+    return MailboxConnector(box, bus, CheckpointStore(work / "imap"), BlobStore(work / "blobs"), MailLimits())
+
+
+def open_bus(kind: str, work: Path, bootstrap: str | None) -> Bus:
+    if kind == "kafka":
+        from frontdesk.bus.kafka import KafkaBus
+        from frontdesk.settings import KafkaSettings
+
+        bus: Bus = KafkaBus(KafkaSettings(bootstrap_servers=bootstrap),
+                            Topics(prefix=f"bench{uuid.uuid4().hex[:8]}."))
+    else:
+        from frontdesk.bus.sqlite import SqliteBus
+
+        bus = SqliteBus(work / "bus.sqlite3")
+    bus.ensure_topics()
+    return bus
+
+
+def read_back(bus: Bus, expected: set[int]) -> str:
+    """Read the inbound and dead-letter topics back: every UID exactly once, ids distinct."""
+    uids: list[int] = []
+    keys: set[bytes] = set()
+    counts = {}
+    for topic in (bus.topics.inbound, bus.topics.deadletter):
+        total = sum(bus.end_offsets(topic).values())
+        got = 0
+        with bus.consumer(f"bench-check-{uuid.uuid4().hex}", [topic]) as consumer:
+            deadline = time.monotonic() + 60
+            while got < total and time.monotonic() < deadline:
+                for r in consumer.poll(1000, timeout=0.5):
+                    uids.append(int(r.header("frontdesk-imap-uid") or -1))
+                    if topic == bus.topics.inbound and r.key is not None:
+                        keys.add(r.key)
+                    got += 1
+        counts[topic] = got
+    inbound, dead = counts[bus.topics.inbound], counts[bus.topics.deadletter]
+    lost = len(expected - set(uids))
+    twice = len(uids) - len(set(uids))
+    check = f"{inbound} inbound + {dead} dead-letter = {inbound + dead}; lost {lost}, twice {twice}, " \
+            f"distinct ids {len(keys)}"
+    if inbound + dead != len(expected) or lost or twice or len(keys) != inbound:
+        check += "  MISMATCH"
+    return check
+
+
+def run_frontdesk(server: DovecotServer, folder: str, work: Path, nbytes: int, kind: str, bootstrap: str | None,
+                  batch: int) -> Row:
+    expected = folder_uids(server, folder)
+    bus = open_bus(kind, work, bootstrap)
+    try:
+        conn = connector(server, folder, bus, work, batch)
+        started = time.perf_counter()
+        published = conn.run_once()
+        elapsed = time.perf_counter() - started
+        check = read_back(bus, expected)
+        left = unseen(server, folder)
+        check += f"; server unseen after {left}"
+    finally:
+        bus.close()
+    return Row(f"Frontdesk ({'embedded bus' if kind == 'embedded' else 'Kafka'})", published, elapsed, nbytes, check)
+
+
+# --- where the connector's time goes ----------------------------------------------------------
+
+_MAIN_STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE",
+               "IMAP fetch BODY.PEEK[]", "bus publish (durable)", "IMAP flag \\Seen", "checkpoint save")
+_PARSE_STEPS = ("parse_mail, less blob writes", "blob writes (fsync'd files)", "encode + build record")
+
+
+class Phases:
+    """Accumulated wall time per step; steps run on the parse threads add up over the threads."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name] += time.perf_counter() - started
+                    self.calls[name] += 1
+
+        return timed
+
+
+@contextmanager
+def instrumented(conn: MailboxConnector, phases: Phases) -> Iterator[None]:
+    """Time the connector's steps by wrapping what it calls (instance attributes and the module's
+    ``parse_mail``, restored afterwards); the connector's own code runs unchanged."""
+    connect = conn.connect
+
+    def connect_and_wrap() -> IMAPClient:
+        client = connect()
+        fetch = client.fetch
+
+        def fetch_timed(messages: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            name = "IMAP fetch RFC822.SIZE" if any(b"SIZE" in _b(d) for d in data) else "IMAP fetch BODY.PEEK[]"
+            return phases.wrap(name, fetch)(messages, data, *args, **kwargs)
+
+        client.fetch = fetch_timed  # type: ignore[method-assign]
+        client.search = phases.wrap("IMAP search", client.search)  # type: ignore[method-assign]
+        client.select_folder = phases.wrap("IMAP select", client.select_folder)  # type: ignore[method-assign]
+        return client
+
+    conn.connect = phases.wrap("IMAP connect + login", connect_and_wrap)  # type: ignore[method-assign]
+    conn._record = phases.wrap("_record", conn._record)  # type: ignore[method-assign]
+    conn._after_import = phases.wrap("IMAP flag \\Seen", conn._after_import)  # type: ignore[method-assign]
+    conn.bus.publish = phases.wrap("bus publish (durable)", conn.bus.publish)  # type: ignore[method-assign]
+    conn.checkpoints.save = phases.wrap("checkpoint save", conn.checkpoints.save)  # type: ignore[method-assign]
+    if conn.blobs is not None:
+        conn.blobs.put = phases.wrap("blob writes (fsync'd files)", conn.blobs.put)  # type: ignore[method-assign]
+    parse = imap_module.parse_mail
+    imap_module.parse_mail = phases.wrap("parse_mail", parse)
+    try:
+        yield
+    finally:
+        imap_module.parse_mail = parse
+
+
+def _b(item: Any) -> bytes:
+    return item if isinstance(item, bytes) else str(item).encode()
+
+
+def profile_phases(server: DovecotServer, folder: str, work: Path, batch: int) -> list[str]:
+    bus = open_bus("embedded", work, None)
+    try:
+        conn = connector(server, folder, bus, work, batch)
+        phases = Phases()
+        with instrumented(conn, phases):
+            cpu, started = time.process_time(), time.perf_counter()
+            conn.run_once()
+            total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        bus.close()
+    s = phases.seconds
+    s["parse_mail, less blob writes"] = s["parse_mail"] - s["blob writes (fsync'd files)"]
+    s["encode + build record"] = s["_record"] - s["parse_mail"]
+    calls = {**phases.calls, "parse_mail, less blob writes": phases.calls["parse_mail"],
+             "encode + build record": phases.calls["_record"]}
+    waiting = total - sum(s[name] for name in _MAIN_STEPS)
+    lines = [f"where the connector's time goes: one run_once, embedded bus, {total:.2f} s wall, "
+             f"{cpu:.2f} s CPU of this process ({100 * cpu / total:.0f}% of one core)",
+             f"  {'connector thread (adds up to the wall time)':46} {'seconds':>8} {'share':>6} {'calls':>6}"]
+    for name in _MAIN_STEPS:
+        lines.append(f"  {name:46} {s[name]:>8.3f} {100 * s[name] / total:>5.1f}% {calls.get(name, 0):>6}")
+    lines.append(f"  {'waiting for parse threads (+ loop)':46} {waiting:>8.3f} {100 * waiting / total:>5.1f}%")
+    parse_sum = sum(s[name] for name in _PARSE_STEPS)
+    lines.append(f"  {'parse threads (summed over threads)':46} {'seconds':>8} {'share':>6} {'calls':>6}")
+    for name in _PARSE_STEPS:
+        lines.append(f"  {name:46} {s[name]:>8.3f} {100 * s[name] / parse_sum:>5.1f}% {calls.get(name, 0):>6}")
+    lines.append("  (on threads, a step's time includes waiting for the GIL, so the thread sums exceed the wall time)")
+    return lines
+
+
+def profile_hotspots(server: DovecotServer, folder: str, work: Path, batch: int, top: int = 15) -> list[str]:
+    """cProfile of one run_once: the connector's thread, and (merged) whatever thread runs ``_record``."""
+    bus = open_bus("embedded", work, None)
+    workers: list[cProfile.Profile] = []
+    local = threading.local()
+    try:
+        conn = connector(server, folder, bus, work, batch)
+        record = conn._record
+
+        def profiled_record(*args: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                return record(*args)  # already under the main profiler
+            profiler = getattr(local, "profiler", None)
+            if profiler is None:
+                profiler = local.profiler = cProfile.Profile()
+                workers.append(profiler)
+            profiler.enable()
+            try:
+                return record(*args)
+            finally:
+                profiler.disable()
+
+        conn._record = profiled_record  # type: ignore[method-assign]
+        main = cProfile.Profile()
+        main.enable()
+        conn.run_once()
+        main.disable()
+    finally:
+        bus.close()
+    lines = []
+    for title, profiles in (("connector thread", [main]), ("parse threads, merged", workers)):
+        if not profiles:
+            continue
+        out = io.StringIO()
+        stats = pstats.Stats(profiles[0], stream=out)
+        for extra in profiles[1:]:
+            stats.add(extra)
+        stats.sort_stats("tottime").print_stats(top)
+        text = out.getvalue()
+        body = text[text.find("   ncalls"):] if "ncalls" in text else text
+        lines += ["", f"cProfile, one run_once (embedded bus), {title}, top {top} by own time:"]
+        lines += ["  " + line for line in body.rstrip().splitlines()]
+    return lines
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def summarise(runs: list[Row]) -> Row:
+    """One row per tool: the median run (by seconds); the check names every run that did not match."""
+    ordered = sorted(runs, key=lambda r: r.seconds)
+    median = ordered[len(ordered) // 2]
+    bad = [r.check for r in runs if "MISMATCH" in r.check]
+    return Row(median.tool, median.messages, median.seconds, median.nbytes, bad[0] if bad else median.check,
+               {"all": [r.seconds for r in runs]})
+
+
+def print_table(rows: list[Row], n: int, rounds: int, fairness: list[str]) -> None:
+    print(f"\nintake benchmark: {n} messages per folder (MIME corpus cycled, every copy its own Message-ID), "
+          f"{rounds} round(s), median run shown")
+    for line in fairness:
+        print(line)
+    print(f"{'tool':26} {'messages':>9} {'seconds':>8} {'messages/s':>11} {'MB/s':>6}   runs (s)   check")
+    for r in rows:
+        spread = "/".join(f"{s:.2f}" for s in r.extra["all"])
+        print(f"{r.tool:26} {r.messages:>9} {r.seconds:>8.2f} {r.rate:>11.1f} {r.mbps:>6.2f}   {spread}   {r.check}")
+    base = next((r for r in rows if r.tool.startswith("mbsync")), None)
+    if base:
+        for r in rows:
+            if r is not base:
+                ratio = base.seconds / r.seconds
+                verdict = "met" if ratio >= 1.0 else "NOT met"
+                print(f"{r.tool} / mbsync: {ratio:.2f}x the speed of mbsync ({r.seconds:.2f} s vs "
+                      f"{base.seconds:.2f} s for the same {n} mails) -- goal {verdict}")
+    print("goal: Frontdesk at least as fast as mbsync while also parsing and publishing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="messages per folder")
+    parser.add_argument("--kafka", action="store_true", help="also run Frontdesk against a real Kafka broker")
+    parser.add_argument("--profile", action="store_true",
+                        help="also show where the connector's time goes (timed steps, then cProfile)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per tool, interleaved (median reported)")
+    parser.add_argument("--batch", type=int, default=200, help="connector batch (MailboxSettings.batch)")
+    parser.add_argument("--parse-threads", type=int, default=None,
+                        help=f"override ingest.imap.PARSE_THREADS (default "
+                             f"{getattr(imap_module, 'PARSE_THREADS', 1)})")
+    args = parser.parse_args()
+    if args.parse_threads is not None:
+        imap_module.PARSE_THREADS = args.parse_threads  # type: ignore[attr-defined]
+    for found, reason in (find_dovecot(), find_mbsync()):
+        if found is None:
+            raise SystemExit(reason)
+
+    tools = ["mbsync", "embedded"] + (["kafka"] if args.kafka else [])
+    runs = [(tool, r) for r in range(args.rounds) for tool in tools]
+    runs += [("phases", 0), ("cprofile", 0)] if args.profile else []
+    results: dict[str, list[Row]] = defaultdict(list)
+    profile: list[str] = []
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp_name:
+        tmp = Path(tmp_name)
+        server = DovecotServer(tmp / "dovecot")
+        server.add_user(USER, PASSWORD)
+        server.start()
+        try:
+            mails = bench_mails(args.n)
+            print(f"filling {len(runs)} identical folders of {args.n} mails "
+                  f"({sum(map(len, mails)) / MB:.1f} MB each) ...", file=sys.stderr)
+            folders = {run: f"bench-{run[0]}-{run[1]}" for run in runs}
+            nbytes = {run: fill(server, folder, mails) for run, folder in folders.items()}
+            bootstrap = None
+            if args.kafka:
+                from tests.harness.kafka import KafkaBroker, find_kafka_libs
+
+                libs, reason = find_kafka_libs()
+                if libs is None:
+                    raise SystemExit(f"--kafka: {reason}")
+                broker = KafkaBroker(libs, tmp / "kafka")
+                print("starting Kafka ...", file=sys.stderr)
+                broker.start()
+                bootstrap = broker.bootstrap
+            for (tool, rnd), folder in folders.items():
+                work = tmp / folder
+                work.mkdir()
+                os.sync()  # nobody pays for the writeback of the fills or of the previous run
+                print(f"running {tool} (round {rnd + 1}) ...", file=sys.stderr)
+                if tool == "mbsync":
+                    results[tool].append(run_mbsync(server, folder, work, nbytes[tool, rnd], args.n))
+                elif tool in ("embedded", "kafka"):
+                    results[tool].append(run_frontdesk(server, folder, work, nbytes[tool, rnd], tool, bootstrap,
+                                                       args.batch))
+                elif tool == "phases":
+                    profile += profile_phases(server, folder, work, args.batch)
+                else:
+                    profile += profile_hotspots(server, folder, work, args.batch)
+        finally:
+            if broker is not None:
+                broker.stop()
+            server.close()
+    fairness = [
+        "fair play: every run reads its own freshly filled, never-read copy of the same folder, after os.sync();",
+        "  mbsync: 'Sync Pull' (never changes the server), 'Create Near', fsyncs each mail (its default FSync yes);",
+        f"  Frontdesk: run_once() with production settings (batch {args.batch}, "
+        f"{getattr(imap_module, 'PARSE_THREADS', 1)} parse threads, blob store on, durable publish), "
+        "then marks the mails \\Seen;",
+        "  seconds: wall clock of the mbsync process / of the run_once() call, connect + login included;",
+        "  MB = 10^6 bytes of mail as the server serves it (RFC822.SIZE).",
+    ]
+    rows = [summarise(results[tool]) for tool in tools]
+    print_table(rows, args.n, args.rounds, fairness)
+    if profile:
+        print()
+        print("\n".join(profile))
+    if any("MISMATCH" in r.check for r in rows):
+        raise SystemExit("record counts do not match (see the check column)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("FRONTDESK_LOG_LEVEL", "WARNING")
+    main()
