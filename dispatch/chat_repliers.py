@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
@@ -193,8 +193,6 @@ class ChatReplySettings(ComponentSettings):
     whatsapp_access_token: SecretStr | None = None
     webhook_url: str | None = Field(None, description="Generic signed outbound webhook (https in production)")
     webhook_secret: SecretStr | None = Field(None, description="HMAC key of X-Frontdesk-Signature")
-    public_mentions: Literal["none", "public_reply", "dm"] = Field(
-        "none", description="Public social mentions: no acknowledgement, a public reply, or a direct message")
     timeout_s: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts inside one send (429/5xx)")
     max_retry_after_s: float = Field(5.0, ge=0, le=60, description="Longest Retry-After waited out in-process")

@@ -7,14 +7,17 @@ from pathlib import Path
 import pytest
 
 from classify.settings import ClassifierSettings
+from dispatch.chat_repliers import ChatReplySettings
 from dispatch.routing import RoutingTable
 from dispatch.settings import DispatchSettings, SmtpSettings
 from frontdesk.settings import BusSettings, ComponentSettings, KafkaSettings, StorageSettings
 from ingest.http import HttpIntakeSettings
 from ingest.imap_settings import ImapSettings
+from ingest.telegram import TelegramSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = [StorageSettings, BusSettings, KafkaSettings, ImapSettings, HttpIntakeSettings, ClassifierSettings, DispatchSettings, SmtpSettings]
+ALL = [StorageSettings, BusSettings, KafkaSettings, ImapSettings, HttpIntakeSettings, TelegramSettings,
+       ChatReplySettings, ClassifierSettings, DispatchSettings, SmtpSettings]
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.section)

@@ -202,7 +202,7 @@ def test_build_repliers_from_settings(far: Recorder) -> None:
     settings = ChatReplySettings(telegram_api_base=far.base, telegram_bot_token=SecretStr(BOT_TOKEN),
                                  whatsapp_api_base=far.base, whatsapp_phone_number_id="106540352242922",
                                  whatsapp_access_token=SecretStr(WA_TOKEN), webhook_url=f"{far.base}/hook",
-                                 webhook_secret=SecretStr(SECRET), public_mentions="dm")
+                                 webhook_secret=SecretStr(SECRET))
     repliers = build_repliers(settings)
     assert set(repliers) == {"telegram", "whatsapp", "webhook"}
     for replier in repliers.values():
