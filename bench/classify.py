@@ -94,7 +94,7 @@ def run_variant(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=64, help="records per stage cycle")
+    parser.add_argument("--batch", type=int, default=256, help="records per stage cycle")
     parser.add_argument("--kafka", default=None, help="bootstrap servers; default: the embedded bus")
     parser.add_argument("--variant", choices=("none", "int8"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -25,4 +25,4 @@ class ClassifierSettings(ComponentSettings):
     languages: tuple[str, ...] = ("az", "ru", "en", "tr")
     use_rules: bool = Field(True, description="Apply the urgency rules of classify/rules.py")
     group: str = Field("frontdesk-classify", description="Consumer group of the classify stage")
-    poll_records: int = Field(64, ge=1, le=5000, description="Records per stage cycle")
+    poll_records: int = Field(256, ge=1, le=5000, description="Records per stage cycle (more = better length bucketing)")
