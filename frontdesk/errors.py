@@ -80,3 +80,7 @@ class SourceAuthError(SourceError):
 
 class ClassifierError(FrontdeskError):
     """The classifier could not be loaded or failed on a batch."""
+
+
+class TopologyError(FrontdeskError):
+    """A process of the local multi-process topology (``frontdesk.topology``) failed for good or never got ready."""
