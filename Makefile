@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make run   — run the pipeline on the embedded default (one process, SQLite, embedded bus)
 #   make test  — run the whole test suite against real servers (what .ci/run calls)
-.PHONY: setup run test bench
+#   make docs  — regenerate README's configuration reference from the settings classes
+.PHONY: setup run test bench docs
 
 setup:
 	@scripts/setup.sh
@@ -14,3 +15,6 @@ test: setup
 
 bench: setup
 	.venv/bin/python -m bench
+
+docs: setup
+	.venv/bin/frontdesk config-reference --write

@@ -16,7 +16,7 @@ import ingest.cli  # noqa: F401  (importing a stage's cli module registers its c
 from classify.cli import classifier_settings
 from dispatch.cli import dispatch_store
 from frontdesk import __version__
-from frontdesk.clikit import app, deadletter_app, load, not_yet, open_configured_bus, stop_on_signals
+from frontdesk.clikit import app, deadletter_app, fail, guard, load, open_configured_bus, stop_on_signals
 from frontdesk.settings import StorageSettings
 
 __all__ = ["app"]
@@ -133,9 +133,54 @@ def run(
 
 @app.command()
 def replay(
-    source: Annotated[str, typer.Option("--from", help="Only 'deadletter' for now")] = "deadletter",
-    stage: Annotated[Optional[str], typer.Option()] = None,
+    source: Annotated[str, typer.Option("--from", help="What to re-drive: 'deadletter'")],
+    stage: Annotated[Optional[str], typer.Option(help="Only dead letters of this stage (classify, dispatch)")] = None,
+    error_type: Annotated[Optional[str], typer.Option(help="Only this error type, e.g. StoreError")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        help="ISO time or 30m/2h/7d ago; older dead letters of the selection are passed over for good")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay at most this many")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed; change nothing")] = False,
+    to_topic: Annotated[Optional[str], typer.Option(help="Publish to this topic instead of the source topic")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The summary as one JSON object")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the replay group's partitions")] = 60.0,
 ) -> None:
-    """Re-drive failed records from the dead-letter topic after a fix."""
-    not_yet("replay", 7)
+    """Re-drive dead-lettered records to their source topic after a fix; each one at most once."""
+    from datetime import UTC, datetime
+
+    from frontdesk.replay import Replayer, ReplayOptions, parse_since
+
+    if source != "deadletter":
+        fail(f"--from {source!r}: only 'deadletter' can be replayed", code=2)
+    try:
+        moment = parse_since(since, datetime.now(UTC)) if since else None
+    except ValueError as exc:
+        fail(f"--since {since!r}: {exc} (use an ISO time or 30m, 2h, 7d)", code=2)
+    options = ReplayOptions(stage=stage, error_type=error_type, since=moment, limit=limit, dry_run=dry_run,
+                            to_topic=to_topic, assign_timeout_s=timeout)
+    with open_configured_bus() as bus:
+        if to_topic == bus.topics.deadletter:
+            fail("--to-topic must not be the dead-letter topic", code=2)
+        summary = guard(lambda: Replayer(bus, options).run())
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        return
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command("config-reference")
+def config_reference(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite the generated block in README.md")] = False,
+) -> None:
+    """Print the Markdown configuration reference generated from the settings classes (`make docs`)."""
+    from frontdesk.settings_doc import README, render, write_readme
+
+    if not write:
+        typer.echo(render(), nl=False)
+        return
+    try:
+        changed = write_readme()
+    except (OSError, ValueError) as exc:
+        fail(f"{README}: {exc}")
+    typer.echo(f"{README}: configuration reference {'updated' if changed else 'already up to date'}")
 

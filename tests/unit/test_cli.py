@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,9 +25,13 @@ def test_module_entry_point() -> None:
     assert out.stdout.strip() == "0.1.0"
 
 
-def test_unimplemented_stage_says_so() -> None:
-    result = runner.invoke(app, ["replay"])
-    assert result.exit_code == 3 and "not yet implemented" in result.output
+def test_replay_on_an_empty_bus_and_an_unknown_source(tmp_path: Path) -> None:
+    env = {**os.environ, "FRONTDESK_STORAGE_DATA_DIR": str(tmp_path)}
+    result = runner.invoke(app, ["replay", "--from", "deadletter", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["replayed_total"] == 0
+    result = runner.invoke(app, ["replay", "--from", "inbound"], env=env)
+    assert result.exit_code == 2 and "only 'deadletter'" in result.output
 
 
 def test_topics_on_the_embedded_bus(tmp_path: Path) -> None:
