@@ -20,9 +20,11 @@ def classifier_settings() -> ClassifierSettings:
 def classify() -> None:
     """Run the classify stage: inbound topic -> triaged topic (one consumer group)."""
     from classify.commands import run_stage
+    from frontdesk.health import bus_probes, ops_endpoint
+    from frontdesk.metrics import MetricsSettings
 
-    settings = classifier_settings()
-    with open_configured_bus() as bus:
+    settings, metrics = classifier_settings(), load(MetricsSettings)
+    with open_configured_bus() as bus, ops_endpoint(metrics, bus_probes(bus, metrics)):
         guard(lambda: run_stage(bus, settings, stop_on_signals()))
 
 

@@ -4,10 +4,13 @@ Batches come from the bus (``poll_records``); the encoder buckets them by length
 batch. Output is published before the input is committed (see :mod:`frontdesk.stage`): after a
 crash a message may be triaged twice, both times under its stable id, and the dispatcher treats
 the second as a no-op. Several replicas share the inbound partitions through the consumer group.
+Classifier time is measured per batch and, divided by the batch size, per message
+(``frontdesk_classify_batch_seconds``, ``frontdesk_classify_message_seconds``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -15,7 +18,8 @@ from classify.base import Classifier, TextItem
 from frontdesk.bus.base import Outgoing, Record, Topics
 from frontdesk.codec import decode, encode
 from frontdesk.errors import DecodeError
-from frontdesk.messages import InboundMessage, TriagedMessage
+from frontdesk.messages import InboundMessage, Triage, TriagedMessage
+from frontdesk.metrics import Metrics, default_metrics
 from frontdesk.stage import Outcome
 
 
@@ -28,8 +32,9 @@ class ClassifyProcessor:
     """Stage logic; idempotent for redelivered records (same input → same ids, same labels)."""
 
     def __init__(self, classifier: Classifier, topics: Topics,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), metrics: Metrics | None = None) -> None:
         self.classifier, self.topics, self.clock = classifier, topics, clock
+        self.metrics = metrics or default_metrics()
 
     def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(records)
@@ -39,9 +44,20 @@ class ClassifyProcessor:
                 messages.append((i, decode(record.value, InboundMessage)))
             except DecodeError as exc:
                 outcomes[i] = Outcome(record, error=exc)
-        triages = self.classifier.classify([text_item(m) for _, m in messages])
+        triages = self._classify(messages)
         now = self.clock()
         for (i, message), triage in zip(messages, triages, strict=True):
             out = TriagedMessage(message=message, triage=triage, triaged_at=now)
             outcomes[i] = Outcome(records[i], (Outgoing(self.topics.triaged, encode(out), message.id.encode()),))
         return [o for o in outcomes if o is not None]
+
+    def _classify(self, messages: list[tuple[int, InboundMessage]]) -> list[Triage]:
+        if not messages:
+            return []
+        started = time.perf_counter()
+        triages = self.classifier.classify([text_item(m) for _, m in messages])
+        seconds = time.perf_counter() - started
+        self.metrics.classify_batch.observe(seconds)
+        for _ in messages:
+            self.metrics.classify_message.observe(seconds / len(messages))
+        return list(triages)

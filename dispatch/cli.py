@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -12,6 +13,9 @@ from dispatch.settings import DispatchSettings
 
 from frontdesk.clikit import app, cases_app, fail, guard, load, open_configured_bus, stop_on_signals
 from frontdesk.settings import StorageSettings
+
+if TYPE_CHECKING:
+    from dispatch.store.sql import SqlCaseStore
 
 
 def dispatch_store():  # type: ignore[no-untyped-def]
@@ -35,12 +39,25 @@ def configured_repliers(settings: DispatchSettings) -> dict[str, Replier]:
 def dispatch() -> None:
     """Run the dispatch stage and the outbox relay: triaged topic -> cases, events, replies."""
     from dispatch.commands import run_dispatch
+    from frontdesk.health import bus_probes, ops_endpoint
+    from frontdesk.metrics import MetricsSettings
 
     settings, store = dispatch_store()
     out = configured_repliers(settings)
+    metrics = load(MetricsSettings)
     with open_configured_bus() as bus:
-        guard(lambda: run_dispatch(bus, store, settings, out, stop_on_signals()))
+        probes = bus_probes(bus, metrics)
+        probes.add_readiness("database", database_answers(store))
+        with ops_endpoint(metrics, probes):
+            guard(lambda: run_dispatch(bus, store, settings, out, stop_on_signals(), probes))
     store.close()
+
+
+def database_answers(store: SqlCaseStore) -> Callable[[], object]:
+    """A readiness check: the case store runs ``SELECT 1`` (raises StoreUnavailable when down)."""
+    from sqlalchemy import text
+
+    return lambda: store.read(lambda session: session.execute(text("SELECT 1")).scalar_one())
 
 
 @cases_app.command("list")

@@ -20,6 +20,8 @@ from dispatch.stage import DispatchProcessor
 from dispatch.store.models import Case, HistoryEntry, Message
 from dispatch.store.sql import SqlCaseStore
 from frontdesk.bus.base import Bus
+from frontdesk.health import Probes
+from frontdesk.metrics import default_metrics
 from frontdesk.stage import StageRunner
 
 
@@ -54,12 +56,16 @@ def email_replier(smtp: SmtpSettings, settings: DispatchSettings, data_dir: Path
 
 
 def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repliers: dict[str, Replier],
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, probes: Probes | None = None) -> None:
     """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``.
 
-    ``repliers`` maps "email" and chat platforms ("telegram", "whatsapp", ...) to their Replier."""
+    ``repliers`` maps "email" and chat platforms ("telegram", "whatsapp", ...) to their Replier.
+    The relay's counters are exported as metrics; ``probes`` (if given) watches the relay thread."""
     relay = OutboxRelay(store, bus, repliers, batch=settings.relay_batch, max_attempts=settings.relay_max_attempts)
     relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
+    default_metrics().watch_relay(relay)
+    if probes is not None:
+        probes.watch_thread(relay_thread)
     relay_thread.start()
     runner = StageRunner("dispatch", bus, bus.consumer(settings.group, [bus.topics.triaged]), DispatchProcessor(store))
     try:

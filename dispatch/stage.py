@@ -4,29 +4,51 @@ Nothing is published from here directly: case events and acknowledgements are ou
 written in the same transaction as the case, delivered by :mod:`dispatch.relay`. A redelivered
 record finds its message id stored and is a no-op, so a crash between the database commit and
 the bus commit loses nothing and doubles nothing.
+
+Counted here, from what ``CaseStore.apply`` returns: messages by result (created / follow_up /
+duplicate), acknowledgements queued, and acknowledgements suppressed by reason. A duplicate is
+counted only as a duplicate, so redelivery never counts an acknowledgement twice. Sent and failed
+acknowledgements are the relay's (``OutboxRelay.stats``, exported at scrape time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dispatch.base import CaseStore
+from dispatch.base import ApplyResult, CaseStore
 from frontdesk.bus.base import Record
 from frontdesk.codec import decode
 from frontdesk.faults import crashpoint
 from frontdesk.messages import TriagedMessage
+from frontdesk.metrics import Metrics, default_metrics
 from frontdesk.stage import Outcome
+
+# ApplyResult.ack values that are not a suppression reason: queued, or not considered (follow-up).
+_NOT_SUPPRESSED = frozenset({"ok", "none"})
 
 
 class DispatchProcessor:
-    def __init__(self, store: CaseStore) -> None:
+    def __init__(self, store: CaseStore, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or default_metrics()
 
     def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes = []
         for record in records:
             triaged = decode(record.value, TriagedMessage)
-            self.store.apply(triaged)
+            result = self.store.apply(triaged)
             crashpoint("dispatch.after_db_commit")
+            self._count(result)
             outcomes.append(Outcome(record))
         return outcomes
+
+    def _count(self, result: ApplyResult) -> None:
+        m = self.metrics
+        if result.duplicate:
+            m.dispatched.labels("duplicate").inc()
+            return
+        m.dispatched.labels("created" if result.created else "follow_up").inc()
+        if result.ack == "ok":
+            m.acks_queued.inc()
+        elif result.ack not in _NOT_SUPPRESSED:
+            m.acks_suppressed.labels(result.ack).inc()

@@ -83,11 +83,13 @@ def run(
     """Run every stage in one process on the embedded default (bus, SQLite, blobs). Ctrl-C stops."""
     from classify.commands import run_stage
     from classify.data import DEV_FILE, read_examples
-    from dispatch.cli import configured_repliers
+    from dispatch.cli import configured_repliers, database_answers
     from dispatch.commands import run_dispatch
     from dispatch.maildrop import MaildropReplier
     from dispatch.settings import SmtpSettings
     from dispatch.store.models import Case
+    from frontdesk.health import bus_probes, ops_endpoint
+    from frontdesk.metrics import MetricsSettings
     from frontdesk.pipeline import publish_demo, run_pipeline
     from ingest.commands import connectors
     from ingest.http import HttpIntakeSettings, serve
@@ -104,7 +106,10 @@ def run(
         return store.read(lambda s: (s.scalar(select(func.count(Case.id))) or 0,
                                      s.scalar(select(func.count(Case.id)).where(Case.acknowledged)) or 0))
 
+    metrics = load(MetricsSettings)
     with open_configured_bus() as bus:
+        probes = bus_probes(bus, metrics)
+        probes.add_readiness("database", database_answers(store))
         if demo:
             added = publish_demo(bus, read_examples(DEV_FILE)[:demo])
             if added:
@@ -114,7 +119,7 @@ def run(
         typer.echo("next: `frontdesk cases list` in another terminal; Ctrl-C stops (restarting loses nothing)")
         stages = {
             "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
-            "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev),
+            "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev, probes),
         }
         imap = load(ImapSettings)
         for conn in connectors(imap, bus, storage.data_dir, storage.blobs):  # type: ignore[arg-type,attr-defined]
@@ -126,7 +131,10 @@ def run(
         if http.api_tokens or http.hmac_secret or http.telegram_secret_token or http.meta_app_secret:
             stages["http"] = lambda ev: serve(http, bus, ev)
             typer.echo(f"HTTP intake on http://{http.host}:{http.port}")
-        code = run_pipeline(stages, stop, bus, counts, typer.echo)
+        with ops_endpoint(metrics, probes) as ops:
+            if ops is not None:
+                typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")
+            code = run_pipeline(stages, stop, bus, counts, typer.echo, probes=probes)
     store.close()
     raise typer.Exit(code)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.codec import encode
+from frontdesk.health import Probes
 from frontdesk.messages import InboundMessage, Party
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,15 @@ def status_line(bus: Bus, counts: Callable[[], tuple[int, int]]) -> str:
 
 
 def run_pipeline(stages: dict[str, Callable[[threading.Event], None]], stop: threading.Event, bus: Bus,
-                 counts: Callable[[], tuple[int, int]], echo: Callable[[str], None], every: float = 2.0) -> int:
-    """Start the stages, print a status line every ``every`` seconds until ``stop``; exit code."""
+                 counts: Callable[[], tuple[int, int]], echo: Callable[[str], None], every: float = 2.0,
+                 probes: Probes | None = None) -> int:
+    """Start the stages, print a status line every ``every`` seconds until ``stop``; exit code.
+
+    ``probes`` (if given) watches every stage thread, so ``/healthz`` fails when one dies."""
     threads = [StageThread(name, fn, stop) for name, fn in stages.items()]
     for t in threads:
+        if probes is not None:
+            probes.watch_thread(t)
         t.start()
     last = ""
     while not stop.wait(every):

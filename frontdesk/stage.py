@@ -18,6 +18,11 @@ committed offsets and backs off; the same records are retried, nothing is dead-l
 exception from one record makes it poison: it goes to the dead-letter topic with the stage, the
 reason and its original bytes, and the loop goes on. If a batch processor raises for the batch,
 records are retried one at a time to find the poison ones.
+
+Metrics (:mod:`frontdesk.metrics`, label ``stage``): records consumed and published, errors by kind
+(transient / poison) and type, dead letters, batch latency; the runner also publishes a snapshot of
+its consumer lag (refreshed by its own thread every ``lag_interval`` seconds: consumers are not
+thread-safe) and the timestamp of the oldest record in flight, both read at scrape time.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from frontdesk.bus.base import Bus, Consumer, Outgoing, Record
+from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record
 from frontdesk.codec import encode
-from frontdesk.errors import DecodeError, TransientError
+from frontdesk.errors import DecodeError, FrontdeskError, TransientError
 from frontdesk.messages import DeadLetter
+from frontdesk.metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,8 @@ class StageRunner:
         poll_timeout: float = 0.5,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: Metrics | None = None,
+        lag_interval: float = 5.0,
     ) -> None:
         self.name, self.bus, self.consumer, self.processor = name, bus, consumer, processor
         self.max_records, self.poll_timeout = max_records, poll_timeout
@@ -122,6 +130,12 @@ class StageRunner:
         self.stats = StageStats()
         self._sleep = sleep
         self._must_rewind = False
+        self.metrics = metrics or default_metrics()
+        self.lag_interval = lag_interval
+        self.lag_snapshot: tuple[Lag, ...] = ()
+        self.oldest_pending_ms: int | None = None
+        self._lag_at = float("-inf")
+        self.metrics.watch_stage(self)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; finishes the current cycle, then closes the consumer."""
@@ -130,30 +144,66 @@ class StageRunner:
                 self.run_once()
         finally:
             self.consumer.close()
+            self.lag_snapshot = ()  # the partitions are no longer ours
 
     def run_once(self) -> int:
         """One poll-process-publish-commit cycle. Returns the number of records committed."""
         self.stats.cycles += 1
         try:
-            if self._must_rewind:
-                # Never poll past records a failed cycle left uncommitted: committing later
-                # offsets would skip them.
-                self.consumer.rewind()
-                self._must_rewind = False
-            records = self.consumer.poll(self.max_records, self.poll_timeout)
-            if not records:
-                return 0
-            outcomes = self._process(records)
-            outgoing = self._outgoing(outcomes)
-            self.bus.publish(outgoing)
-            self.consumer.commit(records)
+            committed = self._cycle()
         except TransientError as exc:
+            self._refresh_lag()
             self._on_transient(exc)
             return 0
+        self._refresh_lag()
         self.backoff.reset()
+        return committed
+
+    def _cycle(self) -> int:
+        if self._must_rewind:
+            # Never poll past records a failed cycle left uncommitted: committing later
+            # offsets would skip them.
+            self.consumer.rewind()
+            self._must_rewind = False
+        records = self.consumer.poll(self.max_records, self.poll_timeout)
+        if not records:
+            self.oldest_pending_ms = None
+            return 0
+        started = time.perf_counter()
+        self.oldest_pending_ms = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=None)
+        outcomes = self._process(records)
+        outgoing = self._outgoing(outcomes)
+        self.bus.publish(outgoing)
+        self.consumer.commit(records)
+        self.oldest_pending_ms = None
+        self._count(records, outcomes, outgoing, time.perf_counter() - started)
+        return len(records)
+
+    def _count(self, records: Sequence[Record], outcomes: Sequence[Outcome], outgoing: Sequence[Outgoing],
+               seconds: float) -> None:
+        """Counted once per committed batch, so a redelivered batch is counted again (it was processed again)."""
         self.stats.consumed += len(records)
         self.stats.published += len(outgoing)
-        return len(records)
+        self.stats.dead_lettered += sum(1 for oc in outcomes if oc.error is not None)
+        m = self.metrics
+        m.consumed.labels(self.name).inc(len(records))
+        for out in outgoing:
+            m.published.labels(self.name, self.bus.topics.logical(out.topic)).inc()
+        for oc in outcomes:
+            if oc.error is not None:
+                m.dead_lettered.labels(self.name).inc()
+                m.errors.labels(self.name, "poison", type(oc.error).__name__).inc()
+        m.processing.labels(self.name).observe(seconds)
+
+    def _refresh_lag(self) -> None:
+        """Every ``lag_interval`` s, in the stage's thread; a failure keeps the last snapshot."""
+        if time.monotonic() - self._lag_at < self.lag_interval:
+            return
+        self._lag_at = time.monotonic()
+        try:
+            self.lag_snapshot = tuple(self.consumer.lag())
+        except FrontdeskError as exc:
+            log.debug("%s: lag not available (%s)", self.name, exc)
 
     def _process(self, records: Sequence[Record]) -> list[Outcome]:
         try:
@@ -174,13 +224,13 @@ class StageRunner:
                 continue
             log.warning("%s: dead-lettering %s/%d@%d: %s", self.name, oc.record.topic, oc.record.partition,
                         oc.record.offset, oc.error)
-            self.stats.dead_lettered += 1
             out.append(dead_letter(oc.record, self.name, oc.error, self.bus.topics.deadletter))
         return out
 
     def _on_transient(self, exc: TransientError) -> None:
         self.stats.transient_failures += 1
         self.stats.last_error = str(exc)
+        self.metrics.errors.labels(self.name, "transient", type(exc).__name__).inc()
         self._must_rewind = True
         delay = self.backoff.next()
         log.warning("%s: transient failure (%s); retrying in %.1fs", self.name, exc, delay)

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from frontdesk.clikit import app, fail, guard, ingest_app, load, open_configured_bus, stop_on_signals
+from frontdesk.health import bus_probes, ops_endpoint
+from frontdesk.metrics import MetricsSettings, default_metrics
 from frontdesk.settings import StorageSettings
 
 
@@ -28,7 +30,10 @@ def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over
             total = sum(guard(lambda c=c: c.run_once()) for c in conns)
             typer.echo(f"published {total} message(s)")
             return
-        run_forever(conns, stop_on_signals())
+        metrics = load(MetricsSettings)
+        probes = bus_probes(bus, metrics)
+        with ops_endpoint(metrics, probes):
+            run_forever(conns, stop_on_signals(), probes)
 
 
 @ingest_app.command("http")
@@ -54,7 +59,10 @@ def ingest_telegram(once: Annotated[bool, typer.Option("--once", help="One getUp
         if once:
             typer.echo(f"published {guard(poller.run_once)} message(s)")
             return
-        guard(lambda: poller.run(stop_on_signals()))
+        default_metrics().watch_connector(poller)
+        metrics = load(MetricsSettings)
+        with ops_endpoint(metrics, bus_probes(bus, metrics)):
+            guard(lambda: poller.run(stop_on_signals()))
 
 
 @app.command("parse-mail")

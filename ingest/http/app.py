@@ -7,7 +7,7 @@ Endpoints (OpenAPI document: ``GET /openapi.json``, committed as ``ingest/http/o
 * ``POST /webhooks/telegram`` — Bot API updates; ``X-Telegram-Bot-Api-Secret-Token`` must match.
 * ``GET /webhooks/meta`` — subscription handshake; ``POST /webhooks/meta`` — WhatsApp, Messenger
   and Instagram events, ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw body, app secret).
-* ``GET /healthz`` (process up), ``GET /readyz`` (the bus answers).
+* ``GET /healthz`` (process up), ``GET /readyz`` (the bus answers), ``GET /metrics`` (Prometheus).
 
 Guarantees of every POST: the body is read with a size limit (413, checked against Content-Length
 first and while reading) and authenticated before it is parsed (401: nothing published); a 2xx is
@@ -43,6 +43,7 @@ from frontdesk.bus.memory import MemoryBus
 from frontdesk.codec import encode
 from frontdesk.errors import FrontdeskError, TransientError
 from frontdesk.messages import InboundMessage
+from frontdesk.metrics import instrument_app
 from ingest.http.api import Accepted, MessageIn, Problem, Published, ValidationProblem, api_message
 from ingest.http.meta import MetaConnectors, meta_batch
 from ingest.http.normalise import PayloadError, telegram_update
@@ -116,6 +117,7 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                       summary="The process is up")
     app.add_api_route("/readyz", intake.readyz, methods=["GET"], operation_id="readyz", tags=["operations"],
                       summary="The bus answers", responses={503: {"description": "The bus does not answer"}})
+    instrument_app(app)  # GET /metrics (not in the OpenAPI document) and request counters
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
