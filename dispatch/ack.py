@@ -132,19 +132,31 @@ def _environment(templates_dir: str) -> jinja2.Environment:
 
 
 def _template(
-    env: jinja2.Environment, language: str, fallback: str, templates_dir: Path
+    env: jinja2.Environment, name: str, language: str, fallback: str, templates_dir: Path
 ) -> tuple[jinja2.Template, str]:
-    """The text template for ``language`` (normalised, e.g. "ru-RU" → "ru"), else ``fallback``'s."""
+    """Template ``<name>.<lang>.txt.j2`` for ``language`` (normalised, "ru-RU" → "ru"), else ``fallback``'s."""
     lang = language.strip().lower().replace("_", "-").split("-")[0]
     candidates = [lang] if _LANGUAGE.fullmatch(lang) else []
     for candidate in [*candidates, fallback]:
         try:
-            return env.get_template(f"ack.{candidate}.txt.j2"), candidate
+            return env.get_template(f"{name}.{candidate}.txt.j2"), candidate
         except jinja2.TemplateNotFound:
             continue
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"{exc.filename or templates_dir}:{exc.lineno}: template error: {exc.message}") from exc
-    raise ConfigError(f"{templates_dir}: no acknowledgement template ack.{fallback}.txt.j2 (the fallback)")
+    raise ConfigError(f"{templates_dir}: no template {name}.{fallback}.txt.j2 (the fallback)")
+
+
+def _render(name: str, language: str, fallback: str, templates_dir: Path,
+            context: Callable[[str], dict[str, object]]) -> str:
+    """Render ``name`` in ``language`` with ``context(language used)``; ConfigError for any template problem."""
+    env = _environment(str(Path(templates_dir).resolve()))
+    template, used = _template(env, name, language, fallback, templates_dir)
+    try:
+        text = template.render(context(used))
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"{template.filename}: template error: {exc}") from exc
+    return text.strip() + "\n"
 
 
 def render_ack(
@@ -163,18 +175,22 @@ def render_ack(
     ("2026-11-22 14:30 UTC+04:00") and ``language``. ``due`` must be timezone-aware.
     Raises ConfigError for a missing fallback template or a broken template.
     """
-    env = _environment(str(Path(templates_dir).resolve()))
-    template, used = _template(env, language, fallback_language, templates_dir)
-    context = {
+    due_text = _due_text(due)
+    return _render("ack", language, fallback_language, templates_dir, lambda used: {
         "reference": case_reference, "customer_name": safe_customer_name(customer_name),
-        "sla_text": sla_phrase(sla, used), "sla_duration": duration_text(sla, used),
-        "due_text": _due_text(due), "language": used,
-    }
-    try:
-        text = template.render(context)
-    except jinja2.TemplateError as exc:
-        raise ConfigError(f"{template.filename}: template error: {exc}") from exc
-    return text.strip() + "\n"
+        "sla_text": sla_phrase(sla, used), "sla_duration": duration_text(sla, used), "due_text": due_text,
+        "language": used})
+
+
+def render_public_ack(language: str, sla: timedelta, templates_dir: Path, fallback_language: str = "en") -> str:
+    """The short public reply under a social mention, in ``language``.
+
+    Templates ``public_ack.<lang>.txt.j2`` get only ``sla_text``, ``sla_duration`` and ``language``:
+    no case reference, no name, no due time, so nothing about the customer can reach a public thread
+    (a template using anything else fails with ConfigError instead of rendering it).
+    """
+    return _render("public_ack", language, fallback_language, templates_dir, lambda used: {
+        "sla_text": sla_phrase(sla, used), "sla_duration": duration_text(sla, used), "language": used})
 
 
 def ack_subject(case_reference: str, original: str) -> str:

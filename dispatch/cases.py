@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dispatch.ack import ack_message_id, build_ack_email, render_ack
+from dispatch.ack import ack_message_id, build_ack_email, render_ack, render_public_ack
 from dispatch.base import ApplyResult
+from dispatch.reply_target import ack_mode, replier_key, reply_target
 from dispatch.routing import Route, RoutingTable
 from dispatch.settings import DispatchSettings
 from dispatch.snapshot import aware, case_event
@@ -205,23 +206,22 @@ def _acknowledge(session: Session, case: Case, tm: TriagedMessage, route: Route,
     return "ok"
 
 
-def chat_recipient(msg: InboundMessage) -> str | None:
-    """Where a chat reply goes: the Telegram chat (or chat:topic), else the sender's platform id."""
-    if msg.platform == "telegram":
-        return msg.thread.conversation_id or msg.sender.platform_id
-    return msg.sender.platform_id or msg.sender.phone
-
-
 def _chat_ack(session: Session, case: Case, tm: TriagedMessage, route: Route, ctx: Context, now: datetime,
               follow_up: bool) -> str:
-    """Queue a chat/social acknowledgement for the platform's Replier, or record why not."""
+    """Queue a chat/social acknowledgement for the platform's Replier, or record why not.
+
+    Chat messages are answered in their conversation; public mentions as ``dispatch.public_mentions``
+    says (:mod:`dispatch.reply_target`). A public reply carries the public template only: no reference."""
     msg, s = tm.message, ctx.settings
-    recipient = chat_recipient(msg)
+    mode = ack_mode(msg.channel, s.public_mentions)
+    recipient, target = reply_target(msg, mode) if mode else (None, {})
+    rate_key = f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}"
     recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
-        OutboxRow.kind == "ack", OutboxRow.recipient == f"{msg.platform}:{recipient}",
+        OutboxRow.kind == "ack", OutboxRow.recipient == rate_key,
         OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) or 0
-    reason = ("auto_submitted" if msg.flags.auto_submitted or msg.flags.auto_reply or msg.flags.bulk
-              else "public_mention_policy" if msg.channel == "social" and s.public_mentions == "none"
+    flags = msg.flags
+    reason = ("auto_submitted" if flags.auto_submitted or flags.auto_reply or flags.bulk or flags.suppress_autoreply
+              else "public_mention_policy" if mode is None
               else "spam" if tm.triage.category == "spam"
               else "follow_up" if follow_up and not s.ack_follow_ups
               else "rate_limited" if recent >= s.ack_rate_max
@@ -229,16 +229,18 @@ def _chat_ack(session: Session, case: Case, tm: TriagedMessage, route: Route, ct
     if reason != "ok":
         _history(session, case, now, "ack_suppressed", msg.id, {"reason": reason})
         return reason
-    due = case.first_response_due or now + route.sla
-    body = render_ack(case.reference or "", case.language, route.sla, due, msg.sender.name, s.templates_dir,
-                      s.fallback_language)
+    if mode == "public_reply":
+        body = render_public_ack(case.language, route.sla, s.templates_dir, s.fallback_language)
+    else:
+        body = render_ack(case.reference or "", case.language, route.sla, case.first_response_due or now + route.sla,
+                          msg.sender.name, s.templates_dir, s.fallback_language)
     mid = ack_message_id(case.reference or "", msg.id, s.message_id_domain)
-    payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector, "recipient": recipient,
-               "body": body, "message_id": mid}
+    payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector,
+               "replier": replier_key(msg), "mode": mode, "recipient": recipient, "target": target,
+               "thread_id": msg.external_id if mode == "chat" else None, "body": body, "message_id": mid}
     key = f"ack:{case.id}:{msg.id}" if follow_up else f"ack:{case.id}"
-    _outbox(session, case, "ack", key, json.dumps(payload, ensure_ascii=False), now,
-            recipient=f"{msg.platform}:{recipient}")
-    _history(session, case, now, "ack_queued", msg.id, {"message_id": mid, "platform": msg.platform})
+    _outbox(session, case, "ack", key, json.dumps(payload, ensure_ascii=False), now, recipient=rate_key)
+    _history(session, case, now, "ack_queued", msg.id, {"message_id": mid, "platform": msg.platform, "mode": mode})
     return "ok"
 
 

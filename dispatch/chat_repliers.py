@@ -1,4 +1,5 @@
-"""Acknowledgements on chat platforms: Telegram Bot API, WhatsApp Cloud API, and a signed generic webhook.
+"""Acknowledgements on chat platforms: Telegram Bot API, WhatsApp Cloud API, and a signed generic webhook
+(Messenger and Instagram, with replies to mentions: :mod:`dispatch.meta_replier`).
 
 Every replier here keeps the :class:`~dispatch.base.Replier` contract over HTTP (httpx):
 
@@ -40,7 +41,7 @@ from frontdesk.settings import ComponentSettings
 
 _RETRYABLE = {408, 425, 429}
 # Graph API error codes meaning "throttled / temporarily failing" (sent with HTTP 400 or 429).
-_WHATSAPP_TRANSIENT = {1, 2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056}
+_GRAPH_TRANSIENT = {1, 2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056}
 _TG_TOKEN_IN_TEXT = re.compile(r"bot[0-9]{1,20}:[A-Za-z0-9_-]+")
 _TG_MESSAGE_REF = re.compile(r"^(?:-?\d+:)?(\d+)(?:#.*)?$")
 
@@ -121,7 +122,21 @@ class TelegramReplier(_HttpReplier):
         return super()._retryable(status, data) or data.get("error_code") == 429
 
 
-class WhatsAppReplier(_HttpReplier):
+class GraphReplier(_HttpReplier):
+    """A Meta Graph API client: errors come as ``{"error": {"code", "message", "is_transient"}}``, and
+    throttling is reported with HTTP 400 and a Graph error code (retried)."""
+
+    def _retryable(self, status: int, data: dict[str, Any]) -> bool:
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        return (super()._retryable(status, data) or error.get("is_transient") is True
+                or error.get("code") in _GRAPH_TRANSIENT)
+
+    def _describe(self, data: dict[str, Any]) -> str:
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        return f"{error.get('code', '?')} {str(error.get('message', ''))[:300]}"
+
+
+class WhatsAppReplier(GraphReplier):
     """A text message through the WhatsApp Cloud API to ``reply.recipient`` (the customer's wa_id).
 
     ``reply.thread_id`` (the inbound ``wamid``) is sent as the ``context`` the reply quotes.
@@ -143,19 +158,16 @@ class WhatsAppReplier(_HttpReplier):
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         self._post(self._url, reply, headers=headers, json_body=body)
 
-    def _retryable(self, status: int, data: dict[str, Any]) -> bool:
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        return (super()._retryable(status, data) or error.get("is_transient") is True
-                or error.get("code") in _WHATSAPP_TRANSIENT)
-
-    def _describe(self, data: dict[str, Any]) -> str:
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        return f"{error.get('code', '?')} {str(error.get('message', ''))[:300]}"
-
 
 class WebhookReplier(_HttpReplier):
     """POSTs the reply as JSON to ``url``, signed: ``X-Frontdesk-Signature: sha256=<HMAC-SHA256(secret, raw body)>``.
 
+    For platforms without a Replier here (mentions and chats forwarded to ``/v1/messages``): the
+    receiver posts it. Body: ``channel``, ``platform``, ``connector``, ``mode`` (``chat`` |
+    ``public_reply`` | ``dm``), ``recipient`` (chat: the chat or user; public_reply: the message to
+    answer under; dm: the author's id), ``target`` (``external_id``, ``permalink``,
+    ``conversation_id``, ``author_id``, ``author_handle`` when known), ``in_reply_to``, ``body``,
+    ``message_id``, ``case_reference``. A public reply's body never contains the case reference.
     ``Idempotency-Key`` is the reply's deterministic ``message_id``: a repeat after a crash carries the same key.
     """
 
@@ -168,10 +180,12 @@ class WebhookReplier(_HttpReplier):
 
     def payload(self, reply: OutboundReply) -> bytes:
         """The exact bytes sent (and signed)."""
-        return json.dumps({"channel": reply.channel, "connector": reply.connector, "recipient": reply.recipient,
-                           "body": reply.body, "message_id": reply.message_id,
-                           "case_reference": reply.case_reference}, ensure_ascii=False,
-                          separators=(",", ":")).encode()
+        target = {k: v for k, v in reply.extra.items() if k not in ("mode", "platform")}
+        return json.dumps({"channel": reply.channel, "platform": reply.extra.get("platform") or None,
+                           "connector": reply.connector, "mode": reply.extra.get("mode", "chat"),
+                           "recipient": reply.recipient, "target": target, "in_reply_to": reply.thread_id,
+                           "body": reply.body, "message_id": reply.message_id, "case_reference": reply.case_reference},
+                          ensure_ascii=False, separators=(",", ":")).encode()
 
     def send(self, reply: OutboundReply) -> None:
         raw = self.payload(reply)
@@ -191,6 +205,10 @@ class ChatReplySettings(ComponentSettings):
     whatsapp_api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
     whatsapp_phone_number_id: str | None = Field(None, pattern=r"^\d{1,30}$")
     whatsapp_access_token: SecretStr | None = None
+    meta_api_base: str = "https://graph.facebook.com"
+    meta_api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
+    meta_page_id: str = Field("me", pattern=r"^(me|\d{1,30})$", description="Page that sends ('me': the token's)")
+    meta_page_access_token: SecretStr | None = Field(None, description="Page token: Messenger, Instagram, mentions")
     webhook_url: str | None = Field(None, description="Generic signed outbound webhook (https in production)")
     webhook_secret: SecretStr | None = Field(None, description="HMAC key of X-Frontdesk-Signature")
     timeout_s: float = Field(10.0, gt=0)
@@ -210,7 +228,10 @@ class ChatReplySettings(ComponentSettings):
 
 def build_repliers(settings: ChatReplySettings, *, transport: httpx.BaseTransport | None = None
                    ) -> dict[str, Replier]:
-    """The configured repliers keyed by platform: ``telegram``, ``whatsapp``, ``webhook`` (absent if unset)."""
+    """The configured repliers keyed by platform: ``telegram``, ``whatsapp``, ``facebook`` and ``instagram``
+    (one :class:`~dispatch.meta_replier.MetaReplier`), ``webhook`` (absent if unset)."""
+    from dispatch.meta_replier import MetaReplier  # it builds on GraphReplier from this module
+
     options: dict[str, Any] = {"timeout_s": settings.timeout_s, "max_attempts": settings.max_attempts,
                                "max_retry_after_s": settings.max_retry_after_s, "transport": transport}
     repliers: dict[str, Replier] = {}
@@ -220,6 +241,10 @@ def build_repliers(settings: ChatReplySettings, *, transport: httpx.BaseTranspor
         repliers["whatsapp"] = WhatsAppReplier(settings.whatsapp_api_base, settings.whatsapp_phone_number_id,
                                                settings.whatsapp_access_token, settings.whatsapp_api_version,
                                                **options)
+    if settings.meta_page_access_token is not None:
+        meta = MetaReplier(settings.meta_api_base, settings.meta_page_access_token, settings.meta_api_version,
+                           settings.meta_page_id, **options)
+        repliers.update(facebook=meta, instagram=meta)
     if settings.webhook_url and settings.webhook_secret:
         repliers["webhook"] = WebhookReplier(settings.webhook_url, settings.webhook_secret, **options)
     return repliers

@@ -80,15 +80,18 @@ class OutboxRelay:
 
     def _deliver(self, item: OutboxItem) -> None:
         data = json.loads(item.payload)
-        target = data.get("platform") if data["channel"] != "email" else "email"
-        replier = self.repliers.get(target or data["channel"])
+        # Chat: the payload names its Replier (dispatch.reply_target); the signed webhook covers the rest.
+        target = "email" if data["channel"] == "email" else data.get("replier") or data.get("platform") or "webhook"
+        replier = self.repliers.get(target) or (self.repliers.get("webhook") if target != "email" else None)
         if replier is None:
-            self.store.mark_retry(item.id, f"no replier for {target or data['channel']}", 0, permanent=True)
+            self.store.mark_retry(item.id, f"no replier for {target}", 0, permanent=True)
             self.stats.acks_failed += 1
             return
+        extra = {"mode": data.get("mode") or "chat", "platform": data.get("platform") or "", **data.get("target", {})}
         reply = OutboundReply(channel=data["channel"], connector=data["connector"], recipient=data["recipient"],
                               body=data["body"], message_id=data["message_id"], case_reference=item.case_reference,
-                              raw=data["raw"].encode("utf-8", "surrogateescape") if data.get("raw") else None)
+                              raw=data["raw"].encode("utf-8", "surrogateescape") if data.get("raw") else None,
+                              thread_id=data.get("thread_id"), extra=extra if data["channel"] != "email" else {})
         try:
             replier.send(reply)
         except TransientError as exc:

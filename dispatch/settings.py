@@ -23,8 +23,11 @@ class DispatchSettings(ComponentSettings):
     message_id_domain: str = Field("frontdesk.example", description="Right-hand side of our Message-IDs")
     our_addresses: tuple[str, ...] = Field((), description="Our own mailboxes/domains ('@bet.az'): never acknowledged")
     ack_channels: tuple[str, ...] = Field(("email", "chat", "social"), description="Channels that get an acknowledgement")
-    public_mentions: Literal["none", "reply"] = Field(
-        "none", description="Acknowledge public social mentions? 'none' keeps case numbers out of public threads")
+    public_mentions: Literal["none", "reply", "dm"] = Field(
+        "none", description="Public social mentions: 'none' (no acknowledgement: keeps case numbers out of public "
+                            "threads), 'reply' (a short public reply under the mention from the public_ack "
+                            "templates: no reference, no name), 'dm' (the full acknowledgement privately: a Meta "
+                            "private reply, or to the author's id through the webhook)")
     ack_follow_ups: bool = Field(False, description="Acknowledge follow-ups too (default: one per case)")
     ack_rate_max: int = Field(3, ge=1, description="At most this many acknowledgements per sender ...")
     ack_rate_window_s: int = Field(600, ge=1, description="... per this many seconds")

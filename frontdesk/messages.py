@@ -40,14 +40,21 @@ class Party(Frozen):
 
 
 class Attachment(Frozen):
-    """Metadata of one attachment; the bytes live content-addressed in the blob store."""
+    """Metadata of one attachment. Mail attachments are stored content-addressed in the blob store;
+    chat and social media stay on the platform (``stored_at`` None) and ``ref`` says where to fetch them."""
 
     name: str
     content_type: str
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    stored_at: str | None = Field(None, description="Blob reference; None if not stored")
+    size: int = Field(ge=0, description="Bytes; 0 if the platform does not say")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of what sha256_of says")
+    stored_at: str | None = Field(None, description="Blob reference; None if the bytes are not stored")
     inline: bool = False
+    sha256_of: Literal["content", "reference"] = Field(
+        "content", description="'content': sha256 is the hash of the bytes; 'reference': the bytes were not "
+                               "downloaded and sha256 is a hash of the platform reference (identifies, never verifies)")
+    ref: str | None = Field(None, description="The platform's file reference to fetch the media later: Telegram "
+                                              "file_id (getFile), WhatsApp media id, Messenger/Instagram URL "
+                                              "(expires), the URL given to /v1/messages")
 
 
 class ThreadHints(Frozen):

@@ -37,7 +37,7 @@ class AttachmentIn(_In):
     size: int = Field(ge=0, description="Bytes")
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the content, hex")
     url: str | None = Field(None, max_length=2048, pattern=URL,
-                            description="Where the content can be fetched (accepted; not yet carried downstream)")
+                            description="Where the content can be fetched; carried downstream as Attachment.ref")
 
 
 class MessageIn(_In):
@@ -94,5 +94,5 @@ def api_message(body: MessageIn, *, received_at: datetime) -> InboundMessage:
                      name=single_line(body.author.name) or None),
         text=text, full_text=text, received_at=received_at, sent_at=body.sent_at, permalink=body.permalink,
         attachments=tuple(Attachment(name=single_line(a.name, 255) or "attachment", content_type=a.content_type.lower(),
-                                     size=a.size, sha256=a.sha256.lower()) for a in body.attachments),
+                                     size=a.size, sha256=a.sha256.lower(), ref=a.url) for a in body.attachments),
     )

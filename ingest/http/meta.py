@@ -10,8 +10,14 @@ One POST carries a batch: ``{"object": ..., "entry": [...]}``. What becomes a me
   ``message_edit`` (flagged ``edited``). Receipts, reactions, postbacks and the like are ignored.
 * mentions: ``entry[].changes[]`` with field ``mention`` (Facebook Page: post or comment text and
   its author) or ``mentions`` (Instagram: only ``media_id`` and ``comment_id``, so the message has
-  no text and no known sender and is marked ``suppress_autoreply``; fetching the comment through the
-  Graph API is not done here).
+  no text and no known sender; fetching the comment through the Graph API is not done here).
+  What a reply needs is kept: the external id is ``mention:<comment id>`` (or ``mention:<post id>``
+  for a Facebook post, ``mention:media:<media id>`` for an Instagram caption), the conversation is
+  the post / media id, and ``recipients`` is the mentioned account (the webhook entry: our Page or
+  Instagram account id). :func:`dispatch.reply_target.reply_target` reads exactly these.
+
+Media are not downloaded: ``Attachment.ref`` keeps the WhatsApp media id or the Messenger/Instagram
+URL, see :mod:`ingest.http.normalise`.
 
 Same contract as :mod:`ingest.http.normalise`: pure, deterministic ids, PayloadError for wrong shapes.
 """
@@ -27,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 from frontdesk.messages import Attachment, Flags, InboundMessage, Party, ThreadHints
 from ingest.http.normalise import (MAX_TEXT, Node, PayloadError, clean_text, content_digest, edit_id, media_type,
-                                   reference_digest, root, single_line, unix_time)
+                                   platform_ref, reference_digest, root, single_line, unix_time)
 
 _WHATSAPP_MEDIA = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/ogg",
                    "document": "application/octet-stream", "sticker": "image/webp"}
@@ -62,7 +68,8 @@ def meta_batch(payload: Any, *, connectors: MetaConnectors, received_at: datetim
     found: list[InboundMessage | None] = []
     for entry in node.items("entry"):
         for change in entry.items("changes"):
-            found += _whatsapp_change(change, ctx) if platform == "whatsapp" else [_mention(change, ctx)]
+            found += (_whatsapp_change(change, ctx) if platform == "whatsapp"
+                      else [_mention(change, ctx, entry.ident("id"))])
         if platform != "whatsapp":
             found += [_messaging(event, ctx) for event in entry.items("messaging")]
     unique = {m.id: m for m in found if m is not None}
@@ -126,9 +133,10 @@ def _whatsapp_content(m: Node, kind: str) -> tuple[str | None, tuple[Attachment,
 def _whatsapp_media(media: Node, kind: str) -> Attachment:
     ctype = media_type(media.string("mime_type"), _WHATSAPP_MEDIA[kind])
     default = ("voice" if media.flag("voice") else kind) + (mimetypes.guess_extension(ctype) or "")
-    digest = content_digest(media.string("sha256")) or reference_digest("whatsapp", media.need_id("id"))
+    media_id, digest = media.need_id("id"), content_digest(media.string("sha256"))
     return Attachment(name=single_line(media.string("filename"), 255) or default, content_type=ctype,
-                      size=media.size("file_size"), sha256=digest)
+                      size=media.size("file_size"), sha256=digest or reference_digest("whatsapp", media_id),
+                      sha256_of="content" if digest else "reference", ref=media_id)
 
 
 # --- Messenger and Instagram Direct ---------------------------------------------------------------
@@ -181,34 +189,36 @@ def _attachments(message: Node, ctx: _Ctx) -> tuple[Attachment, ...]:
         name = single_line(posixpath.basename(path), 255) or kind
         ctype = media_type(mimetypes.guess_type(path)[0], "application/octet-stream")
         found[reference] = Attachment(name=name, content_type=ctype, size=0,
-                                      sha256=reference_digest(ctx.platform, reference))
+                                      sha256=reference_digest(ctx.platform, reference), sha256_of="reference",
+                                      ref=platform_ref(url) or reference)
     return tuple(found.values())
 
 
 # --- Mentions -------------------------------------------------------------------------------------
 
 
-def _mention(change: Node, ctx: _Ctx) -> InboundMessage | None:
+def _mention(change: Node, ctx: _Ctx, account: str | None) -> InboundMessage | None:
     field, value = change.string("field"), change.obj("value")
     if value is None:
         return None
+    mentioned = (Party(platform_id=account),) if account else ()
     if ctx.platform == "instagram" and field == "mentions":
-        return _instagram_mention(value, ctx)
+        return _instagram_mention(value, ctx, mentioned)
     if ctx.platform == "facebook" and field == "mention":
-        return _page_mention(value, ctx)
+        return _page_mention(value, ctx, mentioned)
     return None
 
 
-def _instagram_mention(value: Node, ctx: _Ctx) -> InboundMessage:
+def _instagram_mention(value: Node, ctx: _Ctx, mentioned: tuple[Party, ...]) -> InboundMessage:
     media, comment = value.need_id("media_id"), value.ident("comment_id")
     return InboundMessage.create(
         connector=ctx.connector, external_id=f"mention:{comment}" if comment else f"mention:media:{media}",
-        channel="social", platform="instagram", sender=Party(), thread=ThreadHints(conversation_id=media),
-        received_at=ctx.received_at, flags=Flags(suppress_autoreply=True),
+        channel="social", platform="instagram", sender=Party(), recipients=mentioned,
+        thread=ThreadHints(conversation_id=media), received_at=ctx.received_at,
     )
 
 
-def _page_mention(value: Node, ctx: _Ctx) -> InboundMessage | None:
+def _page_mention(value: Node, ctx: _Ctx, mentioned: tuple[Party, ...]) -> InboundMessage | None:
     verb = value.string("verb") or "add"
     if verb not in ("add", "edit", "edited"):
         return None
@@ -221,7 +231,7 @@ def _page_mention(value: Node, ctx: _Ctx) -> InboundMessage | None:
     external_id = edit_id(original, value.ident("edited_time"), text) if edited else original
     return InboundMessage.create(
         connector=ctx.connector, external_id=external_id, channel="social", platform="facebook", sender=sender,
-        text=text, full_text=text,
+        recipients=mentioned, text=text, full_text=text,
         thread=ThreadHints(references=(original,) if edited else (), conversation_id=post),
         received_at=ctx.received_at, sent_at=_optional_time(value.child("created_time")), flags=Flags(edited=edited),
     )

@@ -13,9 +13,12 @@ Contract of every normaliser here and in :mod:`ingest.http.meta` and :mod:`inges
 An edit gets its own external id (``<original>#edit:<version>``) and ``flags.edited``, with the
 original in ``thread.references``, so it is not mistaken for a replay of the original.
 
-``Attachment.sha256`` is required, but Telegram and Messenger send no content hash and nothing is
-downloaded here; such attachments carry ``reference_digest(platform, file id)`` instead, with
-``stored_at=None``. (WhatsApp's own media hash is used as is.)
+Media are not downloaded here. Every platform attachment keeps the platform's file reference in
+``Attachment.ref`` (Telegram ``file_id``, WhatsApp media id, Messenger/Instagram URL) so the support
+team can fetch it later, with ``stored_at=None``. ``Attachment.sha256`` is required, but Telegram and
+Messenger send no content hash: their attachments carry ``reference_digest(platform, file id)`` with
+``sha256_of="reference"`` — a stable identifier of the file, not a hash of its bytes. (WhatsApp's own
+media hash is a content hash and is used as is, ``sha256_of="content"``.)
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ def as_handle(value: str | None) -> str | None:
 def reference_digest(platform: str, reference: str) -> str:
     """Stand-in ``Attachment.sha256`` for media known only by a platform file id (not a content hash)."""
     return hashlib.sha256(f"{platform}-file\x00{reference}".encode()).hexdigest()
+
+
+def platform_ref(value: str | None, limit: int = 4096) -> str | None:
+    """A platform file id or URL kept verbatim for fetching later; None if absent, not one line, or too long
+    (cutting it would make it useless)."""
+    if not value or len(value) > limit or _LINE_BREAKS.search(value) or not value.strip():
+        return None
+    return value
 
 
 def content_digest(value: str | None) -> str | None:
@@ -272,7 +283,8 @@ def _telegram_attachments(m: Node) -> tuple[Attachment, ...]:
 
 
 def _telegram_file(node: Node, name: str, ctype: str) -> Attachment:
-    reference = node.ident("file_unique_id") or node.need_id("file_id")
+    file_id = node.need_id("file_id")
     return Attachment(name=single_line(node.string("file_name"), 255) or name,
                       content_type=media_type(node.string("mime_type"), ctype), size=node.size("file_size"),
-                      sha256=reference_digest("telegram", reference))
+                      sha256=reference_digest("telegram", node.ident("file_unique_id") or file_id),
+                      sha256_of="reference", ref=file_id)

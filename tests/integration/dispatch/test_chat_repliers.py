@@ -1,15 +1,12 @@
-"""Chat repliers against a local recording stand-in for the Telegram, WhatsApp and webhook endpoints (real HTTP)."""
+"""Chat repliers against a local recording stand-in for the Telegram, WhatsApp, Graph API and webhook endpoints
+(real HTTP)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,66 +15,13 @@ from pydantic import SecretStr, ValidationError
 from dispatch.base import OutboundReply
 from dispatch.chat_repliers import (ChatReplySettings, TelegramReplier, WebhookReplier, WhatsAppReplier,
                                     build_repliers)
+from dispatch.meta_replier import MetaReplier
 from frontdesk.errors import ReplyError, ReplyUnavailable
+from tests.harness.recorder import Answer, Recorder
 
 BOT_TOKEN = "123456789:AAH-reply_token"
 WA_TOKEN = "EAAG-whatsapp-access-token"
 SECRET = "webhook-signing-secret"
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: Any = field(default_factory=lambda: {"ok": True, "result": {"message_id": 1}})
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class Recorder:
-    """Answers POSTs with scripted answers (then 200), recording every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[Seen] = []
-        self.script: list[Answer] = []
-        self.lock = threading.Lock()
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with rec.lock:
-                    rec.requests.append(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, raw))
-                    answer = rec.script.pop(0) if rec.script else Answer()
-                data = json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
@@ -130,9 +74,25 @@ def test_webhook_is_signed_and_carries_an_idempotency_key(far: Recorder) -> None
     expected = hmac.new(SECRET.encode(), seen.raw, hashlib.sha256).hexdigest()
     assert seen.headers["x-frontdesk-signature"] == f"sha256={expected}"
     assert seen.headers["idempotency-key"] == "ack.abc123@frontdesk"
-    assert seen.json == {"channel": "chat", "connector": "telegram", "recipient": "5123456789",
+    assert seen.json == {"channel": "chat", "platform": None, "connector": "telegram", "mode": "chat",
+                         "recipient": "5123456789", "target": {}, "in_reply_to": None,
                          "body": "Salam! Müraciətiniz qeydə alındı: FD-000123", "message_id": "ack.abc123@frontdesk",
                          "case_reference": "FD-000123"}
+
+
+def test_webhook_carries_the_mode_and_the_ids_a_social_tool_needs(far: Recorder) -> None:
+    target = {"external_id": "1790012345678901234", "permalink": "https://x.com/rauf_az/status/1790012345678901234",
+              "author_id": "44196397"}
+    replier = WebhookReplier(f"{far.base}/hook", SECRET)
+    replier.send(reply(channel="social", connector="http:twitter", recipient="1790012345678901234",
+                       body="Thanks, please DM us.", extra={"mode": "public_reply", "platform": "twitter", **target}))
+    replier.send(reply(channel="social", connector="http:twitter", recipient="44196397",
+                       extra={"mode": "dm", "platform": "twitter", **target}))
+    public, private = (r.json for r in far.requests)
+    assert (public["mode"], public["recipient"], public["platform"]) == ("public_reply", "1790012345678901234",
+                                                                          "twitter")
+    assert public["target"] == target and private["target"] == target
+    assert (private["mode"], private["recipient"]) == ("dm", "44196397")
 
 
 def test_429_with_retry_after_is_waited_out_then_succeeds(far: Recorder) -> None:
@@ -213,3 +173,84 @@ def test_build_repliers_from_settings(far: Recorder) -> None:
         ChatReplySettings(webhook_url=f"{far.base}/hook")  # never unsigned
     with pytest.raises(ValidationError):
         ChatReplySettings(whatsapp_phone_number_id="106540352242922")
+
+
+PAGE_TOKEN = "EAAB-page-access-token"
+
+
+def meta_reply(platform: str, mode: str, recipient: str, **ids: str) -> OutboundReply:
+    return reply(channel="chat" if mode == "chat" else "social", connector=platform, recipient=recipient,
+                 body="Salam!", extra={"mode": mode, "platform": platform, **ids})
+
+
+def test_meta_chat_uses_the_send_api_with_the_page_token(far: Recorder) -> None:
+    replier = MetaReplier(far.base, SecretStr(PAGE_TOKEN))
+    replier.send(meta_reply("facebook", "chat", "6954875731257890"))
+    replier.send(meta_reply("instagram", "chat", "1240993217703251"))
+    messenger, direct = far.requests
+    assert messenger.path == direct.path == "/v21.0/me/messages"
+    assert messenger.headers["authorization"] == f"Bearer {PAGE_TOKEN}" and PAGE_TOKEN not in messenger.path
+    assert messenger.json == {"recipient": {"id": "6954875731257890"}, "message": {"text": "Salam!"},
+                              "messaging_type": "RESPONSE"}
+    assert direct.json == {"recipient": {"id": "1240993217703251"}, "message": {"text": "Salam!"}}
+
+
+def test_meta_dm_is_a_private_reply_to_the_comment_or_post(far: Recorder) -> None:
+    replier = MetaReplier(far.base, PAGE_TOKEN, page_id="104587302351112")
+    replier.send(meta_reply("facebook", "dm", "733_9001", post_id="100089_733", comment_id="733_9001"))
+    replier.send(meta_reply("facebook", "dm", "100089_733", post_id="100089_733"))
+    replier.send(meta_reply("instagram", "dm", "17894227972186120", comment_id="17894227972186120"))
+    assert {r.path for r in far.requests} == {"/v21.0/104587302351112/messages"}
+    assert [r.json["recipient"] for r in far.requests] == [
+        {"comment_id": "733_9001"}, {"post_id": "100089_733"}, {"comment_id": "17894227972186120"}]
+    assert all(r.json["message"] == {"text": "Salam!"} for r in far.requests)
+
+
+def test_meta_public_replies_go_under_the_comment_or_to_the_mentions_edge(far: Recorder) -> None:
+    replier = MetaReplier(far.base, PAGE_TOKEN, api_version="v22.0")
+    replier.send(meta_reply("facebook", "public_reply", "733_9001", post_id="100089_733", comment_id="733_9001"))
+    replier.send(meta_reply("facebook", "public_reply", "100089_733", post_id="100089_733"))
+    replier.send(meta_reply("instagram", "public_reply", "17894227972186120", account_id="17841405726653026",
+                            media_id="17918195224117851", comment_id="17894227972186120"))
+    replier.send(meta_reply("instagram", "public_reply", "17918195224117999", account_id="17841405726653026",
+                            media_id="17918195224117999"))
+    assert [r.path for r in far.requests] == ["/v22.0/733_9001/comments", "/v22.0/100089_733/comments",
+                                              "/v22.0/17841405726653026/mentions", "/v22.0/17841405726653026/mentions"]
+    assert far.requests[0].json == far.requests[1].json == {"message": "Salam!"}
+    assert far.requests[2].json == {"media_id": "17918195224117851", "comment_id": "17894227972186120",
+                                    "message": "Salam!"}
+    assert far.requests[3].json == {"media_id": "17918195224117999", "message": "Salam!"}
+
+
+@pytest.mark.parametrize("bad", [
+    meta_reply("instagram", "dm", "17918195224117999", media_id="17918195224117999"),  # a caption: no comment
+    meta_reply("instagram", "public_reply", "17894227972186120", comment_id="17894227972186120"),  # no account
+    meta_reply("facebook", "carrier-pigeon", "1"),
+], ids=["dm-without-comment", "public-without-account", "unknown-mode"])
+def test_meta_reply_without_the_ids_it_needs_is_a_permanent_error(far: Recorder, bad: OutboundReply) -> None:
+    with pytest.raises(ReplyError) as info:
+        MetaReplier(far.base, PAGE_TOKEN).send(bad)
+    assert not isinstance(info.value, ReplyUnavailable) and far.requests == []
+
+
+def test_meta_graph_throttling_is_retried_and_other_errors_are_not(far: Recorder) -> None:
+    replier = MetaReplier(far.base, PAGE_TOKEN, backoff_s=0.01)
+    far.script = [Answer(400, {"error": {"message": "Calls to this api have exceeded the rate limit.", "code": 613}})]
+    replier.send(meta_reply("facebook", "chat", "6954875731257890"))
+    assert len(far.requests) == 2
+    far.script = [Answer(400, {"error": {"message": "(#10) This message is sent outside of allowed window.",
+                                         "code": 10, "error_subcode": 2018278}})]
+    with pytest.raises(ReplyError) as info:
+        replier.send(meta_reply("facebook", "chat", "6954875731257890"))
+    assert "outside of allowed window" in str(info.value) and PAGE_TOKEN not in str(info.value)
+    assert len(far.requests) == 3
+
+
+def test_build_repliers_serves_facebook_and_instagram_with_one_meta_replier(far: Recorder) -> None:
+    repliers = build_repliers(ChatReplySettings(meta_api_base=far.base, meta_page_access_token=SecretStr(PAGE_TOKEN),
+                                                meta_page_id="104587302351112"))
+    assert set(repliers) == {"facebook", "instagram"} and repliers["facebook"] is repliers["instagram"]
+    repliers["instagram"].send(meta_reply("instagram", "chat", "1240993217703251"))
+    assert far.requests[0].path == "/v21.0/104587302351112/messages"
+    with pytest.raises(ValidationError):
+        ChatReplySettings(meta_page_id="my-page")

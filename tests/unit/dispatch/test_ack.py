@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.ack import ack_message_id, ack_subject, build_ack_email, duration_text, render_ack, sla_phrase
+from dispatch.ack import (ack_message_id, ack_subject, build_ack_email, duration_text, render_ack, render_public_ack,
+                          sla_phrase)
 from dispatch.suppress import ack_decision, reply_address
 from frontdesk.errors import ConfigError, ReplyError
 from frontdesk.messages import Flags, InboundMessage, Party, ThreadHints
@@ -120,6 +121,27 @@ def test_missing_or_broken_templates(tmp_path: Path) -> None:
         render("en", templates=tmp_path)
     with pytest.raises(ValueError, match="timezone"):
         render_ack(REF, "en", timedelta(hours=1), datetime(2026, 1, 1), None, TEMPLATES)
+
+
+@pytest.mark.parametrize(("language", "start"), [
+    ("az", "Bizə yazdığınız üçün"), ("ru", "Спасибо, что написали"), ("en", "Thank you for reaching out"),
+    ("tr", "Bize ulaştığınız için"), ("de", "Thank you for reaching out"),
+])
+def test_public_reply_is_short_localised_and_carries_nothing_personal(language: str, start: str) -> None:
+    text = render_public_ack(language, timedelta(hours=4), TEMPLATES)
+    assert text.startswith(start) and len(text) < 300 and "\n" not in text.strip()
+    assert REF not in text and "FD-" not in text and not re.search(r"\d{4}-\d{2}-\d{2}", text)
+
+
+def test_a_public_template_cannot_use_the_reference_or_the_name(tmp_path: Path) -> None:
+    for variable in ("reference", "customer_name", "due_text"):
+        (tmp_path / "public_ack.en.txt.j2").write_text(f"We got it: {{{{ {variable} }}}}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=variable):
+            render_public_ack("en", timedelta(hours=1), tmp_path)
+    (tmp_path / "public_ack.en.txt.j2").write_text("We answer {{ sla_text }}.\n", encoding="utf-8")
+    assert render_public_ack("az", timedelta(hours=1), tmp_path) == "We answer within 1 hour.\n"  # fallback: en
+    with pytest.raises(ConfigError, match="public_ack.tr.txt.j2"):
+        render_public_ack("tr", timedelta(hours=1), tmp_path, fallback_language="tr")
 
 
 # --- the email ---------------------------------------------------------------------------------

@@ -236,3 +236,78 @@ def test_public_mentions_are_not_acknowledged_by_default(store: SqlCaseStore) ->
     mention = chat(1, "77", "post-9")
     mention = mention.model_copy(update={"message": mention.message.model_copy(update={"channel": "social"})})
     assert store.apply(mention).ack == "public_mention_policy"
+
+
+def mention_store(mode: str, clock: Clock) -> SqlCaseStore:
+    settings = DispatchSettings(public_mentions=mode)  # type: ignore[arg-type]
+    return SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
+
+
+def instagram_mention(comment: str | None = "17894227972186120") -> TriagedMessage:
+    msg = InboundMessage.create(
+        connector="instagram", external_id=f"mention:{comment}" if comment else "mention:media:17918195224117999",
+        channel="social", platform="instagram", sender=Party(), recipients=(Party(platform_id="17841405726653026"),),
+        thread=ThreadHints(conversation_id="17918195224117851"), received_at=NOW)
+    triage = Triage(category="account_access", urgency="high", language="az", model_version="test")
+    return TriagedMessage(message=msg, triage=triage, triaged_at=NOW)
+
+
+def forwarded_mention() -> TriagedMessage:
+    msg = InboundMessage.create(
+        connector="http:twitter", external_id="1790012345678901234", channel="social", platform="twitter",
+        sender=Party(platform_id="44196397", handle="rauf_az"), text="@BetAz pulumu qaytarın!", received_at=NOW,
+        permalink="https://x.com/rauf_az/status/1790012345678901234")
+    triage = Triage(category="payments", urgency="high", language="ru", model_version="test")
+    return TriagedMessage(message=msg, triage=triage, triaged_at=NOW)
+
+
+def test_public_reply_mode_answers_under_the_mention_without_the_reference(clock: Clock) -> None:
+    store = mention_store("reply", clock)
+    result = store.apply(instagram_mention())
+    assert result.ack == "ok"
+    instagram = MemoryReplier()
+    OutboxRelay(store, MemoryBus(), {"instagram": instagram}).run_once()
+    [sent] = instagram.sent
+    assert (sent.channel, sent.recipient) == ("social", "17894227972186120")
+    assert sent.extra == {"mode": "public_reply", "platform": "instagram", "account_id": "17841405726653026",
+                          "media_id": "17918195224117851", "comment_id": "17894227972186120"}
+    assert sent.body.startswith("Bizə yazdığınız üçün") and result.case_reference not in sent.body
+
+
+def test_dm_mode_sends_the_full_acknowledgement_privately(clock: Clock) -> None:
+    store = mention_store("dm", clock)
+    result = store.apply(instagram_mention())
+    caption = store.apply(instagram_mention(comment=None))
+    assert (result.ack, caption.ack) == ("ok", "no_address")  # a caption mention has nobody to write to
+    instagram = MemoryReplier()
+    OutboxRelay(store, MemoryBus(), {"instagram": instagram}).run_once()
+    [sent] = instagram.sent
+    assert sent.extra == {"mode": "dm", "platform": "instagram", "comment_id": "17894227972186120"}
+    assert result.case_reference in sent.body and sent.body.startswith("Salam!")
+
+
+def test_forwarded_mentions_go_to_the_signed_webhook_with_their_ids(clock: Clock) -> None:
+    store = mention_store("reply", clock)
+    store.apply(forwarded_mention())
+    webhook, email_out = MemoryReplier(), MemoryReplier()
+    OutboxRelay(store, MemoryBus(), {"email": email_out, "webhook": webhook}).run_once()
+    [sent] = webhook.sent
+    assert (sent.recipient, sent.extra["mode"], sent.extra["platform"]) == ("1790012345678901234", "public_reply",
+                                                                             "twitter")
+    assert sent.extra["permalink"] == "https://x.com/rauf_az/status/1790012345678901234"
+    assert sent.extra["author_id"] == "44196397" and sent.body.startswith("Спасибо, что написали")
+
+
+def test_a_chat_platform_without_its_replier_falls_back_to_the_webhook_or_fails(clock: Clock) -> None:
+    store = mention_store("none", clock)
+    store.apply(chat(1, "42", "-100777"))
+    assert store.apply(forwarded_mention()).ack == "public_mention_policy"
+    webhook = MemoryReplier()
+    OutboxRelay(store, MemoryBus(), {"webhook": webhook}).run_once()
+    [sent] = webhook.sent
+    assert (sent.recipient, sent.extra["mode"], sent.thread_id) == ("-100777", "chat", "-100777:1")
+    lonely = mention_store("none", clock)
+    lonely.apply(chat(1, "42", "-100777"))
+    rel = OutboxRelay(lonely, MemoryBus(), {})
+    rel.run_once()
+    assert rel.stats.acks_failed == 1 and rel.stats.acks_sent == 0

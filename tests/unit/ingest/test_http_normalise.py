@@ -125,6 +125,8 @@ def test_telegram_photo_keeps_the_largest_size_as_metadata() -> None:
     (photo,) = m.attachments
     assert (photo.name, photo.content_type, photo.size) == ("photo.jpg", "image/jpeg", 98112)
     assert photo.sha256 == reference_digest("telegram", "AQADIdoxG1jhiUt9") and photo.stored_at is None
+    assert (photo.sha256_of, photo.ref) == (
+        "reference", "AgACAgIAAxkBAAIEt2ZxQ1mK3vYf0Bq8p1mQbHkAAb4AAiHaMRtY4YlLq4Yx3Y9lqv8BAAMCAAN4AAM1BA")
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -216,6 +218,7 @@ def test_whatsapp_media_uses_the_platform_hash() -> None:
     assert image.text == "Ödəniş qəbzi"
     assert [(a.name, a.content_type) for a in document.attachments] == [("passport_scan.pdf", "application/pdf")]
     assert document.attachments[0].sha256 == hashlib.sha256(b"passport_scan.pdf").hexdigest()
+    assert (image.attachments[0].sha256_of, image.attachments[0].ref) == ("content", "1003383421387256")
 
 
 def test_whatsapp_voice_and_sticker() -> None:
@@ -276,6 +279,9 @@ def test_messenger_attachments_are_metadata_by_url() -> None:
     assert [(a.name, a.content_type, a.size) for a in m.attachments] == [
         ("441187654_1201456_n.jpg", "image/jpeg", 0), ("bank_statement.pdf", "application/pdf", 0)]
     assert len({a.sha256 for a in m.attachments}) == 2 and m.text == ""
+    assert {a.sha256_of for a in m.attachments} == {"reference"}
+    assert m.attachments[1].ref == ("https://cdn.fbsbx.com/v/t59.2708-21/441190001_bank_statement.pdf/"
+                                    "bank_statement.pdf?_nc_cat=109&ccb=1-7&oh=03_Q7cD1QH&oe=6790F1A3")
 
 
 def test_messenger_sticker_sent_as_image_and_sticker_counts_once() -> None:
@@ -301,6 +307,7 @@ def test_page_mention_is_a_social_message_from_its_author() -> None:
     assert (m.channel, m.platform, m.external_id) == ("social", "facebook", "mention:100089001122334_733012345678901")
     assert (m.sender.platform_id, m.sender.name) == ("100089001122334", "Kamran Hüseynov")
     assert m.thread.conversation_id == "100089001122334_733012345678901" and "biabırçılıqdır" in m.text
+    assert [p.platform_id for p in m.recipients] == ["104587302351112"]  # the mentioned Page
 
 
 def test_instagram_direct_message_keeps_html_as_inert_text() -> None:
@@ -316,7 +323,8 @@ def test_instagram_mentions_carry_ids_only() -> None:
     comment, media = one(fixture("instagram/mentions_comment")), one(fixture("instagram/mentions_media"))
     assert (comment.channel, comment.external_id) == ("social", "mention:17894227972186120")
     assert comment.thread.conversation_id == "17918195224117851"
-    assert comment.flags.suppress_autoreply and comment.sender.platform_id is None
+    assert comment.sender.platform_id is None and not comment.flags.suppress_autoreply
+    assert [p.platform_id for p in comment.recipients] == ["17841405726653026"]  # our account: replies go there
     assert media.external_id == "mention:media:17918195224117999"
 
 
@@ -384,7 +392,8 @@ def test_api_body_becomes_a_message() -> None:
     assert (m.sender.platform_id, m.sender.handle, m.sender.name) == ("44196397", "rauf_az", "Rauf")
     assert m.thread.conversation_id == "1790012345000000000"
     assert m.sent_at == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
-    assert [(a.name, a.sha256) for a in m.attachments] == [("ekran.png", "ab" * 32)]
+    assert [(a.name, a.sha256, a.sha256_of, a.ref) for a in m.attachments] == [
+        ("ekran.png", "ab" * 32, "content", "https://pbs.twimg.com/media/x.png")]
 
 
 @pytest.mark.parametrize(("body", "loc"), [
