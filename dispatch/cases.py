@@ -122,6 +122,9 @@ def _new_case(session: Session, customer: Customer, tm: TriagedMessage, ctx: Con
 
 
 def _follow_up(session: Session, case: Case, tm: TriagedMessage, ctx: Context, now: datetime) -> ApplyResult:
+    # Follow-ups of one conversation can reach several dispatch replicas (messages are keyed by
+    # their own id): lock the case row so their updates are serialised (no-op on SQLite).
+    session.refresh(case, with_for_update=True)
     changes = ["message_added"]
     if case.status in ("resolved", "closed"):
         case.status = "open"

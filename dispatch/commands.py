@@ -61,7 +61,8 @@ def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repl
 
     ``repliers`` maps "email" and chat platforms ("telegram", "whatsapp", ...) to their Replier.
     The relay's counters are exported as metrics; ``probes`` (if given) watches the relay thread."""
-    relay = OutboxRelay(store, bus, repliers, batch=settings.relay_batch, max_attempts=settings.relay_max_attempts)
+    relay = OutboxRelay(store, bus, repliers, batch=settings.relay_batch, lease_seconds=settings.relay_lease_s,
+                        max_attempts=settings.relay_max_attempts)
     relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
     default_metrics().watch_relay(relay)
     if probes is not None:

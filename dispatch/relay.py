@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dispatch.base import OutboundReply, OutboxItem, Replier
@@ -37,11 +39,19 @@ class RelayStats:
 
 
 class OutboxRelay:
+    """Delivers leased outbox rows. Several relays (dispatch replicas) may run against one database:
+    a row is leased for ``lease_seconds`` when claimed, and a relay starts delivering a row only in
+    the first half of its lease, so a send (bounded by the repliers' timeouts, well under half a
+    lease) always ends before another relay can claim the row. Rows not started in time are left
+    to expire and are claimed again."""
+
     def __init__(self, store: SqlCaseStore, bus: Bus, repliers: dict[str, Replier], *, batch: int = 100,
-                 lease_seconds: float = 60.0, max_attempts: int = 50) -> None:
+                 lease_seconds: float = 300.0, max_attempts: int = 50,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.bus, self.repliers = store, bus, repliers
         self.batch, self.lease_seconds, self.max_attempts = batch, lease_seconds, max_attempts
         self.stats = RelayStats()
+        self._clock = clock
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
         """Blocking loop until ``stop``; a database outage is waited out, not fatal."""
@@ -56,12 +66,17 @@ class OutboxRelay:
 
     def run_once(self) -> int:
         items = self.store.claim_outbox(self.batch, self.lease_seconds)
+        claimed = self._clock()
         events = [i for i in items if i.kind == "event"]
         if events:
             self._publish(events)
         for item in items:
-            if item.kind == "ack":
-                self._deliver(item)
+            if item.kind != "ack":
+                continue
+            if self._clock() - claimed > self.lease_seconds / 2:
+                log.warning("relay: half the lease used up; leaving the rest of the batch to a later claim")
+                break
+            self._deliver(item)
         return len(items)
 
     def _publish(self, events: list[OutboxItem]) -> None:

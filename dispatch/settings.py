@@ -34,6 +34,8 @@ class DispatchSettings(ComponentSettings):
     group: str = Field("frontdesk-dispatch", description="Consumer group of the dispatch stage")
     relay_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval")
     relay_batch: int = Field(100, ge=1)
+    relay_lease_s: float = Field(300.0, ge=10, description="An outbox row claimed by a relay is theirs for this long; "
+                                 "a relay only starts sends in the first half (several dispatch replicas)")
     relay_max_attempts: int = Field(50, ge=1, description="After this many failed attempts an item is 'failed'")
     reference_prefix: str = Field("FD", pattern=r"^[A-Z]{1,8}$")
 

@@ -175,6 +175,33 @@ def test_transient_reply_failure_is_retried_and_a_crashed_relay_lease_expires(st
     assert {i.id for i in store.claim_outbox(10, lease_seconds=60)} == {i.id for i in claimed}
 
 
+class SlowReplier(MemoryReplier):
+    """Each send takes ``step`` seconds of the relay's (fake) monotonic clock."""
+
+    def __init__(self, ticks: list[float], step: float) -> None:
+        super().__init__()
+        self.ticks, self.step = ticks, step
+
+    def send(self, reply: object) -> None:  # type: ignore[override]
+        self.ticks[0] += self.step
+        super().send(reply)  # type: ignore[arg-type]
+
+
+def test_relay_starts_sends_only_in_the_first_half_of_its_lease(store: SqlCaseStore, clock: Clock) -> None:
+    """Another relay may claim the rows once the lease expires: we must not be sending them then."""
+    for n in range(5):
+        store.apply(email(n, sender=f"c{n}@mail.az"))
+    ticks = [0.0]
+    replier = SlowReplier(ticks, step=20.0)
+    rel = OutboxRelay(store, MemoryBus(), {"email": replier}, lease_seconds=60, clock=lambda: ticks[0])
+    rel.run_once()
+    assert len(replier.sent) == 2  # started at 0 s and 20 s; 40 s is past half of the 60 s lease
+    assert store.claim_outbox(10, lease_seconds=60) == []  # the rest is still leased to us
+    clock.now += timedelta(seconds=61)
+    rel.run_once()
+    assert len(replier.sent) == 4 and len({r.message_id for r in replier.sent}) == 4
+
+
 def test_bad_routing_file_names_the_line(tmp_path: Path) -> None:
     from frontdesk.errors import ConfigError
 
