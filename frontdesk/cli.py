@@ -91,9 +91,10 @@ def run(
     from frontdesk.health import bus_probes, ops_endpoint
     from frontdesk.metrics import MetricsSettings
     from frontdesk.pipeline import publish_demo, run_pipeline
-    from ingest.commands import connectors
-    from ingest.http import HttpIntakeSettings, serve
+    from ingest.commands import intake_stages
+    from ingest.http import HttpIntakeSettings
     from ingest.imap_settings import ImapSettings
+    from ingest.telegram import TelegramSettings
     from sqlalchemy import func, select
 
     storage = load(StorageSettings)
@@ -121,16 +122,8 @@ def run(
             "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
             "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev, probes),
         }
-        imap = load(ImapSettings)
-        for conn in connectors(imap, bus, storage.data_dir, storage.blobs):  # type: ignore[arg-type,attr-defined]
-            stages[conn.connector] = conn.run
-            typer.echo(f"watching mailbox {conn.connector} ({conn.box.host}, {', '.join(conn.box.folders)})")
-        if not imap.mailboxes:  # type: ignore[attr-defined]
-            typer.echo("no mailboxes configured: add imap.mailboxes to a config file (see config/frontdesk.yaml)")
-        http = load(HttpIntakeSettings)
-        if http.api_tokens or http.hmac_secret or http.telegram_secret_token or http.meta_app_secret:
-            stages["http"] = lambda ev: serve(http, bus, ev)
-            typer.echo(f"HTTP intake on http://{http.host}:{http.port}")
+        stages.update(intake_stages(bus, storage.data_dir, storage.blobs, load(ImapSettings),  # type: ignore[attr-defined]
+                                    load(HttpIntakeSettings), load(TelegramSettings), typer.echo))
         with ops_endpoint(metrics, probes) as ops:
             if ops is not None:
                 typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")

@@ -1,9 +1,11 @@
-"""Body of ``frontdesk ingest imap [--once]``."""
+"""Bodies of ``frontdesk ingest imap [--once]`` and the intake part of ``frontdesk run``."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from frontdesk.bus.base import Bus
 from frontdesk.health import Probes
@@ -12,6 +14,10 @@ from ingest.blobs import BlobStore
 from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_settings import ImapSettings
 from ingest.mail.parse import MailLimits
+
+if TYPE_CHECKING:  # the HTTP intake and the Telegram poller are imported only when run
+    from ingest.http import HttpIntakeSettings
+    from ingest.telegram import TelegramSettings
 
 
 def connectors(settings: ImapSettings, bus: Bus, data_dir: Path, blob_dir: Path) -> list[MailboxConnector]:
@@ -37,3 +43,29 @@ def run_forever(conns: list[MailboxConnector], stop: threading.Event, probes: Pr
         t.start()
     for t in threads:
         t.join()
+
+
+def intake_stages(bus: Bus, data_dir: Path, blob_dir: Path, imap: ImapSettings, http: HttpIntakeSettings,
+                  telegram: TelegramSettings,
+                  echo: Callable[[str], None]) -> dict[str, Callable[[threading.Event], None]]:
+    """The configured connectors as ``frontdesk run`` stages (name → blocking ``run(stop)``): one per
+    mailbox, the HTTP intake when any of its credentials is set, Telegram polling when a bot token is.
+    Says on ``echo`` what runs and what the next step would be."""
+    from ingest.http import serve
+    from ingest.telegram import TelegramPoller
+
+    stages: dict[str, Callable[[threading.Event], None]] = {}
+    for conn in connectors(imap, bus, data_dir, blob_dir):
+        stages[conn.connector] = conn.run
+        echo(f"watching mailbox {conn.connector} ({conn.box.host}, {', '.join(conn.box.folders)})")
+    if not imap.mailboxes:
+        echo("no mailboxes configured: add imap.mailboxes to a config file (see config/frontdesk.yaml)")
+    if http.api_tokens or http.hmac_secret or http.telegram_secret_token or http.meta_app_secret:
+        stages["http"] = lambda ev: serve(http, bus, ev)
+        echo(f"HTTP intake on http://{http.host}:{http.port}")
+    if telegram.bot_token:
+        poller = TelegramPoller(telegram, bus, telegram.offset_dir or data_dir / "telegram")
+        default_metrics().watch_connector(poller)
+        stages[telegram.connector] = poller.run
+        echo(f"polling Telegram ({telegram.api_base}) as connector {telegram.connector}")
+    return stages

@@ -1,0 +1,31 @@
+"""What ``frontdesk run`` starts for intake: exactly the connectors that are configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from frontdesk.bus.memory import MemoryBus
+from ingest.commands import intake_stages
+from ingest.http import HttpIntakeSettings
+from ingest.imap_settings import ImapSettings, MailboxSettings
+from ingest.telegram import TelegramSettings
+
+
+def test_nothing_configured_starts_nothing_and_says_what_to_do(tmp_path: Path) -> None:
+    said: list[str] = []
+    stages = intake_stages(MemoryBus(), tmp_path, tmp_path / "blobs", ImapSettings(), HttpIntakeSettings(),
+                           TelegramSettings(), said.append)
+    assert stages == {}
+    assert any("no mailboxes configured" in line for line in said)
+
+
+def test_each_configured_connector_is_a_stage(tmp_path: Path) -> None:
+    box = MailboxSettings(name="support", host="imap.example", username="u", password="p")  # type: ignore[arg-type]
+    said: list[str] = []
+    stages = intake_stages(MemoryBus(), tmp_path, tmp_path / "blobs", ImapSettings(mailboxes=(box,)),
+                           HttpIntakeSettings(api_tokens=("t" * 24,)),  # type: ignore[arg-type]
+                           TelegramSettings(bot_token="123:abc", connector="tg"),  # type: ignore[arg-type]
+                           said.append)
+    assert set(stages) == {"imap:support", "http", "tg"}
+    assert all(callable(fn) for fn in stages.values())
+    assert any("polling Telegram" in line for line in said) and any("HTTP intake" in line for line in said)
