@@ -123,8 +123,9 @@ def _new_case(session: Session, customer: Customer, tm: TriagedMessage, ctx: Con
 
 def _follow_up(session: Session, case: Case, tm: TriagedMessage, ctx: Context, now: datetime) -> ApplyResult:
     # Follow-ups of one conversation can reach several dispatch replicas (messages are keyed by
-    # their own id): lock the case row so their updates are serialised (no-op on SQLite).
-    session.refresh(case, with_for_update=True)
+    # their own id): lock the case row so their updates are serialised (no-op on SQLite). Only the
+    # cases row: PostgreSQL refuses FOR UPDATE on the outer-joined customer of the eager load.
+    session.refresh(case, with_for_update={"of": Case})
     changes = ["message_added"]
     if case.status in ("resolved", "closed"):
         case.status = "open"
