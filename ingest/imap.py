@@ -2,40 +2,42 @@
 
 Per folder, one pass:
 
-1. connect and log in (password or XOAUTH2), select the folder;
+1. connect (implicit TLS, STARTTLS or plain; certificates always verified, against ``ca_file``
+   if given) and log in (password or XOAUTH2), select the folder;
 2. choose the UIDs to import: after the checkpoint's highest handled UID; on first start (or a
    UIDVALIDITY change) what is unseen, plus seen mail since ``backfill_since`` if configured;
-3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen), parse, publish the batch —
+   one FETCH of their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``);
+3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen; at most ``batch`` mails and
+   ``BATCH_BYTES``); the mails are parsed on worker processes (``ingest.imap_parse``) while the
+   next batches are fetched (at most ``PREFETCH + 1`` batches in memory); then the batch's blobs
+   (raw mail, attachments) are stored durably with one sync, and the batch is published —
    messages to the inbound topic, unparseable or oversized mail as dead-letter records — and
-   wait until the bus has it (mails are parsed on a few threads, and the next batch is fetched
-   while this one is parsed: at most two batches are in memory);
+   the bus has acknowledged it;
 4. only then mark the batch Seen / move it / delete it, and then advance the checkpoint.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
 same ids (the Message-ID, or a hash of the bytes), which downstream stages treat as no-ops. A
 UIDVALIDITY change re-scans the folder the same way. Rejected mail is still flagged, so it
 cannot loop. Then IDLE (re-issued before the 29-minute limit) or polling waits for new mail; any
-connection error reconnects with exponential backoff.
+connection error (refused, dropped, TLS certificate not trusted, login rejected) is counted in
+``Health`` and retried with exponential backoff.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
 import socket
-import ssl
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientError
 
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.codec import encode
@@ -43,15 +45,19 @@ from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
 from frontdesk.messages import DeadLetter
 from ingest.blobs import BlobStore
+from ingest.imap_checkpoints import Checkpoint, CheckpointStore
+from ingest.imap_connect import connect, logout
+from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
-from ingest.mail.parse import MailLimits, MailRejected, parse_mail
+from ingest.mail.parse import MailLimits
+
+__all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
 
 log = logging.getLogger(__name__)
 
-# Mails are parsed on this many threads: parsing is CPU (one core under the GIL), but storing the
-# blobs of one mail (fsync) overlaps with parsing the next, and the IMAP round trips and the
-# publish of one batch overlap with parsing the next batch.
-PARSE_THREADS = 4
+BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
+PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
+DESCRIBE_CHUNK = 5000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE) command
 
 
 @dataclass
@@ -64,70 +70,44 @@ class Health:
     published: int = 0
     dead_lettered: int = 0
     last_error: str | None = None
+    # INTERNALDATE of the oldest mail found on the server and not yet handled (None: caught up)
+    oldest_unprocessed_at: datetime | None = None
 
 
-@dataclass
-class Checkpoint:
-    uidvalidity: int | None = None
-    last_uid: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True, slots=True)
+class _Mail:
+    """A mail to import, as FETCH (RFC822.SIZE INTERNALDATE) describes it."""
 
-
-class CheckpointStore:
-    """One small JSON file per (mailbox, folder), replaced atomically and fsynced."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, mailbox: str, folder: str) -> Path:
-        safe = base64.urlsafe_b64encode(folder.encode()).decode().rstrip("=")
-        return self.directory / f"{mailbox}.{safe}.json"
-
-    def load(self, mailbox: str, folder: str) -> Checkpoint:
-        try:
-            data = json.loads(self._path(mailbox, folder).read_text())
-            return Checkpoint(data.get("uidvalidity"), int(data.get("last_uid", 0)))
-        except FileNotFoundError:
-            return Checkpoint()
-
-    def save(self, mailbox: str, folder: str, cp: Checkpoint) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(mailbox, folder)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    uid: int
+    size: int
+    date: datetime | None
 
 
 class MailboxConnector:
-    """Imports one mailbox (all its folders). ``run_once`` is one pass; ``run`` loops with IDLE."""
+    """Imports one mailbox (all its folders). ``run_once`` is one pass; ``run`` loops with IDLE.
+
+    Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`).
+    """
 
     def __init__(self, box: MailboxSettings, bus: Bus, checkpoints: CheckpointStore, blobs: BlobStore | None,
-                 limits: MailLimits, *, reconnect: tuple[float, float] = (1.0, 300.0)) -> None:
+                 limits: MailLimits, *, reconnect: tuple[float, float] = (1.0, 300.0),
+                 pool: ParsePool | None = None) -> None:
         self.box, self.bus, self.checkpoints, self.blobs, self.limits = box, bus, checkpoints, blobs, limits
         self.connector = f"imap:{box.name}"
         self.health = Health()
         self.reconnect = reconnect
+        self.pool = pool or shared_pool()
+        self.job = ParseJob(self.connector, box.channel, limits, store=blobs is not None)
+        self._backlog: dict[str, datetime | None] = {}
 
     def connect(self) -> IMAPClient:
-        box = self.box
+        """A logged-in client (blocking; see :func:`ingest.imap_connect.connect`); rejected logins are
+        counted in ``health.auth_failures``."""
         try:
-            client = IMAPClient(box.host, box.port, ssl=box.security == "ssl", timeout=box.timeout_s)
-            if box.security == "starttls":
-                client.starttls(ssl.create_default_context())
-            token = box.oauth2_token()
-            if token:
-                client.oauth2_login(box.username, token)
-            else:
-                client.login(box.username, box.password.get_secret_value() if box.password else "")
-            return client
-        except LoginError as exc:
+            return connect(self.box, self.connector)
+        except SourceAuthError:
             self.health.auth_failures += 1
-            raise SourceAuthError(f"{self.connector}: login rejected: {exc}") from exc
-        except (IMAPClientError, OSError, socket.timeout, ssl.SSLError) as exc:
-            raise SourceError(f"{self.connector}: cannot connect to {box.host}:{box.port}: {exc}") from exc
+            raise
 
     def run_once(self) -> int:
         """One pass over every folder; returns how many records were published."""
@@ -135,35 +115,20 @@ class MailboxConnector:
         try:
             return sum(self.import_folder(client, folder) for folder in self.box.folders)
         finally:
-            _logout(client)
+            logout(client)
 
     def import_folder(self, client: IMAPClient, folder: str) -> int:
+        """Import what is pending in ``folder`` (contract: module docstring); records published."""
         try:
             uidvalidity = int(client.select_folder(folder)[b"UIDVALIDITY"])
-            uids = self._pending(client, folder, uidvalidity)
-            batches = [uids[start : start + self.box.batch] for start in range(0, len(uids), self.box.batch)]
-            published = 0
-            if batches:
-                pool = ThreadPoolExecutor(min(PARSE_THREADS, len(uids)), f"{self.connector}-parse")
-                try:
-                    # While batch k is parsed, batch k+1 is fetched; while k+1 is parsed, k is published,
-                    # flagged and checkpointed. Fetching is BODY.PEEK: it changes nothing on the server.
-                    parsing = self._fetch_and_parse(client, batches[0], pool)
-                    for index, batch in enumerate(batches):
-                        following = (self._fetch_and_parse(client, batches[index + 1], pool)
-                                     if index + 1 < len(batches) else [])
-                        published += self._import_batch(client, folder, uidvalidity, batch,
-                                                        [future.result() for future in parsing])
-                        parsing = following
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+            published = self._import(client, folder, uidvalidity, self._pending(client, folder, uidvalidity))
         except (IMAPClientError, OSError, socket.timeout) as exc:
             raise SourceError(f"{self.connector}/{folder}: {exc}") from exc
         self.health.last_success = datetime.now(UTC)
         self.health.consecutive_failures = 0
         return published
 
-    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[int]:
+    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[_Mail]:
         cp = self.checkpoints.load(self.box.name, folder)
         if cp.uidvalidity != uidvalidity:
             if cp.uidvalidity is not None:
@@ -173,40 +138,92 @@ class MailboxConnector:
             if self.box.backfill_since:
                 criteria = ["OR", "UNSEEN", "SINCE", self.box.backfill_since]
             self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, 0))
-            return sorted(client.search(criteria))
-        return sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
+            uids = sorted(client.search(criteria))
+        else:
+            uids = sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
+        mails: list[_Mail] = []
+        for start in range(0, len(uids), DESCRIBE_CHUNK):
+            chunk = uids[start : start + DESCRIBE_CHUNK]
+            described = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
+            # a UID missing from the answer was expunged by another client meanwhile: nothing to import
+            mails += [_Mail(uid, int(described[uid].get(b"RFC822.SIZE", 0)), _aware(described[uid].get(b"INTERNALDATE")))
+                      for uid in chunk if uid in described]
+        return mails
 
-    def _fetch_and_parse(self, client: IMAPClient, uids: list[int],
-                         pool: ThreadPoolExecutor) -> list[Future[Outgoing]]:
-        """Fetch a batch and start parsing it on ``pool``: one future record per UID, in UID order."""
-        sizes = client.fetch(uids, ["RFC822.SIZE"])
-        small = [u for u in uids if sizes.get(u, {}).get(b"RFC822.SIZE", 0) <= self.limits.max_message_bytes]
-        bodies = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
-        return [pool.submit(self._record, uid, bodies.get(uid, {}).get(b"BODY[]"),
-                            sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) for uid in uids]
+    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, mails: list[_Mail]) -> int:
+        """Fetch, parse (in the pool), store, publish, flag and checkpoint ``mails`` batch by batch."""
+        oldest = _oldest_from(mails)
+        self._note_backlog(folder, oldest[0])
+        published = 0
+        window: deque[tuple[int, list[_Mail], dict[int, bytes], Pending]] = deque()
+        try:
+            for end, batch in self._batches(mails):
+                window.append((end, batch, *self._fetch(client, batch)))
+                while window and (len(window) > PREFETCH or end == len(mails)):
+                    done, *fetched = window.popleft()
+                    published += self._import_batch(client, folder, uidvalidity, *fetched)
+                    self._note_backlog(folder, oldest[done])
+        finally:
+            for *_, pending in window:
+                self.pool.cancel(pending)
+        return published
 
-    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int],
-                      records: list[Outgoing]) -> int:
+    def _batches(self, mails: list[_Mail]) -> Iterator[tuple[int, list[_Mail]]]:
+        """Consecutive batches of at most ``box.batch`` mails and ``BATCH_BYTES`` (a bigger mail
+        goes alone), each with the index in ``mails`` where it ends."""
+        batch: list[_Mail] = []
+        size = 0
+        for index, mail in enumerate(mails):
+            fetched = mail.size if mail.size <= self.limits.max_message_bytes else 0
+            if batch and (len(batch) >= self.box.batch or size + fetched > BATCH_BYTES):
+                yield index, batch
+                batch, size = [], 0
+            batch.append(mail)
+            size += fetched
+        if batch:
+            yield len(mails), batch
+
+    def _fetch(self, client: IMAPClient, batch: list[_Mail]) -> tuple[dict[int, bytes], Pending]:
+        """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing."""
+        wanted = [m.uid for m in batch if m.size <= self.limits.max_message_bytes]
+        bodies = client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
+        raws = {uid: bodies[uid][b"BODY[]"] for uid in wanted if b"BODY[]" in bodies.get(uid, {})}
+        return raws, self.pool.start(self.job, list(raws.items()))
+
+    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, batch: list[_Mail],
+                      raws: dict[int, bytes], pending: Pending) -> int:
+        """Store the blobs, publish, then flag and checkpoint one batch; records published."""
+        parsed = {p.uid: p for p in self.pool.finish(pending)}
+        records: list[Outgoing] = []
+        blobs: list[bytes] = []
+        for mail in batch:
+            raw = raws.get(mail.uid)
+            if raw is None:
+                if mail.size > self.limits.max_message_bytes:
+                    records.append(self._dead_letter(mail.uid, b"", f"message is {_over(mail.size, self.limits)}"))
+                continue  # expunged by another client since the FETCH of sizes: nothing to import
+            item = parsed[mail.uid]
+            if item.rejected is not None:
+                records.append(self._dead_letter(mail.uid, raw, item.rejected))
+                continue
+            records.append(Outgoing(self.bus.topics.inbound, item.value, item.key,
+                                    (("frontdesk-connector", self.connector.encode()),
+                                     ("frontdesk-imap-uid", str(mail.uid).encode()))))
+            blobs += (raw, *item.blobs)
+        if self.blobs is not None:
+            self.blobs.put_many(blobs)  # durable before any record that names them is
+        self.bus.publish(records)
+        crashpoint("imap.after_publish")
+        self._after_import(client, [m.uid for m in batch])
+        self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, batch[-1].uid))
         dead = sum(1 for r in records if r.topic == self.bus.topics.deadletter)
         self.health.published += len(records) - dead
         self.health.dead_lettered += dead
-        self.bus.publish(records)
-        crashpoint("imap.after_publish")
-        self._after_import(client, uids)
-        self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, max(uids)))
         return len(records)
 
-    def _record(self, uid: int, raw: bytes | None, size: int) -> Outgoing:
-        try:
-            if raw is None:
-                raise MailRejected(f"message is {size / 2**20:.1f} MiB, over the "
-                                   f"{self.limits.max_message_bytes / 2**20:.0f} MiB limit")
-            msg = parse_mail(raw, connector=self.connector, channel=self.box.channel, blobs=self.blobs,
-                             limits=self.limits)
-        except MailRejected as exc:
-            return self._dead_letter(uid, raw or b"", exc.reason)
-        return Outgoing(self.bus.topics.inbound, encode(msg), msg.id.encode(),
-                        (("frontdesk-connector", self.connector.encode()), ("frontdesk-imap-uid", str(uid).encode())))
+    def _note_backlog(self, folder: str, oldest: datetime | None) -> None:
+        self._backlog[folder] = oldest
+        self.health.oldest_unprocessed_at = min((d for d in self._backlog.values() if d is not None), default=None)
 
     def _dead_letter(self, uid: int, raw: bytes, reason: str) -> Outgoing:
         kept = raw[: self.limits.max_message_bytes]
@@ -228,6 +245,7 @@ class MailboxConnector:
 
     def run(self, stop: threading.Event) -> None:
         """Blocking until ``stop``: import, then wait (IDLE or poll); reconnect with backoff."""
+        self.pool.warm()  # so that the first new mail does not wait for the parser processes to start
         delay = self.reconnect[0]
         while not stop.is_set():
             try:
@@ -254,7 +272,7 @@ class MailboxConnector:
                     stop.wait(self.box.poll_interval_s)
                     client.noop()
         finally:
-            _logout(client)
+            logout(client)
 
     def _idle(self, client: IMAPClient, stop: threading.Event) -> None:
         """Wait for new mail with IDLE; returns on news, on stop, or before the renewal deadline."""
@@ -273,8 +291,20 @@ class MailboxConnector:
                 pass
 
 
-def _logout(client: IMAPClient) -> None:
-    try:
-        client.logout()
-    except (IMAPClientError, OSError, socket.timeout):
-        pass
+def _aware(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _oldest_from(mails: list[_Mail]) -> list[datetime | None]:
+    """``result[i]``: the oldest INTERNALDATE among ``mails[i:]`` (None if none has one)."""
+    oldest: list[datetime | None] = [None] * (len(mails) + 1)
+    for index in range(len(mails) - 1, -1, -1):
+        date, after = mails[index].date, oldest[index + 1]
+        oldest[index] = date if after is None or (date is not None and date < after) else after
+    return oldest
+
+
+def _over(size: int, limits: MailLimits) -> str:
+    return f"{size / 2**20:.1f} MiB, over the {limits.max_message_bytes / 2**20:.0f} MiB limit"

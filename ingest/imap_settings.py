@@ -21,6 +21,8 @@ class MailboxSettings(BaseModel):
     host: str
     port: int = 993
     security: Literal["ssl", "starttls", "none"] = "ssl"
+    ca_file: Path | None = Field(None, description="PEM file of the CAs to trust instead of the system's (a private "
+                                                   "CA); certificates are always verified")
     username: str
     password: SecretStr | None = None
     oauth2_token_command: str | None = Field(None, description="Command printing an XOAUTH2 access token")
@@ -45,17 +47,29 @@ class MailboxSettings(BaseModel):
         return self
 
     def oauth2_token(self) -> str | None:
-        """The current XOAUTH2 token (read fresh on every login: tokens expire)."""
+        """The current XOAUTH2 access token, read fresh on every login (tokens expire; a helper
+        command or a sidecar refreshes them); None when the mailbox logs in with a password.
+        Blocking (the command may take up to 30 s). Raises SourceAuthError naming the cause when
+        the file cannot be read, the command fails or times out, or the token is empty."""
+        if not (self.oauth2_token_file or self.oauth2_token_command):
+            return None
+        source = f"file {self.oauth2_token_file}" if self.oauth2_token_file else "command"
         try:
             if self.oauth2_token_file:
-                return self.oauth2_token_file.read_text().strip()
-            if self.oauth2_token_command:
-                out = subprocess.run(self.oauth2_token_command, shell=True, capture_output=True, text=True,
-                                     timeout=30, check=True)
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise SourceAuthError(f"mailbox {self.name}: cannot get the OAuth2 token: {exc}") from exc
-        return None
+                token = self.oauth2_token_file.read_text().strip()
+            else:
+                out = subprocess.run(self.oauth2_token_command or "", shell=True, capture_output=True, text=True,
+                                     timeout=30, check=False)
+                if out.returncode != 0:
+                    detail = out.stderr.strip().splitlines()[-1:] or [""]
+                    raise SourceAuthError(f"mailbox {self.name}: the OAuth2 token command exited with "
+                                          f"{out.returncode}: {detail[0][:200]}")
+                token = out.stdout.strip()
+        except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+            raise SourceAuthError(f"mailbox {self.name}: cannot get the OAuth2 token from the {source}: {exc}") from exc
+        if not token:
+            raise SourceAuthError(f"mailbox {self.name}: the OAuth2 token {source} gave an empty token")
+        return token
 
 
 class ImapSettings(ComponentSettings):

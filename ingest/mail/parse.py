@@ -80,32 +80,41 @@ class MailRejected(RecordError):
 
 def parse_mail(raw: bytes, *, connector: str, channel: Literal["email", "social"], blobs: BlobStore | None,
                limits: MailLimits, received_at: datetime | None = None) -> InboundMessage:
-    """Normalise ``raw`` (contract: module docstring).
+    """Normalise ``raw`` (contract: module docstring) and store its blobs in ``blobs`` (if given).
 
     ``external_id`` is the Message-ID, or ``<sha256(raw)@frontdesk.invalid>`` without one, so a
     re-import of the same bytes has the same pipeline id. ``received_at`` must be aware.
     """
+    inbound, payloads = normalise_mail(raw, connector=connector, channel=channel, store=blobs is not None,
+                                       limits=limits, received_at=received_at)
+    if blobs is not None:
+        blobs.put_many(payloads)
+    return inbound
+
+
+def normalise_mail(raw: bytes, *, connector: str, channel: Literal["email", "social"], store: bool,
+                   limits: MailLimits, received_at: datetime | None = None) -> tuple[InboundMessage, list[bytes]]:
+    """:func:`parse_mail` without writing anything (it runs in worker processes): the message and,
+    if ``store``, the blobs its ``raw_ref`` / ``stored_at`` name — ``raw`` first, then attachments —
+    which the caller must store durably before it publishes the message."""
     if received_at is not None and received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
     _check_bounds(raw, limits)
     try:
         message = message_from_bytes(_repair_header_section(raw, limits.max_header_bytes))
         _check_structure(message, limits)
-        fields, payloads = _normalise(message, raw, limits, store=blobs is not None)
+        fields, payloads = _normalise(message, raw, limits, store=store)
         inbound = InboundMessage.create(
             connector=connector, channel=channel, platform="email" if channel == "email" else None,
             received_at=(received_at or datetime.now(UTC)).astimezone(UTC),
-            raw_ref=blob_ref(raw) if blobs is not None else None, **fields)
+            raw_ref=blob_ref(raw) if store else None, **fields)
     except MailRejected:
         raise
     except RecursionError as exc:
         raise MailRejected("MIME structure is nested too deeply to parse") from exc
     except Exception as exc:  # the email package raises a wide, undocumented set on hostile input
         raise MailRejected(f"unparseable message: {type(exc).__name__}: {exc}"[:500]) from exc
-    if blobs is not None:
-        for data in (raw, *payloads):
-            blobs.put(data)
-    return inbound
+    return inbound, [raw, *payloads] if store else []
 
 
 def _check_bounds(raw: bytes, limits: MailLimits) -> None:

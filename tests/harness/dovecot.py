@@ -2,9 +2,12 @@
 
 Starts the real ``/usr/sbin/dovecot`` (foreground master, ``-F``) with its own
 configuration, base_dir, state_dir, logs, passwd-file and Maildir homes in a
-temporary directory, listening for plain IMAP on a free 127.0.0.1 port.  The
-system Dovecot service and /etc/dovecot are never touched.  Standard library
-only (imapclient is used by the tests, not here).
+temporary directory, listening on free 127.0.0.1 ports: plain IMAP, and with
+``tls=`` also implicit TLS (``imaps_port``) and STARTTLS; with ``oauth2=`` it
+checks XOAUTH2 tokens at an introspection URL.  The system Dovecot service and
+/etc/dovecot are never touched.  Standard library only (imapclient is used by
+the tests, not here).  The configuration (and what it enables) is in
+``dovecot_config.py``.
 
 Usage::
 
@@ -17,100 +20,51 @@ Usage::
         ...
     # imap.maildir("alice") is the user's Maildir on disk (root: owned by nobody)
 
-The configuration is ``dovecot.conf.in``.  Capabilities are Dovecot 2.3.19's
-defaults (pre-login only IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE
-LITERAL+ AUTH=PLAIN AUTH=LOGIN; after login also UIDPLUS MOVE NAMESPACE
-CONDSTORE QRESYNC SPECIAL-USE NOTIFY ESEARCH SORT THREAD ...); plain-text
-authentication, no STARTTLS.  Drafts, Sent, Trash and Junk carry SPECIAL-USE
-flags but are not auto-created.  Mailboxes are Maildir++ under ``<home>/Maildir``.
-
 IDLE: Dovecot watches the Maildir with inotify and pushes ``* N EXISTS`` about
-0.5 s after another session's APPEND (measured).
-
-mbsync works against it: see ``mbsync.py`` (:func:`mbsync_config` and
-:func:`find_mbsync` are re-exported here).
+0.5 s after another session's APPEND (measured on a quiet machine; seconds
+under heavy load).  mbsync works against it: see ``mbsync.py``.
 
 Gotchas:
 
 * The master's stdout/stderr, which its children inherit and keep open, go
-  to ``<run_dir>/dovecot.out``, never a pipe -- a pipe would make
-  ``subprocess.run(..., capture_output=True)`` or a pytest capture hang.
-* Running as root: the master runs as root, imap-login as ``dovenull``, the
-  internal services as ``dovecot`` and the mail processes as ``nobody`` (which
-  owns the homes; Dovecot refuses mail access as uid 0), each falling back to
-  ``nobody``.  When not all of them can traverse to ``workdir`` (pytest's
-  ``tmp_path`` is under 0700 ``/tmp/pytest-of-root``) or it is too deep for
-  Unix socket paths, a private ``/tmp/dovecot-*`` dir is used instead (see
-  ``run_dir``), removed by ``close()``/``__exit__``.  Not root: every service
-  runs as the calling user (``chroot =`` for imap-login and anvil).
-* ``mail_max_userip_connections`` is raised to 100 (default 10 per user+IP is
-  easy to hit with IDLE watchers plus workers).
-* ``add_user`` after ``start()`` needs no reload but blocks up to 1 s (see
-  ``_sync_users``): add users before ``start()`` when you can.
-* ``stop()`` sends SIGTERM to the whole process group (~20 ms).  SIGTERM to
-  the master alone takes ~1 s and a logged-in imap process then lingers ~10 s
-  more ("Server shutting down"), holding the client connection open.  Even
-  with the group signalled, the master itself then often idles ~1 s in its
-  child-status poll loop (whole-second deadline) after all children are gone;
-  ``stop()`` SIGKILLs it once it has been alone for 100 ms.  The group
-  shutdown logs harmless "Killed with signal 15" warnings to ``dovecot.log``.
-* ``kill()`` SIGKILLs the whole process group (master, login, auth, imap
-  processes) so the port is released immediately and clients see the
-  connection drop (EOF); the stale master.pid is removed so ``start()`` works.
-  Waiting for the group to be gone ignores zombies (``process.group_alive``):
-  orphaned Dovecot children are reaped by init only after ~1-2 s here.
+  to ``<run_dir>/dovecot.out``, never a pipe (a pipe would make a capturing
+  ``subprocess.run`` or pytest hang).
+* As root, the services run as other users (``dovecot_config.service_accounts``).
+  When not all of them can traverse to ``workdir`` (pytest's ``tmp_path`` is
+  under 0700 ``/tmp/pytest-of-root``) or it is too deep for Unix socket paths,
+  a private ``/tmp/dovecot-*`` dir is used (``run_dir``), removed by ``close()``.
+* ``add_user`` after ``start()`` needs no reload but blocks up to 1 s
+  (``dovecot_config.write_users``): add users before ``start()`` when you can.
+* Stopping and crashing signal the whole process group: see ``stop``/``kill``.
 """
 
 from __future__ import annotations
 
-import imaplib
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
-from string import Template
 
-from .accounts import account, group_name, usable_dir
+from .accounts import usable_dir
+from .dovecot_client import append_message, probe_greeting
+from .dovecot_config import DovecotOAuth2, DovecotTls, find_dovecot, render_config, service_accounts, write_users
 from .mbsync import find_mbsync, mbsync_config  # noqa: F401 - re-exported
 from .process import (
     HOST, ServerProcess, free_port, group_alive, kill_group, read_tail, signal_group,
     wait_group_gone, wait_until,
 )
 
-__all__ = ["DovecotServer", "find_dovecot", "free_port", "mbsync_config"]
+__all__ = ["DovecotOAuth2", "DovecotServer", "DovecotTls", "find_dovecot", "free_port", "mbsync_config"]
 
-# dovecot.conf for the test instance, with ${...} fields filled by render_config()
-_CONFIG = Template((Path(__file__).parent / "dovecot.conf.in").read_text())
 _BASE_DIR_BUDGET = 70  # longest socket under base_dir is ~25 chars; sun_path is 108
 
 
-def find_dovecot() -> tuple[Path | None, str]:
-    """Locate the dovecot master binary: ``(path, version)`` or ``(None, reason)``."""
-    candidates = [Path("/usr/sbin/dovecot")]
-    which = shutil.which("dovecot")
-    if which:
-        candidates.append(Path(which))
-    for c in candidates:
-        if os.access(c, os.X_OK):
-            try:
-                out = subprocess.run(
-                    [str(c), "--version"], capture_output=True, text=True, timeout=10,
-                    stdin=subprocess.DEVNULL,
-                ).stdout.strip()
-            except (OSError, subprocess.SubprocessError) as exc:  # pragma: no cover
-                return None, f"{c} --version failed: {exc}"
-            return c, f"dovecot {out}"
-    return None, "dovecot binary not found (/usr/sbin/dovecot or PATH); apt-get install dovecot-imapd"
-
-
 class DovecotServer(ServerProcess):
-    """A real Dovecot IMAP server (plain IMAP, no TLS) on 127.0.0.1:``port``.
+    """A real Dovecot IMAP server on 127.0.0.1:``port`` (plain IMAP; with ``tls``
+    also STARTTLS there and implicit TLS on ``imaps_port``; with ``oauth2`` XOAUTH2).
 
-    The port is chosen once and kept across ``restart()``.  Users live in a
+    The ports are chosen once and kept across ``restart()``.  Users live in a
     passwd-file; their mail in ``home(user)/Maildir``.
     """
 
@@ -126,6 +80,8 @@ class DovecotServer(ServerProcess):
         debug: bool = False,
         separator: str = "/",
         extra_config: str = "",
+        tls: DovecotTls | None = None,
+        oauth2: DovecotOAuth2 | None = None,
     ) -> None:
         super().__init__()
         self.workdir = Path(workdir).absolute()
@@ -136,23 +92,14 @@ class DovecotServer(ServerProcess):
         self.debug = debug
         self.separator = separator
         self.extra_config = extra_config
+        self.tls, self.oauth2 = tls, oauth2
+        self._imaps_port: int | None = None
         self.users: dict[str, str] = {}
         self.run_dir: Path | None = None
 
         self._root = os.geteuid() == 0
-        if self._root:
-            self._login = account(("dovenull",))
-            self._internal = account(("dovecot",))
-            self._mail = account(("nobody",))
-            self._login_user = self._login.pw_name
-            self._internal_user = self._internal.pw_name
-            self._internal_group = group_name(self._internal.pw_gid)
-            self.mail_uid, self.mail_gid = self._mail.pw_uid, self._mail.pw_gid
-        else:
-            me = pwd.getpwuid(os.geteuid())
-            self._login_user = self._internal_user = me.pw_name
-            self._internal_group = group_name(os.getegid())
-            self.mail_uid, self.mail_gid = os.geteuid(), os.getegid()
+        self.accounts = service_accounts()
+        self.mail_uid, self.mail_gid = self.accounts.mail_uid, self.accounts.mail_gid
 
     # ---------------------------------------------------------------- paths
     @property
@@ -161,20 +108,18 @@ class DovecotServer(ServerProcess):
             self._port = free_port()
         return self._port
 
-    def _uids_needing_access(self) -> list[tuple[int, int]]:
-        if not self._root:
-            return []
-        return [
-            (self._login.pw_uid, self._login.pw_gid),
-            (self._internal.pw_uid, self._internal.pw_gid),
-            (self.mail_uid, self.mail_gid),
-        ]
+    @property
+    def imaps_port(self) -> int:
+        """The implicit-TLS port (only listening with ``tls``)."""
+        if self._imaps_port is None:
+            self._imaps_port = free_port()
+        return self._imaps_port
 
     def _prepare_dirs(self) -> Path:
         if self.run_dir is not None:
             return self.run_dir
         run_dir = self.workdir
-        usable = usable_dir(run_dir, self._uids_needing_access())
+        usable = usable_dir(run_dir, self.accounts.needing_access)
         if len(str(run_dir / "base")) > _BASE_DIR_BUDGET or not usable:
             run_dir = self._private_dir("dovecot-")
         if self._root:
@@ -236,44 +181,15 @@ class DovecotServer(ServerProcess):
                 home.mkdir()
                 if self._root:
                     os.chown(home, self.mail_uid, self.mail_gid)
-        text = "".join(
-            f"{u}:{{PLAIN}}{p}:{self.mail_uid}:{self.mail_gid}::{self.home(u)}::\n"
-            for u, p in self.users.items()
-        )
-        try:
-            if self.users_file.read_text() == text:
-                return
-        except FileNotFoundError:
-            pass
-        tmp = self.users_file.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        # Dovecot 2.3 reloads a passwd-file only when its st_mtime (whole
-        # seconds) or size changed, and stat()s it at most once per second
-        # (last_sync_time == ioloop_time).  So: force a strictly newer mtime,
-        # and if the server runs, let the clock tick into the next second so
-        # the next lookup is guaranteed to re-read the file.
-        try:
-            prev = int(self.users_file.stat().st_mtime)
-        except FileNotFoundError:
-            prev = -1
-        now = time.time()
-        mtime = max(int(now), prev + 1)
-        os.utime(tmp, (mtime, mtime))
-        os.replace(tmp, self.users_file)
-        if wait:
-            time.sleep(max(0.0, int(now) + 1 - time.time()) + 0.01)
+        write_users(self.users_file, self.users, self.mail_uid, self.mail_gid,
+                    {u: self.home(u) for u in self.users}, wait=wait)
 
     # --------------------------------------------------------------- config
     def render_config(self) -> str:
-        run = self._prepare_dirs()
-        debug = "yes" if self.debug else "no"
-        return _CONFIG.substitute(
-            base_dir=run / "base", state_dir=run / "state", log_path=self.log_path,
-            port=self.port, debug=debug, login_user=self._login_user,
-            internal_user=self._internal_user, internal_group=self._internal_group,
-            users_file=self.users_file, separator=self.separator,
-            extra_config=self.extra_config, host=HOST,
+        return render_config(
+            run_dir=self._prepare_dirs(), log_path=self.log_path, users_file=self.users_file, host=HOST,
+            port=self.port, imaps_port=self.imaps_port, debug=self.debug, accounts=self.accounts,
+            separator=self.separator, tls=self.tls, oauth2=self.oauth2, extra_config=self.extra_config,
         )
 
     # -------------------------------------------------------------- process
@@ -297,23 +213,7 @@ class DovecotServer(ServerProcess):
 
     def _probe(self) -> object:
         """None once the IMAP greeting arrives, else what came instead."""
-        try:
-            with socket.create_connection((self.host, self.port), timeout=2) as s:
-                line = b""
-                while b"\n" not in line and len(line) < 4096:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    line += chunk
-                if line.startswith(b"* OK"):
-                    try:
-                        s.sendall(b"z LOGOUT\r\n")
-                    except OSError:
-                        pass
-                    return None
-                return line
-        except OSError as exc:
-            return exc
+        return probe_greeting(self.host, self.port)
 
     _exited = "dovecot exited with {returncode} during startup:\n{log}"
     _not_ready = (
@@ -334,10 +234,13 @@ class DovecotServer(ServerProcess):
             return ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Graceful shutdown: SIGTERM to the whole Dovecot process group (see module docstring).
+        """Graceful shutdown (~20 ms): SIGTERM to the whole Dovecot process group.
 
-        Waits for the master to exit, for ``master.pid`` to disappear and for
-        every Dovecot process to be gone (SIGKILL after ``timeout``).
+        SIGTERM to the master alone takes ~1 s, and a logged-in imap process
+        then lingers ~10 s more holding the client connection open.  Waits for
+        the master to exit, for ``master.pid`` to disappear and for every
+        Dovecot process to be gone (SIGKILL after ``timeout``).  The group
+        shutdown logs harmless "Killed with signal 15" warnings.
         """
         with self._lock:
             proc = self._proc
@@ -357,8 +260,8 @@ class DovecotServer(ServerProcess):
             self._forget_proc()
 
     def _wait_master_exit(self, proc: subprocess.Popen, timeout: float) -> None:
-        # The master often idles ~1 s after its children are gone (module
-        # docstring): once it has been alone for 100 ms, SIGKILL it.
+        # The master often idles ~1 s in its child-status poll loop (whole-second
+        # deadline) after its children are gone: once alone for 100 ms, SIGKILL it.
         deadline = time.monotonic() + timeout
         alone_since: float | None = None
         while proc.poll() is None:
@@ -375,7 +278,10 @@ class DovecotServer(ServerProcess):
             time.sleep(0.01)
 
     def kill(self) -> None:
-        """Crash: SIGKILL master + all Dovecot processes (the process group)."""
+        """Crash: SIGKILL master + all Dovecot processes (the process group), so
+        the port is free at once and clients see EOF; the stale master.pid is
+        removed so ``start()`` works.  Waiting for the group ignores zombies
+        (``process.group_alive``): init reaps orphans only after ~1-2 s here."""
         with self._lock:
             proc = self._proc
             if proc is None:
@@ -403,27 +309,11 @@ class DovecotServer(ServerProcess):
         *,
         create: bool = True,
     ) -> None:
-        """APPEND a raw RFC 5322 message to ``user``'s ``folder`` (stdlib imaplib)."""
-        if isinstance(message, str):
-            message = message.encode()
-        m = imaplib.IMAP4(self.host, self.port, timeout=30)
-        try:
-            m.login(user, self.users[user])
-            if create and folder.upper() != "INBOX":
-                m.create(_quote(folder))
-            typ, data = m.append(_quote(folder), flags or None, None, message)
-            if typ != "OK":
-                raise RuntimeError(f"APPEND failed: {typ} {data}")
-        finally:
-            try:
-                m.logout()
-            except Exception:
-                pass
+        """APPEND a raw RFC 5322 message to ``user``'s ``folder`` (stdlib imaplib; over
+        STARTTLS, trusting the test CA, when the server has TLS)."""
+        append_message(self.host, self.port, user, self.users[user], message, folder, flags, create=create,
+                       ca=self.tls.ca if self.tls is not None else None)
 
     def mbsync_config(self, user: str, local_dir: Path | str, **kw) -> str:
         """:func:`mbsync_config` for ``user`` of this server."""
         return mbsync_config(self.host, self.port, user, self.users[user], local_dir, **kw)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

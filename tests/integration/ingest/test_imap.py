@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,28 @@ def test_idle_puts_a_new_mail_on_the_bus_within_two_seconds(dovecot_server, bus,
         stop.set()
         worker.join(timeout=10)
     assert len(records(bus, bus.topics.inbound)) == 2 and latency < 2.0, latency
+
+
+def test_health_shows_the_oldest_mail_not_yet_handled(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    base = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    dates = [base + timedelta(hours=h) for h in (5, 1, 4, 3, 6, 2)]  # INTERNALDATEs, not in UID order
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.create_folder(folder)
+        for mail, date in zip([m for m in corpus() if not m.rejected], dates, strict=False):
+            imap.append(folder, mail.raw, msg_time=date)
+    conn = connector(dovecot_server, bus, tmp_path, folder, batch=2)
+    seen = []
+    publish = bus.publish
+
+    def publish_and_look(records: list) -> None:  # type: ignore[type-arg]
+        seen.append(conn.health.oldest_unprocessed_at)  # what a metrics scrape reads meanwhile
+        publish(records)
+
+    bus.publish = publish_and_look  # type: ignore[method-assign]
+    assert conn.run_once() == 6
+    assert seen == [min(dates), min(dates[2:]), min(dates[4:])] == [dates[1], dates[5], dates[5]]
+    assert conn.health.oldest_unprocessed_at is None, "caught up"
 
 
 def test_kill_between_publish_and_flag_loses_nothing(dovecot_server, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import ingest.blobs as blobs_module
 from frontdesk.errors import TransientError
 from ingest.blobs import BlobError, BlobNotFound, BlobStore, BlobWriteFailed, blob_ref
 
@@ -20,10 +21,23 @@ def test_put_returns_sha256_reference_and_lays_out_by_prefix(tmp_path: Path) -> 
     store = BlobStore(tmp_path / "blobs")
     ref = store.put(DATA)
     assert ref == f"sha256:{HEX}" == blob_ref(DATA)
-    assert store.path(ref) == tmp_path / "blobs" / HEX[:2] / HEX[2:4] / HEX
+    assert store.path(ref) == tmp_path / "blobs" / HEX[:2] / HEX
     assert store.path(ref).read_bytes() == DATA
     assert store.get(ref) == DATA
     assert store.exists(ref)
+
+
+def test_blobs_of_the_two_level_layout_are_still_found_and_not_written_again(tmp_path: Path) -> None:
+    legacy = tmp_path / HEX[:2] / HEX[2:4] / HEX
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(DATA)
+    store = BlobStore(tmp_path)
+    assert store.exists(blob_ref(DATA)) and store.get(blob_ref(DATA)) == DATA
+    assert store.put_many([DATA]) == [blob_ref(DATA)]
+    assert not store.path(blob_ref(DATA)).exists(), "the legacy copy is used, not duplicated"
+    legacy.write_bytes(b"tampered")
+    with pytest.raises(BlobError, match="corrupt"):
+        store.get(blob_ref(DATA))
 
 
 def test_put_is_idempotent_and_does_not_rewrite(tmp_path: Path) -> None:
@@ -55,16 +69,86 @@ def test_crash_before_rename_leaves_nothing_visible(tmp_path: Path, monkeypatch:
     assert list(store.path(blob_ref(DATA)).parent.iterdir()) == []  # the temp file is gone too
 
 
-def test_failed_flush_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["syncfs", "fsync"])
+def sync_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with one ``syncfs`` per step (Linux) and with the portable fsync-per-path fallback."""
+    if request.param == "syncfs" and blobs_module._syncfs is None:
+        pytest.skip("no syncfs(2) in this C library")
+    if request.param == "fsync":
+        monkeypatch.setattr(blobs_module, "_syncfs", None)
+    return str(request.param)
+
+
+def test_failed_sync_leaves_no_temp_file_and_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     sync_mode: str) -> None:
     store = BlobStore(tmp_path)
 
-    def no_space(fd: int) -> None:
+    def no_space(*args: object) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
+    if sync_mode == "syncfs":
+        monkeypatch.setattr(blobs_module, "_syncfs", no_space)
     with pytest.raises(BlobWriteFailed, match="No space left"):
-        store.put(DATA)
+        store.put_many([DATA, b"second"])
     assert list(store.path(blob_ref(DATA)).parent.iterdir()) == []
+    assert not store.exists(blob_ref(b"second"))
+
+
+def test_put_many_syncs_files_before_renaming_then_every_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  sync_mode: str) -> None:
+    """The durability contract: content is durable before a blob gets its name, and the names
+    (also of blobs that were already there) are durable before put_many returns."""
+    store = BlobStore(tmp_path / "blobs")
+    old = store.put(b"stored before")
+    payloads = [DATA, b"x" * 100_000, DATA, b"stored before"]
+    events: list[tuple[str, list[Path]]] = []
+    real = blobs_module._sync_files
+
+    def watched(root: str, paths: list[str], *, directories: bool = False) -> None:
+        visible = [p for p in (store.path(blob_ref(d)) for d in payloads) if p.exists()]
+        events.append(("dirs" if directories else "files", [Path(p) for p in paths]))
+        events.append(("visible", visible))
+        real(root, paths, directories=directories)
+
+    monkeypatch.setattr(blobs_module, "_sync_files", watched)
+    refs = store.put_many(payloads)
+    assert refs == [blob_ref(d) for d in payloads]
+    assert [store.get(ref) for ref in refs] == payloads
+    (kind1, files), (_, visible1), (kind2, dirs), (_, visible2) = events
+    assert kind1 == "files" and len(files) == 2 and all(p.name.startswith(".tmp-") for p in files)
+    assert visible1 == [store.path(old)], "no new blob has its name before its content is synced"
+    assert kind2 == "dirs" and len(visible2) == 4
+    for ref in refs:
+        assert {store.path(ref).parent, store.path(ref).parent.parent} <= set(dirs), ref
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))
+
+
+def test_put_many_fsyncs_each_file_and_directory_without_syncfs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blobs_module, "_syncfs", None)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else str(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = BlobStore(tmp_path)
+    refs = store.put_many([DATA, b"other"])
+    if not os.path.exists("/proc/self/fd"):
+        assert len(synced) >= 2 + 3
+        return
+    files = [s for s in synced if ".tmp-" in s]
+    assert len(files) == 2, synced
+    for ref in refs:
+        assert str(store.path(ref).parent) in synced and str(store.path(ref).parent.parent) in synced
+
+
+def test_put_many_of_nothing_writes_nothing(tmp_path: Path) -> None:
+    assert BlobStore(tmp_path / "never").put_many([]) == []
+    assert not (tmp_path / "never").exists()
 
 
 def test_unwritable_root_is_a_transient_failure(tmp_path: Path) -> None:

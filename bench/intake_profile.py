@@ -1,0 +1,116 @@
+"""Where the IMAP connector's time goes (``python -m bench.intake --profile``).
+
+:func:`phases` times each step of one ``run_once`` by wrapping what the connector calls (instance
+attributes only; the connector's own code runs unchanged). :func:`hotspots` runs one ``run_once``
+under cProfile with the parsing done in the connector thread (``ParsePool(0)``), so that the
+parser's hottest functions show up in the same profile as the I/O.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import resource
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from imapclient import IMAPClient
+
+from ingest.imap import MailboxConnector
+
+_STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE INTERNALDATE",
+          "IMAP fetch BODY.PEEK[]", "hand mails to the parser processes", "wait for the parser processes",
+          "blob writes (put_many: files, 2 syncs)", "bus publish (durable)", "IMAP flag \\Seen", "checkpoint save")
+
+
+class Phases:
+    """Accumulated wall time per step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name] += time.perf_counter() - started
+                    self.calls[name] += 1
+
+        return timed
+
+
+def _instrument(conn: MailboxConnector, phases: Phases) -> None:
+    connect = conn.connect
+
+    def connect_and_wrap() -> IMAPClient:
+        client = connect()
+        fetch = client.fetch
+
+        def fetch_timed(messages: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            sizes = any(b"SIZE" in (d if isinstance(d, bytes) else str(d).encode()) for d in data)
+            name = "IMAP fetch RFC822.SIZE INTERNALDATE" if sizes else "IMAP fetch BODY.PEEK[]"
+            return phases.wrap(name, fetch)(messages, data, *args, **kwargs)
+
+        client.fetch = fetch_timed  # type: ignore[method-assign]
+        client.search = phases.wrap("IMAP search", client.search)  # type: ignore[method-assign]
+        client.select_folder = phases.wrap("IMAP select", client.select_folder)  # type: ignore[method-assign]
+        return client
+
+    conn.connect = phases.wrap("IMAP connect + login", connect_and_wrap)  # type: ignore[method-assign]
+    conn._after_import = phases.wrap("IMAP flag \\Seen", conn._after_import)  # type: ignore[method-assign]
+    conn.bus.publish = phases.wrap("bus publish (durable)", conn.bus.publish)  # type: ignore[method-assign]
+    conn.checkpoints.save = phases.wrap("checkpoint save", conn.checkpoints.save)  # type: ignore[method-assign]
+    conn.pool.start = phases.wrap("hand mails to the parser processes", conn.pool.start)  # type: ignore[method-assign]
+    conn.pool.finish = phases.wrap("wait for the parser processes", conn.pool.finish)  # type: ignore[method-assign]
+    if conn.blobs is not None:
+        conn.blobs.put_many = phases.wrap("blob writes (put_many: files, 2 syncs)",  # type: ignore[method-assign]
+                                          conn.blobs.put_many)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def phases(conn: MailboxConnector) -> list[str]:
+    """One timed ``run_once``: a table of the connector thread's steps (they add up to the wall time)."""
+    phases = Phases()
+    _instrument(conn, phases)
+    workers = conn.pool.cpu_seconds()
+    cpu, started = _cpu(), time.perf_counter()
+    count = conn.run_once()
+    total, cpu = time.perf_counter() - started, _cpu() - cpu
+    workers = conn.pool.cpu_seconds() - workers
+    s = phases.seconds
+    rest = total - sum(s[name] for name in _STEPS)
+    lines = [f"where the connector's time goes: one run_once of {count} mails, embedded bus, {total:.2f} s wall; "
+             f"CPU: connector process {cpu:.2f} s, {conn.pool.workers} parser processes {workers:.2f} s "
+             f"({1000 * workers / max(count, 1):.2f} ms a mail)",
+             f"  {'connector thread':46} {'seconds':>8} {'share':>6} {'calls':>6}"]
+    for name in (*_STEPS, "records, loop, the rest"):
+        seconds = s[name] if name in _STEPS else rest
+        lines.append(f"  {name:46} {seconds:>8.3f} {100 * seconds / total:>5.1f}% {phases.calls.get(name, 0):>6}")
+    return lines
+
+
+def hotspots(conn: MailboxConnector, top: int = 25) -> list[str]:
+    """cProfile of one ``run_once`` (``conn`` should parse in its own thread: ``ParsePool(0)``)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    conn.run_once()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    text = out.getvalue()
+    body = text[text.find("   ncalls"):] if "ncalls" in text else text
+    lines = ["", f"cProfile, one run_once parsing in the connector thread (embedded bus), top {top} by own time:"]
+    return lines + ["  " + line for line in body.rstrip().splitlines()]

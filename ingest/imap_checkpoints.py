@@ -1,0 +1,50 @@
+"""Where each IMAP folder's import stands: UIDVALIDITY and the highest UID handled.
+
+A checkpoint only ever advances after the mail up to it is on the bus and flagged, so losing the
+latest save (a crash right after it) only re-imports a batch, with the same ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``last_uid``: every UID up to it is handled, under ``uidvalidity`` (None: never imported)."""
+
+    uidvalidity: int | None = None
+    last_uid: int = 0
+
+
+class CheckpointStore:
+    """One small JSON file per (mailbox, folder), replaced atomically and fsynced (blocking)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, mailbox: str, folder: str) -> Path:
+        safe = base64.urlsafe_b64encode(folder.encode()).decode().rstrip("=")
+        return self.directory / f"{mailbox}.{safe}.json"
+
+    def load(self, mailbox: str, folder: str) -> Checkpoint:
+        """The saved checkpoint, or an empty one if there is none."""
+        try:
+            data = json.loads(self._path(mailbox, folder).read_text())
+            return Checkpoint(data.get("uidvalidity"), int(data.get("last_uid", 0)))
+        except FileNotFoundError:
+            return Checkpoint()
+
+    def save(self, mailbox: str, folder: str, cp: Checkpoint) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(mailbox, folder)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,85 @@
+"""Opening an IMAP session: TCP, TLS (implicit or STARTTLS), login with a password or XOAUTH2.
+
+TLS certificates are always verified (hostname included): against the CAs in the mailbox's
+``ca_file`` if set, else the system's. There is no switch to turn verification off. With
+``security="starttls"`` a server that refuses STARTTLS is an error, never a plain-text login.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from frontdesk.errors import SourceAuthError, SourceError
+from ingest.imap_settings import MailboxSettings
+
+
+def connect(box: MailboxSettings, name: str) -> IMAPClient:
+    """A logged-in client whose INTERNALDATEs are timezone-aware (blocking, up to ``box.timeout_s``
+    per network step). Raises SourceAuthError when the credentials are refused or the XOAUTH2 token
+    cannot be had, SourceError for anything else (refused, timed out, certificate not trusted);
+    nothing is left open on failure. ``name`` prefixes the messages."""
+    context = _tls_context(box, name) if box.security != "none" else None
+    try:
+        client = IMAPClient(box.host, box.port, ssl=box.security == "ssl", ssl_context=context, timeout=box.timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise _untrusted(box, name, exc) from exc
+    except (IMAPClientError, OSError) as exc:
+        raise SourceError(f"{name}: cannot connect to {box.host}:{box.port}: {exc}") from exc
+    try:
+        if box.security == "starttls":
+            client.starttls(context)
+        client.normalise_times = False
+        _login(client, box, name)
+    except BaseException as exc:
+        close(client)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise _untrusted(box, name, exc) from exc
+        if isinstance(exc, (IMAPClientError, OSError)):
+            raise SourceError(f"{name}: {box.host}:{box.port}: {exc}") from exc
+        raise
+    return client
+
+
+def _tls_context(box: MailboxSettings, name: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=str(box.ca_file) if box.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SourceError(f"{name}: cannot load ca_file {box.ca_file}: {exc}") from exc
+
+
+def _untrusted(box: MailboxSettings, name: str, exc: ssl.SSLCertVerificationError) -> SourceError:
+    trusted = f"the CAs in ca_file {box.ca_file}" if box.ca_file else "the system's CAs (set ca_file for a private CA)"
+    return SourceError(f"{name}: the TLS certificate of {box.host}:{box.port} is not trusted by {trusted}: "
+                       f"{exc.verify_message or exc}")
+
+
+def _login(client: IMAPClient, box: MailboxSettings, name: str) -> None:
+    token = box.oauth2_token()
+    try:
+        if token is not None:
+            client.oauth2_login(box.username, token)
+        else:
+            client.login(box.username, box.password.get_secret_value() if box.password else "")
+    except LoginError as exc:
+        how = "XOAUTH2 token" if token is not None else "login"
+        raise SourceAuthError(f"{name}: {how} rejected by {box.host}:{box.port}: {exc}") from exc
+
+
+def logout(client: IMAPClient) -> None:
+    """Say goodbye politely; a connection that is already gone is fine."""
+    try:
+        client.logout()
+    except (IMAPClientError, OSError, socket.timeout):
+        pass
+
+
+def close(client: IMAPClient) -> None:
+    """Drop the connection without a LOGOUT (after a failed login or STARTTLS)."""
+    try:
+        client.shutdown()
+    except (IMAPClientError, OSError, socket.timeout):
+        pass

@@ -1,0 +1,241 @@
+"""Parsing fetched mail off the IMAP connection: a pool of worker processes shared by all mailboxes.
+
+Parsing is CPU-bound Python (about 0.8 ms a mail), so threads would share one core under the GIL;
+worker processes use every core while the connector thread fetches, stores and publishes. A
+worker gets ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage`` with the
+attachment blobs to store, or the reason the mail is rejected. Workers write nothing: the
+connector stores a whole batch's blobs with one sync and only then publishes (``ingest.blobs``).
+
+Contract of :class:`ParsePool`:
+
+* ``start`` returns at once (the mails are queued); ``finish`` blocks until every mail of that
+  call is parsed and returns one :class:`Parsed` per mail, in the order given;
+* total: every mail gets a ``Parsed``, never an exception. ``MailRejected``, a bug in the
+  parser (any exception) and a worker that dies on a mail (crash, out-of-memory kill) all become
+  a rejection reason, i.e. a dead-letter record. A broken pool is replaced and the mails of the
+  lost chunks are parsed again one at a time, so only a mail that kills a worker twice is rejected;
+* ``workers=0`` parses in the calling thread (``start`` does the work);
+* workers are forked from a clean single-threaded server process (``forkserver``, where the
+  platform has it) that has the parser imported, never from the threaded connector process;
+  they exit when that server, or the process that owns the pool, is gone (a SIGKILLed
+  connector leaves no workers behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Literal
+
+from frontdesk.codec import encode
+from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
+
+log = logging.getLogger(__name__)
+CHUNKS_PER_WORKER = 4  # per batch: small enough to balance the workers, large enough to amortise the IPC
+_DIED = "the parser process died on this mail (crash or out-of-memory kill)"
+
+
+@dataclass(frozen=True)
+class ParseJob:
+    """How a connector wants its mail parsed (sent to the workers with every chunk)."""
+
+    connector: str
+    channel: Literal["email", "social"]
+    limits: MailLimits
+    store: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One parsed mail: ``value`` (the encoded InboundMessage) and ``key`` (its id), plus the
+    attachment blobs to store (the raw mail is not sent back: the caller has it); or ``rejected``."""
+
+    uid: int
+    value: bytes = b""
+    key: bytes = b""
+    blobs: tuple[bytes, ...] = ()
+    rejected: str | None = None
+
+
+def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
+    """Worker side: the parsed mails, this process's id and its CPU seconds so far."""
+    return [_parse_one(job, uid, raw) for uid, raw in mails], os.getpid(), time.process_time()
+
+
+def _parse_one(job: ParseJob, uid: int, raw: bytes) -> Parsed:
+    try:
+        message, blobs = normalise_mail(raw, connector=job.connector, channel=job.channel, store=job.store,
+                                        limits=job.limits)
+    except MailRejected as exc:
+        return Parsed(uid, rejected=exc.reason)
+    except Exception as exc:  # a parser bug must not stop the mailbox: this one mail is dead-lettered
+        log.exception("%s: parser error on UID %s", job.connector, uid)
+        return Parsed(uid, rejected=f"parser error: {type(exc).__name__}: {exc}"[:500])
+    return Parsed(uid, encode(message), message.id.encode(), tuple(blobs[1:]))
+
+
+_Task = tuple[ProcessPoolExecutor | None, Future[tuple[list[Parsed], int, float]]]
+
+
+@dataclass
+class Pending:
+    """Mails handed to the pool by one ``start`` call."""
+
+    job: ParseJob
+    chunks: list[list[tuple[int, bytes]]]
+    tasks: list[_Task] = field(default_factory=list)
+
+
+ChunkParser = Callable[[ParseJob, list[tuple[int, bytes]]], tuple[list[Parsed], int, float]]
+
+
+class ParsePool:
+    """Parses mail on ``workers`` processes (default: one per CPU), started on first use.
+
+    ``parse`` is what a worker runs per chunk (:func:`parse_chunk`; tests pass another importable one).
+    """
+
+    def __init__(self, workers: int | None = None, *, parse: ChunkParser = parse_chunk) -> None:
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.parse = parse
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._cpu: dict[int, float] = {}
+        self._owner_watch: Connection | None = None
+        self._owner_alive: Connection | None = None
+
+    def start(self, job: ParseJob, mails: list[tuple[int, bytes]]) -> Pending:
+        """Queue ``mails`` for parsing; non-blocking (unless ``workers`` is 0)."""
+        if not mails:
+            return Pending(job, [])
+        if not self.workers:
+            done: Future[tuple[list[Parsed], int, float]] = Future()
+            parsed, _, _ = self.parse(job, mails)
+            done.set_result((parsed, 0, 0.0))
+            return Pending(job, [mails], [(None, done)])
+        size = math.ceil(len(mails) / (self.workers * CHUNKS_PER_WORKER))
+        chunks = [mails[at : at + size] for at in range(0, len(mails), size)]
+        return Pending(job, chunks, [self._submit(job, chunk) for chunk in chunks])
+
+    def finish(self, pending: Pending) -> list[Parsed]:
+        """Every mail of ``pending`` parsed, in order (blocking; never raises, see module docstring)."""
+        parsed: list[Parsed] = []
+        for chunk, task in zip(pending.chunks, pending.tasks, strict=True):
+            try:
+                parsed += self._result(task)
+            except BrokenProcessPool:
+                log.warning("%s: a parser process died; parsing %d mails one at a time",
+                            pending.job.connector, len(chunk))
+                parsed += [self._isolated(pending.job, uid, raw) for uid, raw in chunk]
+        return parsed
+
+    def cancel(self, pending: Pending) -> None:
+        """Drop the chunks of ``pending`` that no worker has started (its mails will be fetched again)."""
+        for _, future in pending.tasks:
+            future.cancel()
+
+    def warm(self) -> None:
+        """Start the worker processes now (blocking) rather than on the first mail."""
+        if self.workers:
+            for future in [self._pool().submit(os.getpid) for _ in range(self.workers)]:
+                future.result()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker processes reported so far, summed."""
+        return sum(self._cpu.values())
+
+    def close(self) -> None:
+        """Stop the workers (blocking); the pool starts new ones if used again."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _isolated(self, job: ParseJob, uid: int, raw: bytes) -> Parsed:
+        try:
+            return self._result(self._submit(job, [(uid, raw)]))[0]
+        except BrokenProcessPool:
+            log.error("%s: UID %s kills the parser process; dead-lettered", job.connector, uid)
+            return Parsed(uid, rejected=_DIED)
+
+    def _submit(self, job: ParseJob, chunk: list[tuple[int, bytes]]) -> _Task:
+        executor = self._pool()
+        try:
+            return executor, executor.submit(self.parse, job, chunk)
+        except BrokenProcessPool:  # broken by another connector's chunk since we got it
+            self._discard(executor)
+            executor = self._pool()
+            return executor, executor.submit(self.parse, job, chunk)
+
+    def _result(self, task: _Task) -> list[Parsed]:
+        executor, future = task
+        try:
+            parsed, pid, cpu = future.result()
+        except BrokenProcessPool:
+            if executor is not None:
+                self._discard(executor)
+            raise
+        if pid:
+            self._cpu[pid] = cpu
+        return parsed
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                context = _context()
+                if self._owner_alive is None:
+                    # never written to: the workers see EOF when this process is gone, however it ended
+                    self._owner_watch, self._owner_alive = context.Pipe(duplex=False)
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                                     initializer=_exit_with_owner, initargs=(self._owner_watch,))
+            return self._executor
+
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # workers start with the parser imported
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _exit_with_owner(owner_alive: Connection) -> None:
+    """Worker initializer: exit when the pool's owner is gone (SIGKILL included). Nobody else would
+    stop us: the forkserver waits for its children, and the task queue never reaches EOF."""
+
+    def watch() -> None:
+        try:
+            owner_alive.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
+_shared: ParsePool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> ParsePool:
+    """The process-wide pool (one worker per CPU) that connectors use unless given one."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ParsePool()
+        return _shared

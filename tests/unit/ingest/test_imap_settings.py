@@ -1,0 +1,87 @@
+"""Mailbox settings: where the XOAUTH2 token comes from, TLS trust, and how a pass is cut into batches."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.errors import SourceAuthError
+from ingest.imap import BATCH_BYTES, CheckpointStore, MailboxConnector, _Mail, _oldest_from
+from ingest.imap_parse import ParsePool
+from ingest.imap_settings import MailboxSettings
+from ingest.mail.parse import MailLimits
+
+BASE = dict(name="support", host="imap.example.az", username="support@example.az")
+
+
+def box(**over: object) -> MailboxSettings:
+    return MailboxSettings(**{**BASE, **over})  # type: ignore[arg-type]
+
+
+def test_a_password_mailbox_has_no_token() -> None:
+    assert box(password="secret").oauth2_token() is None
+
+
+def test_the_token_file_is_read_fresh_on_every_login(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("ya29.first\n")
+    settings = box(oauth2_token_file=token)
+    assert settings.oauth2_token() == "ya29.first"
+    token.write_text("ya29.refreshed")
+    assert settings.oauth2_token() == "ya29.refreshed"
+
+
+def test_the_token_command_prints_the_token(tmp_path: Path) -> None:
+    command = f"{sys.executable} -c \"print('  ya29.from-command  ')\""
+    assert box(oauth2_token_command=command).oauth2_token() == "ya29.from-command"
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ({"oauth2_token_file": Path("/nonexistent/token")}, "cannot get the OAuth2 token from the file"),
+    ({"oauth2_token_command": f"{sys.executable} -c \"import sys; sys.exit('vault is sealed')\""},
+     "exited with 1: vault is sealed"),
+    ({"oauth2_token_command": "true"}, "empty token"),
+])
+def test_an_unusable_token_source_is_an_auth_error_naming_the_cause(how: dict[str, object], reason: str) -> None:
+    with pytest.raises(SourceAuthError, match=reason):
+        box(**how).oauth2_token()
+
+
+def test_empty_token_file_is_an_auth_error(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(SourceAuthError, match="empty token"):
+        box(oauth2_token_file=tmp_path / "token").oauth2_token()
+
+
+def test_a_mailbox_needs_a_credential_and_tls_by_default(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="password, oauth2_token_command or oauth2_token_file"):
+        box()
+    settings = box(password="x", ca_file=tmp_path / "ca.pem")
+    assert settings.security == "ssl" and settings.port == 993 and settings.ca_file == tmp_path / "ca.pem"
+
+
+def test_batches_end_at_the_count_or_the_byte_budget(tmp_path: Path) -> None:
+    limits = MailLimits(max_message_bytes=20 * 1024 * 1024)
+    conn = MailboxConnector(box(password="x", batch=3), MemoryBus(), CheckpointStore(tmp_path), None, limits,
+                            pool=ParsePool(0))
+    big, huge = 20 * 1024 * 1024, 30 * 1024 * 1024  # huge: over the limit, never fetched, costs nothing
+    mails = [_Mail(uid, size, None) for uid, size in
+             enumerate([1000, 1000, 1000, 1000, big, big, big, huge, huge, 10], 1)]
+    batches = list(conn._batches(mails))
+    assert [[m.uid for m in batch] for _, batch in batches] == [[1, 2, 3], [4, 5], [6], [7, 8, 9], [10]]
+    assert [end for end, _ in batches] == [3, 5, 6, 9, 10]
+    for _, batch in batches:
+        assert sum(m.size for m in batch if m.size <= limits.max_message_bytes) <= BATCH_BYTES
+
+
+def test_the_oldest_unhandled_date_after_each_position() -> None:
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    dates = [t + timedelta(days=3), t + timedelta(days=1), None, t + timedelta(days=2), None]
+    oldest = _oldest_from([_Mail(n, 1, d) for n, d in enumerate(dates, 1)])
+    assert oldest == [t + timedelta(days=1), t + timedelta(days=1), t + timedelta(days=2), t + timedelta(days=2),
+                      None, None]
