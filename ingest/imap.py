@@ -25,7 +25,6 @@ connection error (refused, dropped, TLS certificate not trusted, login rejected)
 
 from __future__ import annotations
 
-import base64
 import logging
 import socket
 import threading
@@ -40,14 +39,12 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from frontdesk.bus.base import Bus, Outgoing
-from frontdesk.codec import encode
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
-from frontdesk.messages import DeadLetter
 from ingest.blobs import BlobStore
 from ingest.imap_checkpoints import Checkpoint, CheckpointStore
 from ingest.imap_connect import connect, logout
-from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
+from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
 
@@ -200,15 +197,15 @@ class MailboxConnector:
             raw = raws.get(mail.uid)
             if raw is None:
                 if mail.size > self.limits.max_message_bytes:
-                    records.append(self._dead_letter(mail.uid, b"", f"message is {_over(mail.size, self.limits)}"))
+                    reason = f"message is {_over(mail.size, self.limits)}"
+                    records.append(dead_letter_record(self.bus.topics, self.connector, mail.uid, b"", reason))
                 continue  # expunged by another client since the FETCH of sizes: nothing to import
             item = parsed[mail.uid]
             if item.rejected is not None:
-                records.append(self._dead_letter(mail.uid, raw, item.rejected))
+                records.append(dead_letter_record(self.bus.topics, self.connector, mail.uid,
+                                                  raw[: self.limits.max_message_bytes], item.rejected))
                 continue
-            records.append(Outgoing(self.bus.topics.inbound, item.value, item.key,
-                                    (("frontdesk-connector", self.connector.encode()),
-                                     ("frontdesk-imap-uid", str(mail.uid).encode()))))
+            records.append(inbound_record(self.bus.topics, self.connector, item))
             blobs += (raw, *item.blobs)
         if self.blobs is not None:
             self.blobs.put_many(blobs)  # durable before any record that names them is
@@ -224,15 +221,6 @@ class MailboxConnector:
     def _note_backlog(self, folder: str, oldest: datetime | None) -> None:
         self._backlog[folder] = oldest
         self.health.oldest_unprocessed_at = min((d for d in self._backlog.values() if d is not None), default=None)
-
-    def _dead_letter(self, uid: int, raw: bytes, reason: str) -> Outgoing:
-        kept = raw[: self.limits.max_message_bytes]
-        letter = DeadLetter(stage="ingest", reason=reason, error_type="MailRejected",
-                            source_topic=f"{self.connector}/uid:{uid}", value_b64=base64.b64encode(kept).decode(),
-                            message_id=None, failed_at=datetime.now(UTC))
-        return Outgoing(self.bus.topics.deadletter, encode(letter), f"{self.connector}:{uid}".encode(),
-                        (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
-                         ("frontdesk-imap-uid", str(uid).encode())))
 
     def _after_import(self, client: IMAPClient, uids: list[int]) -> None:
         if self.box.after_import == "seen":
@@ -271,6 +259,8 @@ class MailboxConnector:
                 else:
                     stop.wait(self.box.poll_interval_s)
                     client.noop()
+        except (IMAPClientError, OSError) as exc:  # the connection dropped between passes
+            raise SourceError(f"{self.connector}: {exc}") from exc
         finally:
             logout(client)
 

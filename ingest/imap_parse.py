@@ -14,7 +14,8 @@ Contract of :class:`ParsePool`:
   parser (any exception) and a worker that dies on a mail (crash, out-of-memory kill) all become
   a rejection reason, i.e. a dead-letter record. A broken pool is replaced and the mails of the
   lost chunks are parsed again one at a time, so only a mail that kills a worker twice is rejected;
-* ``workers=0`` parses in the calling thread (``start`` does the work);
+* ``workers=0`` parses in the calling thread (``start`` does the work); so does a pool that cannot
+  start processes (it logs why, once);
 * workers are forked from a clean single-threaded server process (``forkserver``, where the
   platform has it) that has the parser imported, never from the threaded connector process;
   they exit when that server, or the process that owns the pool, is gone (a SIGKILLed
@@ -23,6 +24,7 @@ Contract of :class:`ParsePool`:
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import multiprocessing
@@ -33,10 +35,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Literal
 
+from frontdesk.bus.base import Outgoing, Topics
 from frontdesk.codec import encode
+from frontdesk.messages import DeadLetter
 from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,22 @@ class Parsed:
     key: bytes = b""
     blobs: tuple[bytes, ...] = ()
     rejected: str | None = None
+
+
+def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
+    """The inbound-topic record of a parsed (not rejected) mail."""
+    return Outgoing(topics.inbound, parsed.value, parsed.key,
+                    (("frontdesk-connector", connector.encode()), ("frontdesk-imap-uid", str(parsed.uid).encode())))
+
+
+def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str) -> Outgoing:
+    """The dead-letter record of a rejected mail (``raw``: what of it to keep), keyed by mailbox and UID."""
+    letter = DeadLetter(stage="ingest", reason=reason, error_type="MailRejected",
+                        source_topic=f"{connector}/uid:{uid}", value_b64=base64.b64encode(raw).decode(),
+                        message_id=None, failed_at=datetime.now(UTC))
+    return Outgoing(topics.deadletter, encode(letter), f"{connector}:{uid}".encode(),
+                    (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
+                     ("frontdesk-imap-uid", str(uid).encode())))
 
 
 def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
@@ -144,10 +165,17 @@ class ParsePool:
             future.cancel()
 
     def warm(self) -> None:
-        """Start the worker processes now (blocking) rather than on the first mail."""
-        if self.workers:
+        """Start the worker processes now (blocking) rather than on the first mail; a failure is
+        only logged (the first mail tries again, see ``_submit``)."""
+        if not self.workers:
+            return
+        try:
             for future in [self._pool().submit(os.getpid) for _ in range(self.workers)]:
                 future.result()
+        except (OSError, BrokenProcessPool) as exc:
+            log.warning("parser processes did not start: %s", exc)
+            if self._executor is not None:
+                self._discard(self._executor)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the worker processes reported so far, summed."""
@@ -168,13 +196,20 @@ class ParsePool:
             return Parsed(uid, rejected=_DIED)
 
     def _submit(self, job: ParseJob, chunk: list[tuple[int, bytes]]) -> _Task:
-        executor = self._pool()
         try:
-            return executor, executor.submit(self.parse, job, chunk)
-        except BrokenProcessPool:  # broken by another connector's chunk since we got it
-            self._discard(executor)
             executor = self._pool()
-            return executor, executor.submit(self.parse, job, chunk)
+            try:
+                return executor, executor.submit(self.parse, job, chunk)
+            except BrokenProcessPool:  # broken by another connector's chunk since we got it
+                self._discard(executor)
+                executor = self._pool()
+                return executor, executor.submit(self.parse, job, chunk)
+        except OSError as exc:  # no processes to be had here (limits, no /dev/shm): degrade, never loop
+            log.error("cannot start parser processes (%s); parsing in the connector threads from now on", exc)
+            self.workers = 0
+            done: Future[tuple[list[Parsed], int, float]] = Future()
+            done.set_result((self.parse(job, chunk)[0], 0, 0.0))
+            return None, done
 
     def _result(self, task: _Task) -> list[Parsed]:
         executor, future = task
