@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
-DESCRIBE_CHUNK = 5000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE) command
+DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
 
 
 @dataclass

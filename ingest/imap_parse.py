@@ -45,6 +45,7 @@ from frontdesk.messages import DeadLetter
 from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
 
 log = logging.getLogger(__name__)
+MAX_DEFAULT_WORKERS = 8  # a worker costs ~60 MB; 8 parse several thousand mails a second
 CHUNKS_PER_WORKER = 4  # per batch: small enough to balance the workers, large enough to amortise the IPC
 _DIED = "the parser process died on this mail (crash or out-of-memory kill)"
 
@@ -120,13 +121,14 @@ ChunkParser = Callable[[ParseJob, list[tuple[int, bytes]]], tuple[list[Parsed], 
 
 
 class ParsePool:
-    """Parses mail on ``workers`` processes (default: one per CPU), started on first use.
+    """Parses mail on ``workers`` processes (default: one per CPU this process may use, at most
+    ``MAX_DEFAULT_WORKERS``), started on first use.
 
     ``parse`` is what a worker runs per chunk (:func:`parse_chunk`; tests pass another importable one).
     """
 
     def __init__(self, workers: int | None = None, *, parse: ChunkParser = parse_chunk) -> None:
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.workers = _usable_cpus() if workers is None else workers
         self.parse = parse
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -239,6 +241,11 @@ class ParsePool:
             if self._executor is executor:
                 self._executor = None
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _usable_cpus() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
 def _context() -> multiprocessing.context.BaseContext:
