@@ -1,0 +1,573 @@
+"""Benchmark of the whole pipeline: ``python -m bench.pipeline [--n 2000] [--rate 10] [--latency-n 200]``.
+
+One command, everything on this machine, private servers from ``tests.harness`` (a Kafka broker,
+PostgreSQL, Dovecot and an SMTP recorder in this process), and the multi-process topology of
+``docker-compose.yml`` run by ``frontdesk.topology`` (ingest-imap with IDLE on INBOX, classify,
+dispatch with its outbox relay; the compose settings, SMTP without TLS as for its Mailpit):
+
+1. classifier alone: the classify stage topic to topic (``bench.classify.bench_stage``, less the
+   consumer-group join) on the same broker, same texts as email messages, same settings (threads,
+   quantisation, ``poll_records``), in a subprocess; once before the topology starts and once after
+   it stopped, the better run counts (other users' load comes and goes);
+2. throughput: ``--n`` mails (dev-split texts, non-spam, one sender each so no rate limit applies)
+   APPENDed as fast as one IMAP connection can; from the first APPEND until the last
+   acknowledgement is received by the SMTP recorder → messages/s;
+3. latency: ``--latency-n`` mails APPENDed one by one at ``--rate`` per second (open loop); each
+   mail's APPEND (when it was issued) against the arrival of its acknowledgement (matched by
+   ``In-Reply-To`` = the mail's Message-ID) → p50/p95/p99/max.
+
+A few warm-up mails go through first (model loaded, consumer groups joined). A mail the classifier
+takes for spam gets no acknowledgement by design: it is counted as suppressed (from the case
+history in PostgreSQL), not waited for. CPU used per process and by the rest of the machine is
+measured per phase (/proc): other users of a shared machine change the numbers.
+
+Goals (issue 7): pipeline ≥ 0.8× the classifier alone; p99 < 2 s at 10 messages/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from imapclient import IMAPClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from classify.data import DEV_FILE, read_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+USER, PASSWORD = "bench", "bench-secret"
+PARTITIONS = 6  # docker-compose.yml FRONTDESK_BUS_PARTITIONS
+WARMUP = 5
+APPEND_BATCH = 100
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the mails --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mail:
+    message_id: str
+    address: str
+    subject: str
+    text: str
+
+    def raw(self) -> bytes:
+        msg = EmailMessage()
+        msg["From"] = f"Customer <{self.address}>"
+        msg["To"] = "support@frontdesk.example"
+        msg["Subject"] = self.subject
+        msg["Message-ID"] = self.message_id
+        msg["Date"] = format_datetime(datetime.now(UTC))
+        msg.set_content(self.text)
+        return msg.as_bytes()
+
+
+def mails(n: int, run: str, phase: str) -> list[Mail]:
+    """``n`` customer mails: the dev split's non-spam texts cycled, one sender and Message-ID each."""
+    examples = [e for e in read_examples(DEV_FILE) if e.category != "spam"]
+    return [Mail(f"<{phase}-{i}-{run}@customers.example>", f"{phase}{i}.{run}@customers.example",
+                 examples[i % len(examples)].subject or "Question", examples[i % len(examples)].text)
+            for i in range(n)]
+
+
+# --- phase 1: the classifier alone ------------------------------------------------------------
+
+
+def classifier_alone(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The classify stage topic to topic in a subprocess of its own (its own RSS, no GIL shared with
+    the SMTP recorder); returns the JSON it prints."""
+    cmd = [sys.executable, "-m", "bench.pipeline", "--classifier-alone", "--kafka", bootstrap, "--n", str(args.n),
+           "--quantize", args.quantize, "--classify-threads", str(args.classify_threads),
+           "--poll-records", str(args.poll_records)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise SystemExit(f"the classifier-alone run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def stage_rate(model: Any, msgs: Sequence[Any], bus: Any, batch: int) -> float:
+    """``bench.classify.bench_stage`` less the consumer-group join: the stage's consumer holds its
+    partitions before the messages are published (as the pipeline's does), then it drains them."""
+    from classify.stage import ClassifyProcessor
+    from frontdesk.bus.base import Outgoing
+    from frontdesk.codec import encode
+    from frontdesk.stage import StageRunner
+
+    bus.ensure_topics()
+    consumer = bus.consumer(f"bench-alone-{uuid.uuid4().hex[:8]}", [bus.topics.inbound])
+    deadline = time.monotonic() + 120
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(1, timeout=0.2)
+    bus.publish([Outgoing(bus.topics.inbound, encode(m), m.id.encode()) for m in msgs])
+    runner = StageRunner("classify", bus, consumer, ClassifyProcessor(model, bus.topics), max_records=batch)
+    started = time.perf_counter()
+    while runner.stats.consumed < len(msgs):
+        runner.run_once()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    if sum(bus.end_offsets(bus.topics.triaged).values()) != len(msgs):
+        raise RuntimeError("the classify stage did not publish one triaged record per message")
+    return len(msgs) / elapsed
+
+
+def run_classifier_alone(args: argparse.Namespace) -> None:
+    """In the subprocess: the classify stage on Kafka, the mails' texts as email messages; prints JSON."""
+    from classify.base import TextItem
+    from classify.model import TriageModel
+    from classify.settings import ClassifierSettings
+    from frontdesk.bus.base import Topics
+    from frontdesk.bus.kafka import KafkaBus
+    from frontdesk.messages import InboundMessage, Party
+    from frontdesk.settings import KafkaSettings
+
+    now = datetime.now(UTC)
+    msgs = [InboundMessage.create(connector="imap:bench", external_id=m.message_id, channel="email", platform="email",
+                                  sender=Party(address=m.address, name="Customer"), subject=m.subject, text=m.text,
+                                  received_at=now) for m in mails(args.n, uuid.uuid4().hex[:8], "alone")]
+    model = TriageModel(ClassifierSettings(quantize=args.quantize, threads=args.classify_threads))
+    model.classify([TextItem(m.text, m.subject, m.channel) for m in msgs[:32]])  # warm-up, as the pipeline's
+    bus = KafkaBus(KafkaSettings(bootstrap_servers=args.kafka), Topics(prefix=f"alone{uuid.uuid4().hex[:8]}."),
+                   partitions=PARTITIONS)
+    cpu, busy, started = os.times(), machine_busy(), time.monotonic()
+    rate = stage_rate(model, msgs, bus, args.poll_records)
+    used, wall = os.times(), time.monotonic() - started
+    bus.close()
+    print(json.dumps({"rate": rate, "n": len(msgs), "cpu_s": used.user + used.system - cpu.user - cpu.system,
+                      "machine_cores": (machine_busy() - busy) / wall, "wall_s": wall}))
+
+
+# --- servers and the topology -----------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    kafka: Any
+    postgres: Any
+    dovecot: Any
+    smtp: Any
+
+
+@contextmanager
+def servers(tmp: Path) -> Iterator[Servers]:
+    """Private Kafka, PostgreSQL, Dovecot (one user) and SMTP recorder (no TLS, no AUTH: Mailpit's)."""
+    from tests.harness.dovecot import DovecotServer, find_dovecot
+    from tests.harness.kafka import KafkaBroker, find_kafka_libs
+    from tests.harness.postgres import PostgresServer, find_postgres
+    from tests.harness.smtp import RecordingSMTPServer
+
+    libs, why_kafka = find_kafka_libs()
+    pg_bin, why_pg = find_postgres()
+    dovecot_bin, why_dovecot = find_dovecot()
+    for what, found, why in (("Kafka", libs, why_kafka), ("PostgreSQL", pg_bin, why_pg),
+                             ("Dovecot", dovecot_bin, why_dovecot)):
+        if found is None:
+            raise SystemExit(f"{what} is not available: {why} (run scripts/setup.sh)")
+    dovecot = DovecotServer(tmp / "dovecot")
+    dovecot.add_user(USER, PASSWORD)
+    found = Servers(KafkaBroker(libs, tmp / "kafka"), PostgresServer(pg_bin, tmp / "pg"), dovecot,
+                    RecordingSMTPServer(starttls=False))
+    with ExitStack() as stack:
+        for server in (found.kafka, found.postgres, found.dovecot, found.smtp):
+            server.start()
+            stack.callback(getattr(server, "close", server.stop))  # close: stop, and remove private run dirs
+        yield found
+
+
+def topology(srv: Servers, tmp: Path, args: argparse.Namespace) -> Any:
+    from classify.settings import ClassifierSettings
+    from frontdesk.topology import Topology
+
+    mailbox = {"name": "bench", "host": srv.dovecot.host, "port": srv.dovecot.port, "security": "none",
+               "username": USER, "password": PASSWORD, "folders": ["INBOX"]}
+    env = {"FRONTDESK_IMAP_MAILBOXES": json.dumps([mailbox]), "FRONTDESK_CLASSIFIER_QUANTIZE": args.quantize,
+           "FRONTDESK_CLASSIFIER_THREADS": str(args.classify_threads), "HF_HUB_OFFLINE": "1"}
+    env.update(kv.split("=", 1) for kv in args.env)
+    return Topology.from_compose(
+        COMPOSE, {"kafka": srv.kafka.bootstrap, "postgres": srv.postgres.create_database("bench"),
+                  "smtp": (srv.smtp.host, srv.smtp.port)},
+        services=["ingest-imap", "classify", "dispatch"], replicas={"classify": args.classify_replicas},
+        log_dir=tmp / "logs", state_dir=tmp / "state", volumes={"model-cache": ClassifierSettings().cache_dir},
+        env_extra=env)
+
+
+# --- driving mail in, watching acknowledgements come out ---------------------------------------
+
+
+def append_burst(srv: Servers, batch: Sequence[Mail]) -> float:
+    """APPEND every mail (MULTIAPPEND of 100) on one connection; returns when the first was issued."""
+    raws = [m.raw() for m in batch]
+    with IMAPClient(srv.dovecot.host, srv.dovecot.port, ssl=False, timeout=120) as imap:
+        imap.login(USER, PASSWORD)
+        started = time.time()
+        for i in range(0, len(raws), APPEND_BATCH):
+            imap.multiappend("INBOX", raws[i:i + APPEND_BATCH])
+    return started
+
+
+def append_paced(srv: Servers, batch: Sequence[Mail], rate: float) -> dict[str, float]:
+    """APPEND one mail every 1/rate s (open loop: a slow APPEND does not shift the schedule);
+    returns Message-ID -> when its APPEND was issued (time.time())."""
+    raws = [m.raw() for m in batch]
+    issued: dict[str, float] = {}
+    with IMAPClient(srv.dovecot.host, srv.dovecot.port, ssl=False, timeout=120) as imap:
+        imap.login(USER, PASSWORD)
+        t0 = time.monotonic()
+        for i, (mail, raw) in enumerate(zip(batch, raws, strict=True)):
+            time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            issued[mail.message_id] = time.time()
+            imap.append("INBOX", raw)
+    return issued
+
+
+@dataclass
+class Outcome:
+    acked: dict[str, float] = field(default_factory=dict)  # Message-ID -> first acknowledgement received
+    suppressed: dict[str, str] = field(default_factory=dict)  # Message-ID -> reason (no acknowledgement)
+    duplicates: int = 0
+    complete: bool = False
+
+
+class Acks:
+    """The acknowledgements the SMTP recorder received, by the Message-ID they answer (In-Reply-To).
+    Incremental: each refresh reads only what arrived since the last, so that watching costs the
+    pipeline (same cores) next to nothing."""
+
+    def __init__(self, smtp: Any) -> None:
+        self.smtp, self.seen = smtp, 0
+        self.first: dict[str, float] = {}  # In-Reply-To -> when the first answer arrived (time.time())
+        self.count: Counter[str] = Counter()
+
+    def refresh(self) -> None:
+        for rec in self.smtp.messages[self.seen:]:
+            key = str(rec.message["In-Reply-To"] or "").strip()
+            self.count[key] += 1
+            self.first.setdefault(key, rec.received_at)
+            self.seen += 1
+
+
+def suppressed(engine: Engine) -> dict[str, str]:
+    """Message-ID -> reason, for every mail whose acknowledgement dispatch decided not to send."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("select m.external_id, h.detail from case_history h join messages m "
+                                 "on m.id = h.message_id where h.event = 'ack_suppressed'")).all()
+    return {ext: (json.loads(d) if isinstance(d, str) else d or {}).get("reason", "?") for ext, d in rows}
+
+
+def wait_for(batch: Sequence[Mail], acks: Acks, engine: Engine, topo: Any, timeout: float) -> Outcome:
+    """Block until every mail of ``batch`` is acknowledged or suppressed, or ``timeout`` passes."""
+    wanted = {m.message_id for m in batch}
+    deadline, checked, out = time.monotonic() + timeout, 0.0, Outcome()
+    while time.monotonic() < deadline:
+        acks.refresh()
+        out.acked = {k: acks.first[k] for k in wanted if k in acks.first}
+        out.duplicates = sum(acks.count[k] - 1 for k in out.acked)
+        pending = wanted - set(out.acked)
+        if pending and time.monotonic() - checked > 5.0:
+            checked = time.monotonic()
+            out.suppressed = {k: r for k, r in suppressed(engine).items() if k in wanted}
+        if pending <= set(out.suppressed):
+            out.complete = True
+            return out
+        failed = [p for ps in topo.processes.values() for p in ps if p.failed]
+        if failed:
+            raise SystemExit("the topology gave up on " + ", ".join(f"{p.name}:\n{p.log_tail(30)}" for p in failed))
+        time.sleep(0.25)  # latency comes from the recorder's arrival times, not from this loop
+    return out
+
+
+# --- CPU accounting ---------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int | str) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a live process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / TICK  # less idle and iowait
+
+
+@dataclass
+class CpuSample:
+    at: float
+    machine: float
+    ours: dict[str, float]  # group -> CPU seconds of its live processes
+
+
+def cpu_sample(services: dict[int, str]) -> CpuSample:
+    """CPU seconds so far: per labelled process (``services``: pid -> label) with its descendants,
+    the rest of this bench's process tree (servers, recorder, load generator), and the machine."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _proc_stat(p)) is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    ours: Counter[str] = Counter()
+    todo = [(os.getpid(), "servers + bench")]
+    while todo:
+        pid, label = todo.pop()
+        label = services.get(pid, label)  # a stage's own children (e.g. parse workers) count as the stage
+        if pid in stats:
+            ours[label] += stats[pid][1]
+        todo.extend((child, label) for child in children.get(pid, ()))
+    return CpuSample(time.monotonic(), machine_busy(), dict(ours))
+
+
+def stage_pids(topo: Any) -> dict[int, str]:
+    return {p.pid: name for name, ps in topo.processes.items() for p in ps if p.pid}
+
+
+def cpu_used(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """CPU seconds per group between two samples, largest first."""
+    used = {k: after.ours.get(k, 0.0) - before.ours.get(k, 0.0) for k in after.ours}
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_text(before: CpuSample, after: CpuSample) -> str:
+    """Average cores busy between two samples: the machine, each group of ours, everybody else."""
+    wall = after.at - before.at
+    machine = (after.machine - before.machine) / wall
+    used = {k: v / wall for k, v in cpu_used(before, after).items()}
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+    others = max(0.0, machine - sum(used.values()))
+    return f"machine {machine:.2f} of {os.cpu_count()} cores busy: {parts}; other users {others:.2f}"
+
+
+def cpu_per_message(before: CpuSample, after: CpuSample, n: int) -> str:
+    used = cpu_used(before, after)
+    parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in used.items())
+    return f"{parts}; total {sum(used.values()) / n * 1000:.1f}"
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))] if s else float("nan")
+
+
+def loadavg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Every phase, on private servers; the results as a dict for :func:`report`."""
+    res: dict[str, Any] = {"load_start": loadavg()}
+    alone = []
+    with servers(tmp) as srv:
+        print(f"classifier alone: {args.n} messages topic to topic ...", file=sys.stderr)
+        alone.append(classifier_alone(srv.kafka.bootstrap, args))
+        res["load_alone"] = loadavg()
+        topo = topology(srv, tmp, args)
+        engine = create_engine(topo.processes["dispatch"][0].env["FRONTDESK_DISPATCH_DATABASE_URL"])
+        with topo:
+            run_pipeline(srv, topo, engine, args, res)
+        res["inbound_at"], res["triaged_at"], res["dead"] = topic_times(srv.kafka.bootstrap)
+        res["exits"] = topo.stop()
+        engine.dispose()
+        print("classifier alone, again (other users' load changes) ...", file=sys.stderr)
+        alone.append(classifier_alone(srv.kafka.bootstrap, args))
+    res["alone_runs"], res["alone"] = alone, max(alone, key=lambda a: a["rate"])
+    return res
+
+
+def run_pipeline(srv: Servers, topo: Any, engine: Engine, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """Warm-up, throughput and latency phases against the running topology; fills ``res``."""
+    run, acks, started = uuid.uuid4().hex[:8], Acks(srv.smtp), time.monotonic()
+    print("starting the topology ...", file=sys.stderr)
+    topo.wait_ready(900)
+    warm = mails(WARMUP, run, "warm")
+    append_burst(srv, warm)
+    if not wait_for(warm, acks, engine, topo, 900).complete:
+        raise SystemExit("warm-up mails not acknowledged within 900 s:\n" + tails(topo))
+    res["ready_s"] = time.monotonic() - started
+
+    print(f"throughput: {args.n} mails ...", file=sys.stderr)
+    burst, before = mails(args.n, run, "burst"), cpu_sample(stage_pids(topo))
+    first = append_burst(srv, burst)
+    res["appended_s"] = time.time() - first
+    res["burst"] = wait_for(burst, acks, engine, topo, args.timeout)
+    res["burst_s"] = max(res["burst"].acked.values(), default=first) - first
+    after = cpu_sample(stage_pids(topo))
+    res["cpu_burst"], res["cpu_burst_msg"] = cpu_text(before, after), cpu_per_message(before, after, args.n)
+    res["load_burst"] = loadavg()
+
+    print(f"latency: {args.latency_n} mails at {args.rate}/s ...", file=sys.stderr)
+    paced, before = mails(args.latency_n, run, "paced"), cpu_sample(stage_pids(topo))
+    res["issued"] = append_paced(srv, paced, args.rate)
+    res["paced"] = wait_for(paced, acks, engine, topo, args.timeout)
+    res["cpu_paced"], res["load_paced"] = cpu_text(before, cpu_sample(stage_pids(topo))), loadavg()
+    with engine.connect() as conn:
+        res["cases"] = conn.execute(text("select count(*) from messages")).scalar()
+
+
+def tails(topo: Any) -> str:
+    return "\n".join(f"--- {p.name} ---\n{p.log_tail(20)}" for ps in topo.processes.values() for p in ps)
+
+
+def topic_times(bootstrap: str) -> tuple[dict[str, float], dict[str, float], int]:
+    """Message-ID -> when it was published on the inbound topic, and on the triaged topic (record
+    timestamps, producer clock = this machine's); and the number of dead letters."""
+    from frontdesk.bus.base import Topics
+    from frontdesk.bus.kafka import KafkaBus
+    from frontdesk.codec import decode
+    from frontdesk.messages import InboundMessage, TriagedMessage
+    from frontdesk.settings import KafkaSettings
+
+    bus = KafkaBus(KafkaSettings(bootstrap_servers=bootstrap), Topics())
+    try:
+        dead = sum(bus.end_offsets(bus.topics.deadletter).values())
+        out = []
+        for topic, external in ((bus.topics.inbound, lambda v: decode(v, InboundMessage).external_id),
+                                (bus.topics.triaged, lambda v: decode(v, TriagedMessage).message.external_id)):
+            total, times = sum(bus.end_offsets(topic).values()), {}
+            with bus.consumer(f"bench-read-{uuid.uuid4().hex}", [topic]) as consumer:
+                deadline, got = time.monotonic() + 120, 0
+                while got < total and time.monotonic() < deadline:
+                    for r in consumer.poll(1000, timeout=0.5):
+                        got += 1
+                        times.setdefault(external(r.value), r.timestamp_ms / 1000)
+            out.append(times)
+    finally:
+        bus.close()
+    return out[0], out[1], dead
+
+
+def hops(res: dict[str, Any]) -> str:
+    """p50/p99 of each hop of the latency phase's mails, in ms."""
+    inbound, triaged = res["inbound_at"], res["triaged_at"]
+    spans: dict[str, list[float]] = {"ingest": [], "classify": [], "dispatch + relay + SMTP": []}
+    for mid, acked in res["paced"].acked.items():
+        if mid in inbound and mid in triaged:
+            spans["ingest"].append((inbound[mid] - res["issued"][mid]) * 1000)
+            spans["classify"].append((triaged[mid] - inbound[mid]) * 1000)
+            spans["dispatch + relay + SMTP"].append((acked - triaged[mid]) * 1000)
+    return "; ".join(f"{k} {pct(v, 50):.0f} / {pct(v, 99):.0f}" for k, v in spans.items())
+
+
+def outcome_text(o: Outcome, n: int, timeout: float) -> str:
+    reasons = Counter(o.suppressed.values())
+    extra = f", suppressed {len(o.suppressed)} ({dict(reasons)})" if o.suppressed else ""
+    return f"{len(o.acked)} of {n} acknowledged{extra}, {o.duplicates} duplicates" + \
+        ("" if o.complete else f"  INCOMPLETE after {timeout:.0f} s")
+
+
+def header(args: argparse.Namespace) -> list[str]:
+    relay = dict(kv.split("=", 1) for kv in args.env).get("FRONTDESK_DISPATCH_RELAY_INTERVAL_S", "0.5 (default)")
+    variant = "fp32" if args.quantize == "none" else args.quantize
+    return [f"pipeline benchmark: Dovecot → ingest-imap (IDLE) → Kafka → classify ({args.classify_replicas} "
+            f"replica × {args.classify_threads} torch threads, {variant}, poll_records {args.poll_records}) → "
+            f"dispatch (PostgreSQL, outbox relay idle poll {relay} s) → SMTP recorder (no TLS, as compose's Mailpit)",
+            f"topology: docker-compose.yml as local processes (frontdesk.topology), {PARTITIONS} partitions; private "
+            f"Kafka, PostgreSQL, Dovecot; {os.cpu_count()} cores shared with whatever else runs on this machine"]
+
+
+def rows(args: argparse.Namespace, res: dict[str, Any], rate: float, lat: list[float]) -> list[tuple[str, str]]:
+    alone, cores = res["alone"], os.cpu_count()
+    issued = sorted(res["issued"].values())
+    offered = (len(issued) - 1) / (issued[-1] - issued[0]) if len(issued) > 1 and issued[-1] > issued[0] else rate
+    return [
+        ("classifier alone (topic to topic)", f"{alone['rate']:.1f} msg/s, the better of two runs of {alone['n']} "
+                                              f"messages, before and after the pipeline: "
+                                              + " / ".join(f"{a['rate']:.1f}" for a in res["alone_runs"])),
+        *[(f"classifier alone, run {i + 1}: CPU", f"{a['cpu_s'] / a['n'] * 1000:.1f} ms per message; machine "
+                                                  f"{a['machine_cores']:.2f} of {cores} cores busy: classifier "
+                                                  f"{a['cpu_s'] / a['wall_s']:.2f}, Kafka + other users "
+                                                  f"{max(0.0, a['machine_cores'] - a['cpu_s'] / a['wall_s']):.2f}")
+          for i, a in enumerate(res["alone_runs"])],
+        ("topology ready + warm-up", f"{res['ready_s']:.0f} s"),
+        ("throughput: mails", f"{args.n} APPENDed in {res['appended_s']:.1f} s; "
+                              f"{outcome_text(res['burst'], args.n, args.timeout)}"),
+        ("throughput: first APPEND → last ack", f"{res['burst_s']:.1f} s = {rate:.1f} msg/s"),
+        ("pipeline / classifier alone", f"{rate / alone['rate']:.2f}×"),
+        ("throughput: CPU (cores)", res["cpu_burst"]),
+        ("throughput: CPU per message (ms)", res["cpu_burst_msg"]),
+        ("latency: mails", f"{args.latency_n} at {args.rate:g}/s (APPENDs issued at {offered:.1f}/s); "
+                           f"{outcome_text(res['paced'], args.latency_n, args.timeout)}"),
+        ("latency p50 / p95 / p99 / max", f"{pct(lat, 50):.0f} / {pct(lat, 95):.0f} / {pct(lat, 99):.0f} / "
+                                          f"{max(lat, default=float('nan')):.0f} ms (APPEND issued → ack received)"),
+        ("latency p50 / p99 per hop (ms)", hops(res) + "  (topic record timestamps)"),
+        ("latency: CPU (cores)", res["cpu_paced"]),
+        ("cases in PostgreSQL / dead letters", f"{res['cases']} (incl. {WARMUP} warm-up) / {res['dead']}"),
+        ("load average 1/5/15 min", f"start {res['load_start']}, after classifier alone {res['load_alone']}, "
+                                    f"after throughput {res['load_burst']}, after latency {res['load_paced']}, "
+                                    f"end {loadavg()}"),
+        ("process exit codes", ", ".join(f"{k} {v}" for k, v in res["exits"].items())),
+    ]
+
+
+def report(args: argparse.Namespace, res: dict[str, Any]) -> bool:
+    """Print the table and the goals; True when every mail was acknowledged or knowingly suppressed."""
+    burst, paced, alone = res["burst"], res["paced"], res["alone"]
+    rate = args.n / res["burst_s"] if burst.complete and res["burst_s"] > 0 else float("nan")
+    lat = [(acked - res["issued"][k]) * 1000 for k, acked in paced.acked.items()]
+    p99 = pct(lat, 99) if paced.complete else float("nan")
+    table = rows(args, res, rate, lat)
+    width = max(len(name) for name, _ in table)
+    print("\n" + "\n".join(header(args)))
+    for name, value in table:
+        print(f"{name:<{width}}  {value}")
+    ratio = rate / alone["rate"]
+    for goal, met in ((f"pipeline ≥ 0.8× classifier alone: {ratio:.2f}×", ratio >= 0.8),
+                      (f"p99 < 2 s at {args.rate:g} messages/s: {p99 / 1000:.2f} s", p99 < 2000)):
+        print(f"goal {goal} -- {'met' if met else 'NOT met'}")
+    if alone["rate"] < args.rate:
+        print(f"note: the classifier alone managed {alone['rate']:.1f} msg/s on this machine at the time, less than "
+              f"the {args.rate:g} msg/s offered: the latency phase ran over capacity (its latency is queueing)")
+    return burst.complete and paced.complete
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="mails of the throughput phase (and classifier alone)")
+    parser.add_argument("--rate", type=float, default=10.0, help="mails per second of the latency phase")
+    parser.add_argument("--latency-n", type=int, default=200, help="mails of the latency phase")
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--classify-replicas", type=int, default=1)
+    parser.add_argument("--classify-threads", type=int, default=None,
+                        help="torch threads per replica; default cores / replicas "
+                             "(docker-compose.yml: replicas × threads ~ cores)")
+    parser.add_argument("--poll-records", type=int, default=256, help="classifier poll_records (its default)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment of the stage processes, e.g. FRONTDESK_DISPATCH_RELAY_INTERVAL_S=0.2")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="per phase, for the last acknowledgement")
+    parser.add_argument("--classifier-alone", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kafka", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.classify_threads is None:
+        args.classify_threads = max(1, (os.cpu_count() or 1) // args.classify_replicas)
+    if args.classifier_alone:
+        run_classifier_alone(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        res = measure(args, Path(tmp))
+    if not report(args, res):
+        raise SystemExit("not every mail was acknowledged in time (see the table)")
+
+
+if __name__ == "__main__":
+    main()
