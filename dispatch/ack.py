@@ -44,6 +44,9 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _MSG_ID = re.compile(r"<[!-;=?A-~]{1,120}@[!-;=?A-~]{1,120}>")
 _REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|sv|ynt|cvp|ответ|отв)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*", re.IGNORECASE)
 _LINKISH = re.compile(r"://|www\.|@|\bhttps?\b", re.IGNORECASE)
+# Raw header values are written as they are: re-folding re-parses them, and the email package
+# decodes "=?...?=" (an RFC 2047 encoded-word, which can carry CR/LF) even inside addresses.
+_POLICY = SMTP.clone(refold_source="none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,7 @@ def _msg_id(value: str | None) -> str | None:
     """``value`` as ``<id@host>`` if it is a well-formed message id, else None."""
     text = (value or "").strip()
     text = text if text.startswith("<") else f"<{text}>"
-    return text if _MSG_ID.fullmatch(text) else None
+    return text if _MSG_ID.fullmatch(text) and "=?" not in text else None  # "=?": see _POLICY
 
 
 def _references(earlier: Iterable[str], original: str, limit: int = MAX_REFERENCES) -> str:
@@ -237,7 +240,7 @@ def _set_text_header(msg: EmailMessage, name: str, value: str) -> None:
     The policy's own folder drops the space between two encoded words on older Pythons
     (CPython gh-144156): "средств — x" would arrive as "средств— x".
     """
-    if value.isascii():
+    if value.isascii() and "=?" not in value:  # "=?": a customer's literal encoded-word, see _POLICY
         msg[name] = value
     else:
         msg.set_raw(name, Header(value, "utf-8", header_name=name).encode())
@@ -271,9 +274,9 @@ def build_ack_email(
     to = reply_address(inbound)
     if to is None:
         raise ReplyError(f"message {inbound.id}: no well-formed sender address to acknowledge")
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = Address(display_name=clean_line(from_name, MAX_NAME), addr_spec=valid_address(from_address))
-    msg["To"] = to
+    msg.set_raw("To", to)  # a checked local@domain, written verbatim (see _POLICY)
     _set_text_header(msg, "Subject", ack_subject(case_reference, inbound.subject))
     msg["Date"] = format_datetime(date or datetime.now(UTC))
     msg["Message-ID"] = ack_message_id(case_reference, inbound.id, message_id_domain)

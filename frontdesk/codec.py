@@ -35,15 +35,17 @@ def decode(raw: bytes, expected: type[M]) -> M:
     """
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, or an integer of >4300 digits
         raise DecodeError(f"not valid JSON: {exc}", raw) from exc
+    except RecursionError as exc:
+        raise DecodeError("not valid JSON: nested too deeply", raw) from exc
     if not isinstance(data, dict):
         raise DecodeError("not a JSON object", raw)
     want_kind = expected.model_fields["kind"].default
     want_version = expected.model_fields["version"].default
     if data.get("kind") != want_kind:
         raise DecodeError(f"expected kind {want_kind!r}, got {data.get('kind')!r}", raw)
-    if data.get("version") != want_version:
+    if data.get("version") != want_version or isinstance(data.get("version"), bool):  # true == 1 in Python
         raise DecodeError(
             f"unsupported {want_kind} version {data.get('version')!r} (this build reads {want_version})",
             raw,

@@ -155,8 +155,12 @@ def _human(count: int) -> str:
 
 def _header_section_size(raw: bytes, limit: int) -> int:
     """Bytes of the top-level header section as the parser sees it (``limit + 1`` if longer)."""
+    head = raw[: limit + 1]
+    lines = head.splitlines(keepends=True)
+    if len(raw) > len(head) and lines:  # the line the limit cuts may have lost its colon: judge it whole
+        lines[-1] = raw[len(head) - len(lines[-1]) : 2 * limit + 2].splitlines(keepends=True)[0]
     size = 0
-    for line in raw[: limit + 1].splitlines(keepends=True):
+    for line in lines:
         if not _HEADER_LINE.match(line):
             return size
         size += len(line)

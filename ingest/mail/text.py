@@ -27,6 +27,8 @@ import html2text
 from mailparser_reply.constants import MAIL_LANGUAGES
 from mailparser_reply.parser import EmailMessage
 
+from ingest.mail.html import canonical_html, restore
+
 _CHARSET_ALIASES = {
     "utf8": "utf-8",
     "utf-8": "utf-8",
@@ -42,6 +44,7 @@ _CHARSET_ALIASES = {
     "gb2312": "gb18030",
 }
 _UNUSABLE_CHARSETS = {"unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined", "binary"}
+_ESCAPE_CODECS = {"unicode-escape", "raw-unicode-escape", "punycode", "idna"}  # Python notations, not charsets
 _LATIN_LABELS = {"ascii", "iso8859-1", "cp1252", "iso8859-15", "iso8859-9", "cp1254"}
 _HIGH_BYTES = bytes(range(0xC0, 0x100))
 _LETTER_BYTES = bytes(range(0x80, 0x100)) + b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -70,9 +73,11 @@ def codec_for(label: str | None) -> str | None:
     if not name or name in _UNUSABLE_CHARSETS:
         return None
     try:
-        return codecs.lookup(name).name
-    except LookupError:
+        codec = codecs.lookup(name).name
+        b"a".decode(codec, "replace")  # zlib, base64, rot13 & co. are no text charsets
+    except (LookupError, UnicodeError, ValueError):
         return None
+    return None if codec in _ESCAPE_CODECS else codec
 
 
 def decode_bytes(data: bytes, declared: str | None) -> str:
@@ -169,12 +174,14 @@ def normalise_text(text: str) -> str:
 def html_to_text(html: str, limit: int) -> str:
     """Readable text of an HTML body via html2text.
 
-    Scripts, styles and the head are dropped by html2text's parser (nothing is executed or
-    fetched); links keep their text, images are dropped, blockquotes become ``> `` lines so the
-    quote remover sees them. Markdown escapes html2text adds are undone. Only the first ``limit``
-    characters are converted, after dropping inline ``data:`` images that would fill them.
+    Scripts, styles and other raw-text elements, comments and the head are dropped (nothing is
+    executed or fetched; :mod:`ingest.mail.html` first rewrites hostile markup into canonical HTML,
+    so the time is linear in ``limit``); links keep their text, images are dropped, blockquotes
+    become ``> `` lines so the quote remover sees them. Markdown escapes html2text adds are undone.
+    Only the first ``limit`` characters are converted, after dropping inline ``data:`` images that
+    would fill them.
     """
-    html = _DATA_URI.sub("data:", html)[:limit]
+    html = canonical_html(_DATA_URI.sub("data:", html)[:limit])
     converter = html2text.HTML2Text()
     converter.body_width = 0
     converter.unicode_snob = True
@@ -186,7 +193,7 @@ def html_to_text(html: str, limit: int) -> str:
         markdown = converter.handle(html)
     except Exception:  # html2text is a best-effort parser; never lose the mail over its bugs
         markdown = re.sub(r"<[^>]*>", " ", html)
-    lines = (line.rstrip() for line in _MD_ESCAPE.sub(r"\1", markdown).split("\n"))
+    lines = (line.rstrip() for line in restore(_MD_ESCAPE.sub(r"\1", markdown)).split("\n"))
     return "\n".join(line for line in lines if line.strip() != "* * *")  # html2text's <hr>
 
 
