@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -84,6 +85,10 @@ class CaseStore(ABC):
 
     @abstractmethod
     def mark_sent(self, item_id: int) -> None: ...
+
+    @abstractmethod
+    def mark_sent_many(self, item_ids: Sequence[int]) -> None:
+        """Mark several rows sent in one transaction; rows already sent are left alone."""
 
     @abstractmethod
     def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None: ...

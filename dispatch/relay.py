@@ -46,7 +46,7 @@ class OutboxRelay:
     to expire and are claimed again."""
 
     def __init__(self, store: SqlCaseStore, bus: Bus, repliers: dict[str, Replier], *, batch: int = 100,
-                 lease_seconds: float = 300.0, max_attempts: int = 50,
+                 lease_seconds: float = 60.0, max_attempts: int = 50,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.bus, self.repliers = store, bus, repliers
         self.batch, self.lease_seconds, self.max_attempts = batch, lease_seconds, max_attempts
@@ -89,8 +89,7 @@ class OutboxRelay:
                 self._retry(e, str(exc))
             return
         crashpoint("relay.after_publish")
-        for e in events:
-            self.store.mark_sent(e.id)
+        self.store.mark_sent_many([e.id for e in events])
         self.stats.events_published += len(events)
 
     def _deliver(self, item: OutboxItem) -> None:

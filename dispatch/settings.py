@@ -34,8 +34,9 @@ class DispatchSettings(ComponentSettings):
     group: str = Field("frontdesk-dispatch", description="Consumer group of the dispatch stage")
     relay_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval")
     relay_batch: int = Field(100, ge=1)
-    relay_lease_s: float = Field(300.0, ge=10, description="An outbox row claimed by a relay is theirs for this long; "
-                                 "a relay only starts sends in the first half (several dispatch replicas)")
+    relay_lease_s: float = Field(60.0, ge=10, description="A claimed outbox row is the relay's for this long (a crashed "
+                                 "relay's rows return after it); sends start only in its first half, so with several "
+                                 "dispatch replicas keep it above twice the slowest send")
     relay_max_attempts: int = Field(50, ge=1, description="After this many failed attempts an item is 'failed'")
     reference_prefix: str = Field("FD", pattern=r"^[A-Z]{1,8}$")
 

@@ -7,7 +7,7 @@ connection becomes StoreUnavailable (the stage retries the same records), anythi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,19 +116,27 @@ class SqlCaseStore(CaseStore):
             return claimed
 
     def mark_sent(self, item_id: int) -> None:
+        self.mark_sent_many([item_id])
+
+    def mark_sent_many(self, item_ids: Sequence[int]) -> None:
+        """Mark rows sent in one transaction (idempotent: rows already sent are left alone)."""
         now = self.clock()
         with self.transaction() as session:
-            row = session.get(OutboxRow, item_id)
-            if row is None or row.status == "sent":
-                return
-            row.status, row.sent_at, row.lease_until = "sent", now, None
-            row.attempts += 1
-            if row.kind == "ack":
-                case = session.get(Case, row.case_id)
-                if case is not None:
-                    case.acknowledged = True
-                mid = json.loads(row.payload).get("message_id")
-                session.add(HistoryEntry(case_id=row.case_id, at=now, event="acknowledged", detail={"message_id": mid}))
+            rows = session.scalars(select(OutboxRow).where(OutboxRow.id.in_(list(item_ids)),
+                                                           OutboxRow.status != "sent")).all()
+            for row in rows:
+                self._mark_row_sent(session, row, now)
+
+    @staticmethod
+    def _mark_row_sent(session: Session, row: OutboxRow, now: datetime) -> None:
+        row.status, row.sent_at, row.lease_until = "sent", now, None
+        row.attempts += 1
+        if row.kind == "ack":
+            case = session.get(Case, row.case_id)
+            if case is not None:
+                case.acknowledged = True
+            mid = json.loads(row.payload).get("message_id")
+            session.add(HistoryEntry(case_id=row.case_id, at=now, event="acknowledged", detail={"message_id": mid}))
 
     def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None:
         now = self.clock()
