@@ -121,7 +121,7 @@ def _check_bounds(raw: bytes, limits: MailLimits) -> None:
     """The checks that need no parse. The part count is bounded from the delimiter lines because
     the stdlib parser needs seconds for the ~700,000 parts that fit in 25 MiB."""
     if len(raw) > limits.max_message_bytes:
-        raise MailRejected(f"message is {_over(len(raw), limits.max_message_bytes)} limit")
+        raise MailRejected(f"message is {over_limit(len(raw), limits.max_message_bytes)} limit")
     if not raw.strip(b"\x00\r\n\t "):
         raise MailRejected("message is empty")
     if _header_section_size(raw, limits.max_header_bytes) > limits.max_header_bytes:
@@ -140,7 +140,7 @@ def _delimiters(data: bytes, boundaries: Iterable[bytes]) -> int:
     return sum(1 for _ in pattern.finditer(data))
 
 
-def _over(actual: int, limit: int) -> str:
+def over_limit(actual: int, limit: int) -> str:
     """'31.2 MiB, over the 25 MiB' — in bytes when rounding would hide the difference."""
     shown, bound = _human(actual), _human(limit)
     return f"{shown}, over the {bound}" if shown != bound else f"{actual} bytes, over the {limit}-byte"
