@@ -8,11 +8,11 @@ Per folder, one pass:
    UIDVALIDITY change) what is unseen, plus seen mail since ``backfill_since`` if configured;
    one FETCH of their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``);
 3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen; at most ``batch`` mails and
-   ``BATCH_BYTES``); the mails are parsed on worker processes (``ingest.imap_parse``) while the
-   next batches are fetched (at most ``PREFETCH + 1`` batches in memory); then the batch's blobs
-   (raw mail, attachments) are stored durably with one sync, and the batch is published —
-   messages to the inbound topic, unparseable or oversized mail as dead-letter records — and
-   the bus has acknowledged it;
+   ``BATCH_BYTES``); worker processes (``ingest.imap_parse``) parse the mails and stage their blobs
+   (raw mail, attachments: unsynced temporary files) while the next batches are fetched (at most
+   ``PREFETCH + 1`` batches in memory); then the batch's blobs are committed (two syncs), and the
+   batch is published — messages to the inbound topic, unparseable or oversized mail as
+   dead-letter records — and the bus has acknowledged it;
 4. only then mark the batch Seen / move it / delete it, and then advance the checkpoint.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
@@ -41,7 +41,7 @@ from imapclient.exceptions import IMAPClientError
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
-from ingest.blobs import BlobStore
+from ingest.blobs import BlobStore, BlobWriteFailed
 from ingest.imap_checkpoints import Checkpoint, CheckpointStore
 from ingest.imap_connect import connect, logout
 from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
@@ -94,7 +94,7 @@ class MailboxConnector:
         self.health = Health()
         self.reconnect = reconnect
         self.pool = pool or shared_pool()
-        self.job = ParseJob(self.connector, box.channel, limits, store=blobs is not None)
+        self.job = ParseJob(self.connector, box.channel, limits, str(blobs.root) if blobs is not None else None)
         self._backlog: dict[str, datetime | None] = {}
 
     def connect(self) -> IMAPClient:
@@ -162,7 +162,8 @@ class MailboxConnector:
                     self._note_backlog(folder, oldest[done])
         finally:
             for *_, pending in window:
-                self.pool.cancel(pending)
+                if self.blobs is not None:
+                    self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
         return published
 
     def _batches(self, mails: list[_Mail]) -> Iterator[tuple[int, list[_Mail]]]:
@@ -189,10 +190,15 @@ class MailboxConnector:
 
     def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, batch: list[_Mail],
                       raws: dict[int, bytes], pending: Pending) -> int:
-        """Store the blobs, publish, then flag and checkpoint one batch; records published."""
+        """Commit the blobs, publish, then flag and checkpoint one batch; records published."""
         parsed = {p.uid: p for p in self.pool.finish(pending)}
+        staged = [s for p in parsed.values() for s in p.staged]
+        failed = next((p.store_error for p in parsed.values() if p.store_error), None)
+        if failed is not None:
+            if self.blobs is not None:
+                self.blobs.discard(staged)
+            raise BlobWriteFailed(failed)
         records: list[Outgoing] = []
-        blobs: list[bytes] = []
         for mail in batch:
             raw = raws.get(mail.uid)
             if raw is None:
@@ -206,9 +212,8 @@ class MailboxConnector:
                                                   raw[: self.limits.max_message_bytes], item.rejected))
                 continue
             records.append(inbound_record(self.bus.topics, self.connector, item))
-            blobs += (raw, *item.blobs)
         if self.blobs is not None:
-            self.blobs.put_many(blobs)  # durable before any record that names them is
+            self.blobs.commit(staged)  # durable before any record that names them is
         self.bus.publish(records)
         crashpoint("imap.after_publish")
         self._after_import(client, [m.uid for m in batch])

@@ -1,10 +1,12 @@
 """Parsing fetched mail off the IMAP connection: a pool of worker processes shared by all mailboxes.
 
 Parsing is CPU-bound Python (about 0.8 ms a mail), so threads would share one core under the GIL;
-worker processes use every core while the connector thread fetches, stores and publishes. A
-worker gets ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage`` with the
-attachment blobs to store, or the reason the mail is rejected. Workers write nothing: the
-connector stores a whole batch's blobs with one sync and only then publishes (``ingest.blobs``).
+worker processes use every core while the connector thread fetches, commits and publishes. A
+worker gets ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage`` and its
+blobs (raw mail, attachments) staged in the blob store — written to temporary files, neither
+synced nor visible (``BlobStore.stage``) — or the reason the mail is rejected. The connector
+commits a whole batch's blobs with two syncs and only then publishes (``ingest.blobs``); it
+discards what it does not commit.
 
 Contract of :class:`ParsePool`:
 
@@ -37,11 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Literal
 
 from frontdesk.bus.base import Outgoing, Topics
 from frontdesk.codec import encode
 from frontdesk.messages import DeadLetter
+from ingest.blobs import BlobStore, BlobWriteFailed, Staged
 from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
 
 log = logging.getLogger(__name__)
@@ -57,19 +61,21 @@ class ParseJob:
     connector: str
     channel: Literal["email", "social"]
     limits: MailLimits
-    store: bool
+    blob_root: str | None  # where to stage the blobs; None: no blob store
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """One parsed mail: ``value`` (the encoded InboundMessage) and ``key`` (its id), plus the
-    attachment blobs to store (the raw mail is not sent back: the caller has it); or ``rejected``."""
+    """One parsed mail: ``value`` (the encoded InboundMessage) and ``key`` (its id), plus its
+    ``staged`` blobs to commit before publishing; or why it is ``rejected`` (for good: a
+    dead-letter record), or a ``store_error`` (transient: the blob store could not be written)."""
 
     uid: int
     value: bytes = b""
     key: bytes = b""
-    blobs: tuple[bytes, ...] = ()
+    staged: tuple[Staged, ...] = ()
     rejected: str | None = None
+    store_error: str | None = None
 
 
 def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
@@ -95,14 +101,23 @@ def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Par
 
 def _parse_one(job: ParseJob, uid: int, raw: bytes) -> Parsed:
     try:
-        message, blobs = normalise_mail(raw, connector=job.connector, channel=job.channel, store=job.store,
-                                        limits=job.limits)
+        message, blobs = normalise_mail(raw, connector=job.connector, channel=job.channel,
+                                        store=job.blob_root is not None, limits=job.limits)
     except MailRejected as exc:
         return Parsed(uid, rejected=exc.reason)
     except Exception as exc:  # a parser bug must not stop the mailbox: this one mail is dead-lettered
         log.exception("%s: parser error on UID %s", job.connector, uid)
         return Parsed(uid, rejected=f"parser error: {type(exc).__name__}: {exc}"[:500])
-    return Parsed(uid, encode(message), message.id.encode(), tuple(blobs[1:]))
+    staged: list[Staged] = []
+    if job.blob_root is not None:
+        store = BlobStore(Path(job.blob_root))
+        try:
+            for blob in blobs:
+                staged.append(store.stage(blob))
+        except BlobWriteFailed as exc:
+            store.discard(staged)
+            return Parsed(uid, store_error=str(exc))
+    return Parsed(uid, encode(message), message.id.encode(), tuple(staged))
 
 
 _Task = tuple[ProcessPoolExecutor | None, Future[tuple[list[Parsed], int, float]]]
@@ -161,10 +176,19 @@ class ParsePool:
                 parsed += [self._isolated(pending.job, uid, raw) for uid, raw in chunk]
         return parsed
 
-    def cancel(self, pending: Pending) -> None:
-        """Drop the chunks of ``pending`` that no worker has started (its mails will be fetched again)."""
+    def abandon(self, pending: Pending) -> list[Parsed]:
+        """Give ``pending`` up (its mails will be fetched again): drop the chunks no worker has
+        started, wait for the others (blocking) and return what they parsed, so that the caller can
+        discard its staged blobs. Never raises."""
         for _, future in pending.tasks:
             future.cancel()
+        parsed: list[Parsed] = []
+        for _, future in pending.tasks:
+            try:
+                parsed += future.result()[0]
+            except BaseException:  # cancelled, or the pool broke: nothing was staged that we know of
+                continue
+        return parsed
 
     def warm(self) -> None:
         """Start the worker processes now (blocking) rather than on the first mail; a failure is

@@ -20,7 +20,7 @@ from imapclient import IMAPClient
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
 from frontdesk.messages import DeadLetter, InboundMessage
-from ingest.blobs import BlobStore
+from ingest.blobs import BlobStore, BlobWriteFailed
 from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
@@ -168,6 +168,21 @@ def test_health_shows_the_oldest_mail_not_yet_handled(dovecot_server, bus, tmp_p
     assert conn.run_once() == 6
     assert seen == [min(dates), min(dates[2:]), min(dates[4:])] == [dates[1], dates[5], dates[5]]
     assert conn.health.oldest_unprocessed_at is None, "caught up"
+
+
+def test_an_unwritable_blob_store_publishes_and_flags_nothing(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    fill(dovecot_server, folder, [m.raw for m in corpus() if not m.rejected][:5])
+    (tmp_path / "not-a-dir").write_bytes(b"x")
+    broken = MailboxConnector(box(dovecot_server, folder), bus, CheckpointStore(tmp_path / "imap"),
+                              BlobStore(tmp_path / "not-a-dir"), MailLimits())
+    with pytest.raises(BlobWriteFailed):  # transient: the run loop retries with backoff
+        broken.run_once()
+    assert records(bus, bus.topics.inbound) == [] and records(bus, bus.topics.deadletter) == []
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.select_folder(folder, readonly=True)
+        assert len(imap.search(["UNSEEN"])) == 5
+    assert connector(dovecot_server, bus, tmp_path, folder).run_once() == 5
 
 
 def test_kill_between_publish_and_flag_loses_nothing(dovecot_server, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]

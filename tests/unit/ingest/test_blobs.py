@@ -189,3 +189,30 @@ def test_get_detects_corruption(tmp_path: Path) -> None:
 def test_malformed_references_are_refused(tmp_path: Path, ref: str) -> None:
     with pytest.raises(BlobError, match="not a blob reference"):
         BlobStore(tmp_path).path(ref)
+
+
+def test_staged_blobs_are_invisible_until_committed_and_discard_leaves_nothing(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    kept, dropped = store.stage(DATA), store.stage(b"dropped")
+    assert kept.temp is not None and Path(kept.temp).read_bytes() == DATA
+    assert not store.exists(kept.ref) and not store.exists(dropped.ref)
+    store.commit([kept])
+    store.discard([dropped])
+    assert store.get(kept.ref) == DATA and not store.exists(dropped.ref)
+    assert not list(tmp_path.rglob(".tmp-*"))
+    again = store.stage(DATA)
+    assert again.temp is None and again.ref == kept.ref, "a stored blob is not written again"
+    store.commit([again])
+
+
+def test_a_failed_commit_removes_its_temporary_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    staged = [store.stage(DATA), store.stage(b"other")]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs_module, "_sync_files", broken)
+    with pytest.raises(BlobWriteFailed, match="Input/output error"):
+        store.commit(staged)
+    assert not list(tmp_path.rglob(".tmp-*")) and not store.exists(staged[0].ref)

@@ -14,13 +14,17 @@ import pytest
 
 from frontdesk.codec import decode
 from frontdesk.messages import InboundMessage
-from ingest.blobs import blob_ref
+from ingest.blobs import BlobStore, blob_ref
 from ingest.imap_parse import ParseJob, Parsed, ParsePool, parse_chunk
 from ingest.mail.parse import MailLimits, normalise_mail
 from tests.fixtures.mail.corpus import build_corpus
 
-JOB = ParseJob("imap:unit", "email", MailLimits(), store=True)
 KILLER = b"kill the parser"
+
+
+@pytest.fixture()
+def job(tmp_path: Path) -> ParseJob:
+    return ParseJob("imap:unit", "email", MailLimits(), str(tmp_path / "blobs"))
 
 
 def parse_or_die(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
@@ -39,50 +43,69 @@ def mails() -> list[tuple[int, bytes]]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_the_pool_parses_like_parse_mail_in_order(mails: list[tuple[int, bytes]], workers: int) -> None:
+def test_the_pool_parses_like_parse_mail_in_order_and_stages_the_blobs(mails: list[tuple[int, bytes]], workers: int,
+                                                                      job: ParseJob) -> None:
     pool = ParsePool(workers)
     try:
-        parsed = pool.finish(pool.start(JOB, mails))
+        parsed = pool.finish(pool.start(job, mails))
     finally:
         pool.close()
+    store = BlobStore(Path(job.blob_root or ""))
     assert [p.uid for p in parsed] == [uid for uid, _ in mails]
     for (uid, raw), item in zip(mails, parsed, strict=True):
         if item.rejected is not None:
-            assert not item.value and not item.blobs, uid
+            assert not item.value and not item.staged, uid
             continue
         message = decode(item.value, InboundMessage)
-        expected, blobs = normalise_mail(raw, connector=JOB.connector, channel="email", store=True,
-                                         limits=JOB.limits, received_at=message.received_at)
+        expected, blobs = normalise_mail(raw, connector=job.connector, channel="email", store=True,
+                                         limits=job.limits, received_at=message.received_at)
         assert message == expected and item.key == expected.id.encode()
-        assert message.raw_ref == blob_ref(raw) and list(item.blobs) == blobs[1:], "raw is not sent back"
-        assert {a.stored_at for a in message.attachments if a.stored_at} == {blob_ref(b) for b in item.blobs}
-    assert any(p.rejected for p in parsed) and any(p.blobs for p in parsed), "the sample has both kinds"
+        assert [s.ref for s in item.staged] == [blob_ref(b) for b in blobs] and message.raw_ref == blob_ref(raw)
+        assert not any(store.exists(s.ref) for s in item.staged if s.temp), "staged is not stored"
+    assert any(p.rejected for p in parsed) and any(len(p.staged) > 1 for p in parsed), "the sample has both kinds"
+    store.commit([s for p in parsed for s in p.staged])
+    for (_, raw), item in zip(mails, parsed, strict=True):
+        assert item.rejected is not None or store.get(blob_ref(raw)) == raw
+    assert not list(Path(job.blob_root or "").rglob(".tmp-*"))
     assert (pool.cpu_seconds() > 0) == bool(workers)
 
 
-def test_a_mail_that_kills_its_worker_is_rejected_and_the_others_are_parsed(mails: list[tuple[int, bytes]]) -> None:
+def test_an_unwritable_blob_store_is_a_store_error_not_a_rejection(mails: list[tuple[int, bytes]],
+                                                                   tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"not a directory")
+    pool = ParsePool(0)
+    parsed = pool.finish(pool.start(ParseJob("imap:unit", "email", MailLimits(), str(tmp_path / "file")), mails[:3]))
+    assert all(p.store_error and "cannot store blob" in p.store_error and p.rejected is None for p in parsed)
+
+
+def test_a_mail_that_kills_its_worker_is_rejected_and_the_others_are_parsed(mails: list[tuple[int, bytes]],
+                                                                            job: ParseJob) -> None:
     pool = ParsePool(1, parse=parse_or_die)
     batch = [mails[0], (99, KILLER), *mails[1:6]]
     try:
-        parsed = pool.finish(pool.start(JOB, batch))
-        again = pool.finish(pool.start(JOB, mails[6:9]))
+        parsed = pool.finish(pool.start(job, batch))
+        again = pool.finish(pool.start(job, mails[6:9]))
     finally:
         pool.close()
     assert [p.uid for p in parsed] == [uid for uid, _ in batch]
     dead = [p for p in parsed if p.uid == 99]
     assert dead[0].rejected is not None and "parser process died" in dead[0].rejected
     assert all(p.value for p in parsed if p.uid != 99 and p.rejected is None)
-    assert len([p for p in parsed if p.value]) == len([p for p in parse_chunk(JOB, batch[:1] + batch[2:])[0] if p.value])
+    assert len([p for p in parsed if p.value]) == len([p for p in parse_chunk(job, batch[:1] + batch[2:])[0] if p.value])
     assert [p.uid for p in again] == [uid for uid, _ in mails[6:9]], "a fresh pool took over"
 
 
-def test_cancelled_chunks_are_not_parsed(mails: list[tuple[int, bytes]]) -> None:
+def test_abandoned_mails_are_not_all_parsed_and_what_was_is_returned(mails: list[tuple[int, bytes]],
+                                                                     job: ParseJob) -> None:
     pool = ParsePool(1)
     try:
         pool.warm()
-        pending = pool.start(JOB, mails * 5)
-        pool.cancel(pending)
+        pending = pool.start(job, mails * 5)
+        parsed = pool.abandon(pending)
         assert any(future.cancelled() for _, future in pending.tasks)
+        assert len(parsed) < len(mails) * 5 and all(p.staged or p.rejected for p in parsed)
+        BlobStore(Path(job.blob_root or "")).discard(s for p in parsed for s in p.staged)
+        assert not list(Path(job.blob_root or "").rglob(".tmp-*")), "the caller can discard what was staged"
     finally:
         pool.close()
 
