@@ -31,6 +31,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -282,7 +283,11 @@ def _context() -> multiprocessing.context.BaseContext:
 
 def _exit_with_owner(owner_alive: Connection) -> None:
     """Worker initializer: exit when the pool's owner is gone (SIGKILL included). Nobody else would
-    stop us: the forkserver waits for its children, and the task queue never reaches EOF."""
+    stop us: the forkserver waits for its children, and the task queue never reaches EOF. Ctrl-C
+    in a terminal is for the owner, which stops cleanly and then takes the workers with it (a
+    worker interrupted mid-parse would look like a mail that kills it). SIGTERM keeps its default:
+    the executor terminates the workers of a broken pool with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         try:
