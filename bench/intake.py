@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per tool, interleaved (median reported)")
     parser.add_argument("--batch", type=int, default=200, help="connector batch (MailboxSettings.batch)")
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"parser processes (default: one per CPU, {os.cpu_count()}; 0: parse in the connector thread)")
+                        help="parser processes (default: one per CPU; 0: parse in the connector thread)")
     parser.add_argument("--blob-sync", choices=("auto", "fsync"), default="auto",
                         help="auto: syncfs(2) where available; fsync: one fsync per blob file and directory")
     args = parser.parse_args()

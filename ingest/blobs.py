@@ -25,9 +25,10 @@ then publishes): the same contract holds when ``commit`` returns.
 "Synced" is one ``syncfs(2)`` of the blob filesystem where the C library has it (Linux). It
 flushes that whole filesystem, other writers' data included, yet on the 2-core VM it beat a
 ``fsync`` per file and directory both on a quiet disk and, by 3x, under other processes' writes
-(``bench.intake --blob-sync fsync``). Elsewhere: an ``fsync`` per file and per directory. A crash before the call returns leaves at most orphan
-blobs and stray ``.tmp-*`` files, which are harmless: the next write of the same bytes finds the
-blob complete or writes it again.
+(``bench.intake --blob-sync fsync``). Elsewhere: an ``fsync`` per file and per directory.
+
+A crash before the call returns leaves at most orphan blobs and stray ``.tmp-*`` files, which
+are harmless: the next write of the same bytes finds the blob complete or writes it again.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ Per folder, one pass:
 4. only then mark the batch Seen / move it / delete it, and then advance the checkpoint.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
-same ids (the Message-ID, or a hash of the bytes), which downstream stages treat as no-ops. A
-UIDVALIDITY change re-scans the folder the same way. Rejected mail is still flagged, so it
-cannot loop. Then IDLE (re-issued before the 29-minute limit) or polling waits for new mail; any
-connection error (refused, dropped, TLS certificate not trusted, login rejected) is counted in
-``Health`` and retried with exponential backoff.
+same ids (the Message-ID, or a hash of the bytes): no-ops downstream. A UIDVALIDITY change
+re-scans the folder the same way. Rejected mail is still flagged, so it cannot loop. Then IDLE
+(re-issued before the 29-minute limit) or polling waits for new mail; any connection error
+(refused, dropped, certificate not trusted, login rejected) shows in ``Health`` and is retried
+with exponential backoff.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
 from ingest.blobs import BlobStore, BlobWriteFailed
-from ingest.imap_checkpoints import Checkpoint, CheckpointStore
+from ingest.imap_state import Checkpoint, CheckpointStore, PendingMail, aware, oldest_from
 from ingest.imap_connect import connect, logout
 from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
 from ingest.imap_settings import MailboxSettings
@@ -69,15 +69,6 @@ class Health:
     last_error: str | None = None
     # INTERNALDATE of the oldest mail found on the server and not yet handled (None: caught up)
     oldest_unprocessed_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Mail:
-    """A mail to import, as FETCH (RFC822.SIZE INTERNALDATE) describes it."""
-
-    uid: int
-    size: int
-    date: datetime | None
 
 
 class MailboxConnector:
@@ -125,7 +116,7 @@ class MailboxConnector:
         self.health.consecutive_failures = 0
         return published
 
-    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[_Mail]:
+    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[PendingMail]:
         cp = self.checkpoints.load(self.box.name, folder)
         if cp.uidvalidity != uidvalidity:
             if cp.uidvalidity is not None:
@@ -138,21 +129,22 @@ class MailboxConnector:
             uids = sorted(client.search(criteria))
         else:
             uids = sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
-        mails: list[_Mail] = []
+        mails: list[PendingMail] = []
         for start in range(0, len(uids), DESCRIBE_CHUNK):
             chunk = uids[start : start + DESCRIBE_CHUNK]
             described = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
-            # a UID missing from the answer was expunged by another client meanwhile: nothing to import
-            mails += [_Mail(uid, int(described[uid].get(b"RFC822.SIZE", 0)), _aware(described[uid].get(b"INTERNALDATE")))
-                      for uid in chunk if uid in described]
+            for uid in chunk:
+                item = described.get(uid)  # None: expunged by another client meanwhile, nothing to import
+                if item is not None:
+                    mails.append(PendingMail(uid, int(item.get(b"RFC822.SIZE", 0)), aware(item.get(b"INTERNALDATE"))))
         return mails
 
-    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, mails: list[_Mail]) -> int:
+    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, mails: list[PendingMail]) -> int:
         """Fetch, parse (in the pool), store, publish, flag and checkpoint ``mails`` batch by batch."""
-        oldest = _oldest_from(mails)
+        oldest = oldest_from(mails)
         self._note_backlog(folder, oldest[0])
         published = 0
-        window: deque[tuple[int, list[_Mail], dict[int, bytes], Pending]] = deque()
+        window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]] = deque()
         try:
             for end, batch in self._batches(mails):
                 window.append((end, batch, *self._fetch(client, batch)))
@@ -166,10 +158,10 @@ class MailboxConnector:
                     self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
         return published
 
-    def _batches(self, mails: list[_Mail]) -> Iterator[tuple[int, list[_Mail]]]:
+    def _batches(self, mails: list[PendingMail]) -> Iterator[tuple[int, list[PendingMail]]]:
         """Consecutive batches of at most ``box.batch`` mails and ``BATCH_BYTES`` (a bigger mail
         goes alone), each with the index in ``mails`` where it ends."""
-        batch: list[_Mail] = []
+        batch: list[PendingMail] = []
         size = 0
         for index, mail in enumerate(mails):
             fetched = mail.size if mail.size <= self.limits.max_message_bytes else 0
@@ -181,14 +173,14 @@ class MailboxConnector:
         if batch:
             yield len(mails), batch
 
-    def _fetch(self, client: IMAPClient, batch: list[_Mail]) -> tuple[dict[int, bytes], Pending]:
+    def _fetch(self, client: IMAPClient, batch: list[PendingMail]) -> tuple[dict[int, bytes], Pending]:
         """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing."""
         wanted = [m.uid for m in batch if m.size <= self.limits.max_message_bytes]
         bodies = client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
         raws = {uid: bodies[uid][b"BODY[]"] for uid in wanted if b"BODY[]" in bodies.get(uid, {})}
         return raws, self.pool.start(self.job, list(raws.items()))
 
-    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, batch: list[_Mail],
+    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, batch: list[PendingMail],
                       raws: dict[int, bytes], pending: Pending) -> int:
         """Commit the blobs, publish, then flag and checkpoint one batch; records published."""
         parsed = {p.uid: p for p in self.pool.finish(pending)}
@@ -284,21 +276,6 @@ class MailboxConnector:
                 client.idle_done()
             except (IMAPClientError, OSError):
                 pass
-
-
-def _aware(value: object) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _oldest_from(mails: list[_Mail]) -> list[datetime | None]:
-    """``result[i]``: the oldest INTERNALDATE among ``mails[i:]`` (None if none has one)."""
-    oldest: list[datetime | None] = [None] * (len(mails) + 1)
-    for index in range(len(mails) - 1, -1, -1):
-        date, after = mails[index].date, oldest[index + 1]
-        oldest[index] = date if after is None or (date is not None and date < after) else after
-    return oldest
 
 
 def _over(size: int, limits: MailLimits) -> str:

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.errors import SourceAuthError
-from ingest.imap import BATCH_BYTES, CheckpointStore, MailboxConnector, _Mail, _oldest_from
+from ingest.imap import BATCH_BYTES, CheckpointStore, MailboxConnector
+from ingest.imap_state import PendingMail, oldest_from
 from ingest.imap_parse import ParsePool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
@@ -70,7 +71,7 @@ def test_batches_end_at_the_count_or_the_byte_budget(tmp_path: Path) -> None:
     conn = MailboxConnector(box(password="x", batch=3), MemoryBus(), CheckpointStore(tmp_path), None, limits,
                             pool=ParsePool(0))
     big, huge = 20 * 1024 * 1024, 30 * 1024 * 1024  # huge: over the limit, never fetched, costs nothing
-    mails = [_Mail(uid, size, None) for uid, size in
+    mails = [PendingMail(uid, size, None) for uid, size in
              enumerate([1000, 1000, 1000, 1000, big, big, big, huge, huge, 10], 1)]
     batches = list(conn._batches(mails))
     assert [[m.uid for m in batch] for _, batch in batches] == [[1, 2, 3], [4, 5], [6], [7, 8, 9], [10]]
@@ -82,6 +83,7 @@ def test_batches_end_at_the_count_or_the_byte_budget(tmp_path: Path) -> None:
 def test_the_oldest_unhandled_date_after_each_position() -> None:
     t = datetime(2026, 11, 1, tzinfo=UTC)
     dates = [t + timedelta(days=3), t + timedelta(days=1), None, t + timedelta(days=2), None]
-    oldest = _oldest_from([_Mail(n, 1, d) for n, d in enumerate(dates, 1)])
+    oldest = oldest_from([PendingMail(n, 1, d) for n, d in enumerate(dates, 1)])
     assert oldest == [t + timedelta(days=1), t + timedelta(days=1), t + timedelta(days=2), t + timedelta(days=2),
                       None, None]
+

@@ -1,4 +1,5 @@
-"""Where each IMAP folder's import stands: UIDVALIDITY and the highest UID handled.
+"""Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY and the highest UID handled)
+and the mail still pending.
 
 A checkpoint only ever advances after the mail up to it is on the bus and flagged, so losing the
 latest save (a crash right after it) only re-imports a batch, with the same ids.
@@ -10,6 +11,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -48,3 +50,28 @@ class CheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMail:
+    """A mail to import, as FETCH (RFC822.SIZE INTERNALDATE) describes it."""
+
+    uid: int
+    size: int
+    date: datetime | None
+
+
+def aware(value: object) -> datetime | None:
+    """An INTERNALDATE as an aware UTC datetime (None if the server gave none)."""
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def oldest_from(mails: list[PendingMail]) -> list[datetime | None]:
+    """``result[i]``: the oldest INTERNALDATE among ``mails[i:]`` (None if none has one)."""
+    oldest: list[datetime | None] = [None] * (len(mails) + 1)
+    for index in range(len(mails) - 1, -1, -1):
+        date, after = mails[index].date, oldest[index + 1]
+        oldest[index] = date if after is None or (date is not None and date < after) else after
+    return oldest
