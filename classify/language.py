@@ -30,12 +30,16 @@ class LanguageIdentifier:
         self.ngram_model = ngram_model
         self.min_confidence = min_confidence
 
+    def load(self) -> None:
+        """Build lingua with its models loaded now (~1 s) rather than at the first unsure text."""
+        _ = self._lingua
+
     @cached_property
     def _lingua(self) -> Any:
         from lingua import Language, LanguageDetectorBuilder
 
         langs = [getattr(Language, _LINGUA_NAMES[c]) for c in self.languages if c in _LINGUA_NAMES]
-        return LanguageDetectorBuilder.from_languages(*langs).build()
+        return LanguageDetectorBuilder.from_languages(*langs).with_preloaded_language_models().build()
 
     def identify(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         out: list[tuple[str, float] | None] = [None] * len(texts)

