@@ -99,21 +99,24 @@ class SqlCaseStore(CaseStore):
             return apply_message(session, triaged, self.ctx, self.clock())
 
     def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
+        """Lease up to ``limit`` due rows in three statements, whatever ``limit`` is: pick the
+        candidates, lease those still free (``UPDATE ... RETURNING``: a row another relay leased
+        in between is not returned), read them with their case references."""
         now = self.clock()
         free = or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until < now)
         with self.transaction() as session:
-            rows = session.scalars(select(OutboxRow).where(OutboxRow.status == "pending",
-                                   OutboxRow.next_attempt_at <= now, free).order_by(OutboxRow.id).limit(limit)).all()
-            claimed = []
-            for row in rows:
-                won = session.execute(update(OutboxRow).where(OutboxRow.id == row.id, free)
+            ids = session.scalars(select(OutboxRow.id).where(OutboxRow.status == "pending",
+                                  OutboxRow.next_attempt_at <= now, free).order_by(OutboxRow.id).limit(limit)).all()
+            if not ids:
+                return []
+            won = set(session.scalars(update(OutboxRow).where(OutboxRow.id.in_(ids), free)
                                       .values(lease_until=now + timedelta(seconds=lease_seconds))
-                                      .execution_options(synchronize_session=False))
-                if won.rowcount == 1:
-                    case = session.get(Case, row.case_id)
-                    claimed.append(OutboxItem(row.id, row.kind, case.reference if case else "", row.payload,
-                                              row.attempts, row.created_at))
-            return claimed
+                                      .returning(OutboxRow.id)
+                                      .execution_options(synchronize_session=False)).all())
+            rows = session.execute(select(OutboxRow, Case.reference).outerjoin(Case, Case.id == OutboxRow.case_id)
+                                   .where(OutboxRow.id.in_(won)).order_by(OutboxRow.id)).all()
+            return [OutboxItem(row.id, row.kind, reference or "", row.payload, row.attempts, row.created_at)
+                    for row, reference in rows]
 
     def mark_sent(self, item_id: int) -> None:
         self.mark_sent_many([item_id])
@@ -124,15 +127,17 @@ class SqlCaseStore(CaseStore):
         with self.transaction() as session:
             rows = session.scalars(select(OutboxRow).where(OutboxRow.id.in_(list(item_ids)),
                                                            OutboxRow.status != "sent")).all()
+            acked = {row.case_id for row in rows if row.kind == "ack"}
+            cases = {case.id: case for case in session.scalars(select(Case).where(Case.id.in_(acked)))} if acked else {}
             for row in rows:
-                self._mark_row_sent(session, row, now)
+                self._mark_row_sent(session, row, now, cases)
 
     @staticmethod
-    def _mark_row_sent(session: Session, row: OutboxRow, now: datetime) -> None:
+    def _mark_row_sent(session: Session, row: OutboxRow, now: datetime, cases: dict[Any, Case]) -> None:
         row.status, row.sent_at, row.lease_until = "sent", now, None
         row.attempts += 1
         if row.kind == "ack":
-            case = session.get(Case, row.case_id)
+            case = cases.get(row.case_id)
             if case is not None:
                 case.acknowledged = True
             mid = json.loads(row.payload).get("message_id")

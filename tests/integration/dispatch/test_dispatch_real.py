@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from dispatch.base import OutboxItem
 from dispatch.cases import Context
 from dispatch.commands import list_cases
 from dispatch.relay import OutboxRelay
@@ -94,6 +96,35 @@ def test_cases_threading_loop_protection_and_acks_over_real_smtp(database_url: s
     for record in events:
         jsonschema.validate(json.loads(record.value), schema)
     store.close()
+
+
+def test_concurrent_relays_never_claim_the_same_row(database_url: str) -> None:
+    """Two relays (two stores, as two dispatch replicas have) claim in parallel: every outbox row is
+    leased to exactly one of them, with its case reference, in id order within a claim."""
+    ctx = Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file))
+    stores = [SqlCaseStore(database_url, ctx) for _ in range(2)]
+    references = {r.case_reference for r in (stores[0].apply(triaged(n)) for n in range(40))}
+    claims: list[list[OutboxItem]] = [[], []]
+
+    def claim(k: int) -> None:
+        while batch := stores[k].claim_outbox(7, lease_seconds=600):
+            assert [i.id for i in batch] == sorted(i.id for i in batch)
+            claims[k] += batch
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [i.id for c in claims for i in c]
+    assert len(ids) == len(set(ids)) == 80  # an event and an acknowledgement per case
+    assert {i.case_reference for c in claims for i in c} == references
+    assert Counter(i.kind for c in claims for i in c) == {"event": 40, "ack": 40}
+    stores[0].mark_sent_many([i.id for i in claims[0] if i.kind == "ack"])
+    stores[1].mark_sent_many([i.id for i in claims[1] if i.kind == "ack"])
+    assert all(c["acknowledged"] for c in list_cases(stores[0], None, None, limit=100))
+    for store in stores:
+        store.close()
 
 
 def _dispatch_env(tmp: Path, database_url: str, smtp_server) -> dict[str, str]:  # type: ignore[no-untyped-def]
