@@ -34,6 +34,9 @@ class Replier(ABC):
     @abstractmethod
     def send(self, reply: OutboundReply) -> None: ...
 
+    def close(self) -> None:
+        """Release connections at shutdown (idempotent); the owner of the repliers calls it."""
+
 
 class MemoryReplier(Replier):
     """Records replies; can be told to fail the next N sends transiently (tests)."""

@@ -60,7 +60,8 @@ def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repl
     """Blocking: the stage in this thread, the outbox relay in a second one, until ``stop``.
 
     ``repliers`` maps "email" and chat platforms ("telegram", "whatsapp", ...) to their Replier.
-    The relay's counters are exported as metrics; ``probes`` (if given) watches the relay thread."""
+    The relay's counters are exported as metrics; ``probes`` (if given) watches the relay thread.
+    The repliers are closed on return (this call owns them)."""
     relay = OutboxRelay(store, bus, repliers, batch=settings.relay_batch, lease_seconds=settings.relay_lease_s,
                         max_attempts=settings.relay_max_attempts)
     relay_thread = threading.Thread(target=relay.run, args=(stop, settings.relay_interval_s), name="relay")
@@ -74,6 +75,8 @@ def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repl
     finally:
         stop.set()
         relay_thread.join()
+        for replier in repliers.values():
+            replier.close()
 
 
 def _case_row(case: Case) -> dict[str, Any]:
