@@ -22,6 +22,8 @@ import binascii
 import codecs
 import re
 from email import quoprimime
+from re import Pattern
+from typing import ClassVar
 
 import html2text
 from mailparser_reply.constants import MAIL_LANGUAGES
@@ -257,7 +259,19 @@ _QUOTE_PREFIX = re.compile(r"^(?:> ?)+")
 
 
 class _ReplyMessage(EmailMessage):
-    """mail-parser-reply's message with our extra languages and a conservative signature list."""
+    """mail-parser-reply's message with our extra languages and a conservative signature list.
+
+    The library builds and compiles its three regexes per message; ours never change (same
+    languages, same flags), so they are built once per process and shared."""
+
+    _shared: ClassVar[tuple[Pattern[str], Pattern[str], Pattern[str]] | None] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cls = type(self)
+        if cls._shared is None:
+            cls._shared = (self.HEADER_REGEX, self.DISCLAIMERS_REGEX, self.SIGNATURE_REGEX)
+        self._header_regex, self._disclaimers_regex, self._signature_regex = cls._shared
 
     def _get_language_regex(self, language: str, regex_key: str) -> str:
         override = _EXTRA_LANGUAGES.get(language, {})
