@@ -18,7 +18,8 @@ Per folder, one pass:
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
 same ids (the Message-ID, or a hash of the bytes): no-ops downstream. A UIDVALIDITY change
 re-scans the folder the same way. Rejected mail is still flagged, so it cannot loop. Then IDLE
-(re-issued before the 29-minute limit) or polling waits for new mail; any connection error
+(re-issued before the 29-minute limit) or polling waits for new mail — unless the server announced
+new mail during the pass, which IDLE would not report again: then the next pass starts at once; any connection error
 (refused, dropped, certificate not trusted, login rejected) shows in ``Health`` and is retried
 with exponential backoff.
 """
@@ -43,7 +44,7 @@ from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
 from ingest.blobs import BlobStore, BlobWriteFailed
 from ingest.imap_state import Checkpoint, CheckpointStore, PendingMail, aware, oldest_from
-from ingest.imap_connect import connect, logout
+from ingest.imap_connect import connect, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits, over_limit
@@ -109,6 +110,7 @@ class MailboxConnector:
         """Import what is pending in ``folder`` (contract: module docstring); records published."""
         try:
             uidvalidity = int(client.select_folder(folder)[b"UIDVALIDITY"])
+            take_announced_mail(client)  # SELECT's own count: what is there is searched for next
             published = self._import(client, folder, uidvalidity, self._pending(client, folder, uidvalidity))
         except (IMAPClientError, OSError, socket.timeout) as exc:
             raise SourceError(f"{self.connector}/{folder}: {exc}") from exc
@@ -251,6 +253,8 @@ class MailboxConnector:
             while not stop.is_set():
                 for folder in self.box.folders:
                     self.import_folder(client, folder)
+                if idle and take_announced_mail(client):
+                    continue  # mail arrived during the pass: IDLE would not report it
                 if idle:
                     self._idle(client, stop)
                 else:

@@ -83,3 +83,17 @@ def close(client: IMAPClient) -> None:
         client.shutdown()
     except (IMAPClientError, OSError, socket.timeout):
         pass
+
+
+def take_announced_mail(client: IMAPClient) -> bool:
+    """Whether the server announced new mail (untagged EXISTS or RECENT) in its replies since the
+    last call or SELECT; forgets those announcements.
+
+    A server announces a new message once. If that happens inside the reply to a FETCH or STORE of
+    a pass, an IDLE entered afterwards never reports it, and the mail would wait for the IDLE
+    renewal. imapclient does not surface such untagged replies; imaplib keeps them in
+    ``untagged_responses`` until they are taken.
+    """
+    pending = client._imap.untagged_responses
+    exists, recent = pending.pop("EXISTS", None), pending.pop("RECENT", None)
+    return bool(exists) or bool(recent)
