@@ -86,6 +86,13 @@ def quantize_rows(weight: Any, rows_per_chunk: int = 16384) -> tuple[Any, Any]:
     return codes, scales
 
 
+def int8_available() -> bool:
+    """Whether this torch build has a quantised-kernel engine for dynamic int8 Linear layers."""
+    import torch
+
+    return bool({"x86", "fbgemm", "qnnpack", "onednn"} & set(torch.backends.quantized.supported_engines))
+
+
 def _compact_embedding(codes: Any, scales: Any) -> Any:
     """An ``nn.Embedding`` stand-in over int8 codes and per-block fp16 scales (lookup → fp32)."""
     import torch
@@ -199,6 +206,9 @@ class E5Encoder:
         ff = getattr(self.model.config, "intermediate_size", None)
         spec = {name: per_channel_dynamic_qconfig for name, module in self.model.named_modules()
                 if isinstance(module, torch.nn.Linear) and module.in_features != ff}
+        if not int8_available():
+            log.warning("this torch build has no int8 engine: the encoder stays fp32")
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
             quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)

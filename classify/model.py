@@ -154,7 +154,7 @@ class TriageModel(Classifier):
         if settings.quantize == "int8":
             self.encoder.quantize_int8()
         _release_load_buffers()
-        self.model_version = f"{self.card['version']}+{settings.quantize}"
+        self.model_version = f"{self.card['version']}+{self.encoder.name.rsplit(':', 1)[1]}"  # what runs, not what was asked
 
     def embed(self, items: Sequence[TextItem]) -> np.ndarray:
         return self.encoder.encode([model_input(i.subject, i.text) for i in items])
