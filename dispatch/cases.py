@@ -169,9 +169,10 @@ def _add_message(session: Session, case: Case, tm: TriagedMessage, now: datetime
     keys = {f"mid:{msg.external_id}"} if msg.channel == "email" else set()
     if msg.thread.conversation_id:
         keys.add(f"conv:{msg.connector}:{msg.thread.conversation_id}")
-    for key in keys:
-        if session.get(ThreadKey, key[:600]) is None:
-            session.add(ThreadKey(key=key[:600], case_id=case.id))
+    with session.no_autoflush:  # what is pending cannot hold these keys; flushing here costs a round trip
+        for key in keys:
+            if session.get(ThreadKey, key[:600]) is None:
+                session.add(ThreadKey(key=key[:600], case_id=case.id))
     _history(session, case, now, "message_added", msg.id, {"category": tm.triage.category,
                                                           "urgency": tm.triage.urgency})
 
@@ -186,9 +187,10 @@ def _acknowledge(session: Session, case: Case, tm: TriagedMessage, route: Route,
     if msg.channel != "email":
         return _chat_ack(session, case, tm, route, ctx, now, follow_up)
     address = reply_address(msg)
-    recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
-        OutboxRow.kind == "ack", OutboxRow.recipient == address,
-        OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) if address else 0
+    with session.no_autoflush:  # this message's own acknowledgement is not queued yet
+        recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.kind == "ack", OutboxRow.recipient == address,
+            OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) if address else 0
     send, reason = ack_decision(msg, tm.triage.category, our_addresses=set(s.our_addresses), is_follow_up=follow_up,
                                 ack_follow_ups=s.ack_follow_ups, recent_acks_to_sender=recent or 0,
                                 max_per_window=s.ack_rate_max)
@@ -220,9 +222,10 @@ def _chat_ack(session: Session, case: Case, tm: TriagedMessage, route: Route, ct
     mode = ack_mode(msg.channel, s.public_mentions)
     recipient, target = reply_target(msg, mode) if mode else (None, {})
     rate_key = f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}"
-    recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
-        OutboxRow.kind == "ack", OutboxRow.recipient == rate_key,
-        OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) or 0
+    with session.no_autoflush:  # this message's own acknowledgement is not queued yet
+        recent = session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.kind == "ack", OutboxRow.recipient == rate_key,
+            OutboxRow.created_at > now - timedelta(seconds=s.ack_rate_window_s))) or 0
     flags = msg.flags
     reason = ("auto_submitted" if flags.auto_submitted or flags.auto_reply or flags.bulk or flags.suppress_autoreply
               else "public_mention_policy" if mode is None
@@ -256,9 +259,11 @@ def _event(session: Session, case: Case, message_id: str, kind: str, changes: tu
 
 def _outbox(session: Session, case: Case, kind: str, key: str, payload: str, now: datetime,
             recipient: str | None = None) -> None:
-    if session.scalar(select(OutboxRow.id).where(OutboxRow.dedupe_key == key)) is None:
-        session.add(OutboxRow(kind=kind, dedupe_key=key, case_id=case.id, recipient=recipient, payload=payload,
-                              status="pending", attempts=0, created_at=now, next_attempt_at=now))
+    """Queue one effect. Every key names the message being applied, and a message is applied once
+    (``apply_message`` returns early for a known id), so the key is new; were it not, its unique
+    constraint fails the transaction, which is then re-run and finds the message."""
+    session.add(OutboxRow(kind=kind, dedupe_key=key, case_id=case.id, recipient=recipient, payload=payload,
+                          status="pending", attempts=0, created_at=now, next_attempt_at=now))
 
 
 def _history(session: Session, case: Case, now: datetime, event: str, message_id: str | None, detail: dict) -> None:  # type: ignore[type-arg]
