@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="parser processes (default: one per CPU; 0: parse in the connector thread)")
     parser.add_argument("--blob-sync", choices=("auto", "fsync"), default="auto",
-                        help="auto: syncfs(2) where available; fsync: one fsync per blob file and directory")
+                        help="auto: syncfs(2) where available; fsync: one fsync per pack file and directory")
     args = parser.parse_args()
     if args.blob_sync == "fsync":
         blobs_module._syncfs = None
@@ -368,7 +368,7 @@ def main() -> None:
         "fair play: every run reads its own freshly filled, never-read copy of the same folder, after os.sync();",
         "  mbsync: 'Sync Pull' (never changes the server), 'Create Near', fsyncs each mail (its default FSync yes);",
         f"  Frontdesk: run_once() with production settings (batch {args.batch}, {pool.workers} parser processes, "
-        f"blob store on with {'syncfs' if blobs_module._syncfs else 'fsync per file'}, durable publish), "
+        f"blob store on with {'syncfs' if blobs_module._syncfs else 'fsync per pack'}, durable publish), "
         "then marks the mails \\Seen;",
         "  seconds: wall clock of the mbsync process / of the run_once() call, connect + login included;",
         f"  the parser processes were started once before the first run, in {pool_start:.2f} s (as at daemon start);",

@@ -24,7 +24,7 @@ from ingest.imap import MailboxConnector
 
 _STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE INTERNALDATE",
           "IMAP fetch BODY.PEEK[]", "hand mails to the parser processes", "wait for the parser processes",
-          "blob commit (2 syncs, renames)", "bus publish (durable)", "IMAP flag \\Seen", "checkpoint save")
+          "blob commit (sync + index)", "bus publish (durable)", "IMAP flag \\Seen", "checkpoint save")
 
 
 class Phases:
@@ -72,7 +72,7 @@ def _instrument(conn: MailboxConnector, phases: Phases) -> None:
     conn.pool.start = phases.wrap("hand mails to the parser processes", conn.pool.start)  # type: ignore[method-assign]
     conn.pool.finish = phases.wrap("wait for the parser processes", conn.pool.finish)  # type: ignore[method-assign]
     if conn.blobs is not None:
-        conn.blobs.commit = phases.wrap("blob commit (2 syncs, renames)",  # type: ignore[method-assign]
+        conn.blobs.commit = phases.wrap("blob commit (sync + index)",  # type: ignore[method-assign]
                                         conn.blobs.commit)
 
 

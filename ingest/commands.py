@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING
 from frontdesk.bus.base import Bus
 from frontdesk.health import Probes
 from frontdesk.metrics import default_metrics
-from ingest.blobs import BlobStore
+from ingest.blobs import BlobError, BlobStore
 from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_settings import ImapSettings
 from ingest.mail.parse import MailLimits
@@ -19,6 +21,8 @@ if TYPE_CHECKING:  # the HTTP intake and the Telegram poller are imported only w
     from ingest.http import HttpIntakeSettings
     from ingest.telegram import TelegramSettings
 
+log = logging.getLogger(__name__)
+
 
 def connectors(settings: ImapSettings, bus: Bus, data_dir: Path, blob_dir: Path) -> list[MailboxConnector]:
     """One connector per configured mailbox; each one's ``health`` is exported as metrics."""
@@ -26,12 +30,25 @@ def connectors(settings: ImapSettings, bus: Bus, data_dir: Path, blob_dir: Path)
     limits = MailLimits(max_message_bytes=settings.max_message_bytes,
                         max_attachment_bytes=settings.max_attachment_bytes)
     blobs = BlobStore(blob_dir)
+    if settings.mailboxes:
+        _sweep(blobs)
     conns = [MailboxConnector(box, bus, checkpoints, blobs, limits,
                               reconnect=(settings.reconnect_initial_s, settings.reconnect_max_s))
              for box in settings.mailboxes]
     for conn in conns:
         default_metrics().watch_connector(conn)
     return conns
+
+
+def _sweep(blobs: BlobStore) -> None:
+    """Delete packs that crashed writers left behind (``BlobStore.sweep``); a failure only logs."""
+    try:
+        removed = blobs.sweep()
+    except (BlobError, OSError, sqlite3.Error) as exc:
+        log.warning("cannot sweep the blob store %s: %s", blobs.root, exc)
+        return
+    if removed:
+        log.info("blob store %s: removed %d uncommitted pack(s) left by crashed writers", blobs.root, removed)
 
 
 def run_forever(conns: list[MailboxConnector], stop: threading.Event, probes: Probes | None = None) -> None:

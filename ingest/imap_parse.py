@@ -2,11 +2,11 @@
 
 Parsing is CPU-bound Python (about 0.8 ms a mail), so threads would share one core under the GIL;
 worker processes use every core while the connector thread fetches, commits and publishes. A
-worker gets ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage`` and its
-blobs (raw mail, attachments) staged in the blob store — written to temporary files, neither
-synced nor visible (``BlobStore.stage``) — or the reason the mail is rejected. The connector
-commits a whole batch's blobs with two syncs and only then publishes (``ingest.blobs``); it
-discards what it does not commit.
+worker gets a chunk of ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage``
+and its blobs (raw mail, attachments) staged in the blob store — appended to one new pack file per
+chunk, neither synced nor indexed (``BlobStore.writer``) — or the reason the mail is rejected. The
+connector commits a whole batch's blobs with one sync and one index transaction and only then
+publishes (``ingest.blobs``); it discards what it does not commit.
 
 Contract of :class:`ParsePool`:
 
@@ -27,6 +27,7 @@ Contract of :class:`ParsePool`:
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import multiprocessing
@@ -46,7 +47,7 @@ from typing import Literal
 from frontdesk.bus.base import Outgoing, Topics
 from frontdesk.codec import encode
 from frontdesk.messages import DeadLetter
-from ingest.blobs import BlobStore, BlobWriteFailed, Staged
+from ingest.blobs import BlobStore, BlobWriteFailed, PackWriter, Staged
 from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
 
 log = logging.getLogger(__name__)
@@ -96,28 +97,38 @@ def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, rea
 
 
 def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
-    """Worker side: the parsed mails, this process's id and its CPU seconds so far."""
-    return [_parse_one(job, uid, raw) for uid, raw in mails], os.getpid(), time.process_time()
+    """Worker side: the parsed mails, this process's id and its CPU seconds so far. The chunk's
+    blobs go to one pack (``BlobStore.writer``), so they are committed or discarded together."""
+    writer = _store(job.blob_root).writer() if job.blob_root is not None else None
+    try:
+        parsed = [_parse_one(job, uid, raw, writer) for uid, raw in mails]
+    finally:
+        if writer is not None:
+            writer.close()
+    return parsed, os.getpid(), time.process_time()
 
 
-def _parse_one(job: ParseJob, uid: int, raw: bytes) -> Parsed:
+@functools.lru_cache(maxsize=8)
+def _store(root: str) -> BlobStore:
+    return BlobStore(Path(root))  # one per process and root: it keeps its index connection open
+
+
+def _parse_one(job: ParseJob, uid: int, raw: bytes, writer: PackWriter | None) -> Parsed:
     try:
         message, blobs = normalise_mail(raw, connector=job.connector, channel=job.channel,
-                                        store=job.blob_root is not None, limits=job.limits)
+                                        store=writer is not None, limits=job.limits)
     except MailRejected as exc:
         return Parsed(uid, rejected=exc.reason)
     except Exception as exc:  # a parser bug must not stop the mailbox: this one mail is dead-lettered
         log.exception("%s: parser error on UID %s", job.connector, uid)
         return Parsed(uid, rejected=f"parser error: {type(exc).__name__}: {exc}"[:500])
     staged: list[Staged] = []
-    if job.blob_root is not None:
-        store = BlobStore(Path(job.blob_root))
+    if writer is not None:
         try:
             for blob in blobs:
-                staged.append(store.stage(blob))
-        except BlobWriteFailed as exc:
-            store.discard(staged)
-            return Parsed(uid, store_error=str(exc))
+                staged.append(writer.add(blob))
+        except BlobWriteFailed as exc:  # the caller discards the whole batch's packs
+            return Parsed(uid, staged=tuple(staged), store_error=str(exc))
     return Parsed(uid, encode(message), message.id.encode(), tuple(staged))
 
 

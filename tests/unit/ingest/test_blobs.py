@@ -1,41 +1,50 @@
-"""The content-addressed blob store: layout, idempotence, atomicity, integrity."""
+"""The content-addressed blob store: packs and index, idempotence, atomicity, durability order, integrity."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import ingest.blobs as blobs_module
 from frontdesk.errors import TransientError
-from ingest.blobs import BlobError, BlobNotFound, BlobStore, BlobWriteFailed, blob_ref
+from ingest.blobs import INDEX, PACKS, BlobError, BlobNotFound, BlobStore, BlobWriteFailed, Staged, blob_ref
 
 DATA = b"%PDF-1.4 statement \x00\xff"
 HEX = hashlib.sha256(DATA).hexdigest()
 
 
-def test_put_returns_sha256_reference_and_lays_out_by_prefix(tmp_path: Path) -> None:
+def packs(root: Path) -> list[Path]:
+    return sorted((root / PACKS).glob("*")) if (root / PACKS).exists() else []
+
+
+def test_put_returns_sha256_reference_and_writes_one_pack_per_call(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     ref = store.put(DATA)
     assert ref == f"sha256:{HEX}" == blob_ref(DATA)
-    assert store.path(ref) == tmp_path / "blobs" / HEX[:2] / HEX
-    assert store.path(ref).read_bytes() == DATA
-    assert store.get(ref) == DATA
-    assert store.exists(ref)
+    assert store.get(ref) == DATA and store.exists(ref)
+    refs = store.put_many([b"one", b"two", b"one", b"x" * 100_000])
+    assert [store.get(r) for r in refs] == [b"one", b"two", b"one", b"x" * 100_000]
+    assert len(packs(tmp_path / "blobs")) == 2
+    assert packs(tmp_path / "blobs")[1].stat().st_size == 3 + 3 + 100_000, "a duplicate within a call is written once"
 
 
-def test_blobs_of_the_two_level_layout_are_still_found_and_not_written_again(tmp_path: Path) -> None:
-    legacy = tmp_path / HEX[:2] / HEX[2:4] / HEX
-    legacy.parent.mkdir(parents=True)
-    legacy.write_bytes(DATA)
+def test_blobs_of_the_earlier_file_layouts_are_still_found_and_not_written_again(tmp_path: Path) -> None:
+    old = hashlib.sha256(b"old").hexdigest()
+    one_level, two_level = tmp_path / HEX[:2] / HEX, tmp_path / old[:2] / old[2:4] / old
+    for path, data in ((one_level, DATA), (two_level, b"old")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     store = BlobStore(tmp_path)
-    assert store.exists(blob_ref(DATA)) and store.get(blob_ref(DATA)) == DATA
-    assert store.put_many([DATA]) == [blob_ref(DATA)]
-    assert not store.path(blob_ref(DATA)).exists(), "the legacy copy is used, not duplicated"
-    legacy.write_bytes(b"tampered")
+    assert store.exists(blob_ref(DATA)) and store.get(blob_ref(DATA)) == DATA and store.get(blob_ref(b"old")) == b"old"
+    assert store.put_many([DATA, b"old"]) == [blob_ref(DATA), blob_ref(b"old")]
+    assert packs(tmp_path) == [], "the earlier copies are used, not duplicated"
+    one_level.write_bytes(b"tampered")
     with pytest.raises(BlobError, match="corrupt"):
         store.get(blob_ref(DATA))
 
@@ -43,11 +52,10 @@ def test_blobs_of_the_two_level_layout_are_still_found_and_not_written_again(tmp
 def test_put_is_idempotent_and_does_not_rewrite(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     ref = store.put(DATA)
-    before = store.path(ref).stat()
-    assert store.put(DATA) == ref
-    after = store.path(ref).stat()
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
-    assert [p.name for p in store.path(ref).parent.iterdir()] == [HEX]
+    [pack] = packs(tmp_path)
+    before = pack.stat()
+    assert store.put(DATA) == ref and BlobStore(tmp_path).put(DATA) == ref
+    assert packs(tmp_path) == [pack] and pack.stat().st_mtime_ns == before.st_mtime_ns
 
 
 def test_empty_blob_is_a_blob(tmp_path: Path) -> None:
@@ -55,23 +63,54 @@ def test_empty_blob_is_a_blob(tmp_path: Path) -> None:
     assert store.get(store.put(b"")) == b""
 
 
-def test_crash_before_rename_leaves_nothing_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staged_blobs_are_invisible_until_committed_and_discard_leaves_nothing(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
+    kept_writer, dropped_writer = store.writer(), store.writer()
+    kept = [kept_writer.add(DATA), kept_writer.add(b"second")]
+    dropped = dropped_writer.add(b"dropped")
+    kept_writer.close()
+    dropped_writer.close()
+    assert all(s.pack for s in kept) and kept[0].pack == kept[1].pack, "one writer, one pack"
+    assert not store.exists(kept[0].ref) and not store.exists(dropped.ref)
+    with pytest.raises(BlobNotFound):
+        store.get(kept[0].ref)
+    store.commit(kept)
+    store.discard([dropped])
+    assert store.get(kept[0].ref) == DATA and store.get(kept[1].ref) == b"second" and not store.exists(dropped.ref)
+    assert len(packs(tmp_path)) == 1
+    again = store.stage(DATA)
+    assert again.pack is None and again.ref == kept[0].ref, "a stored blob is not written again"
+    store.commit([again])
+    assert len(packs(tmp_path)) == 1
 
-    def killed(src: str, dst: str) -> None:
-        raise OSError("killed before rename")
 
-    monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(BlobWriteFailed) as caught:
-        store.put(DATA)
-    assert isinstance(caught.value, TransientError)
-    assert not store.exists(blob_ref(DATA))
-    assert list(store.path(blob_ref(DATA)).parent.iterdir()) == []  # the temp file is gone too
+def test_a_writer_that_stores_nothing_new_leaves_no_file(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    store.put(DATA)
+    writer = store.writer()
+    assert writer.add(DATA).pack is None
+    writer.close()
+    assert len(packs(tmp_path)) == 1
+
+
+def test_crash_before_the_index_commit_leaves_nothing_visible_and_sweep_removes_the_pack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    staged = store.stage(DATA)  # a writer that then "crashes": never committed, never discarded
+    assert not store.exists(staged.ref) and len(packs(tmp_path)) == 1
+    assert store.sweep() == 0, "too young: a writer may still be committing it"
+    committed = store.put(b"committed long ago")
+    old = time.time() - 2 * blobs_module.SWEEP_AFTER_S
+    for pack in packs(tmp_path):
+        os.utime(pack, (old, old))
+    assert store.sweep() == 1
+    assert store.get(committed) == b"committed long ago" and not store.exists(staged.ref)
+    assert store.put(DATA) == staged.ref and store.get(staged.ref) == DATA, "the next write stores it again"
 
 
 @pytest.fixture(params=["syncfs", "fsync"])
 def sync_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with one ``syncfs`` per step (Linux) and with the portable fsync-per-path fallback."""
+    """Run a test with one ``syncfs`` per commit (Linux) and with the portable fsync-per-path fallback."""
     if request.param == "syncfs" and blobs_module._syncfs is None:
         pytest.skip("no syncfs(2) in this C library")
     if request.param == "fsync":
@@ -79,8 +118,8 @@ def sync_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
-def test_failed_sync_leaves_no_temp_file_and_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     sync_mode: str) -> None:
+def test_failed_sync_leaves_no_pack_and_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                sync_mode: str) -> None:
     store = BlobStore(tmp_path)
 
     def no_space(*args: object) -> int:
@@ -89,66 +128,72 @@ def test_failed_sync_leaves_no_temp_file_and_no_blob(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "fsync", no_space)
     if sync_mode == "syncfs":
         monkeypatch.setattr(blobs_module, "_syncfs", no_space)
-    with pytest.raises(BlobWriteFailed, match="No space left"):
+    with pytest.raises(BlobWriteFailed, match="No space left") as caught:
         store.put_many([DATA, b"second"])
-    assert list(store.path(blob_ref(DATA)).parent.iterdir()) == []
-    assert not store.exists(blob_ref(b"second"))
+    assert isinstance(caught.value, TransientError)
+    assert packs(tmp_path) == []
+    assert not store.exists(blob_ref(DATA)) and not store.exists(blob_ref(b"second"))
 
 
-def test_put_many_syncs_files_before_renaming_then_every_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  sync_mode: str) -> None:
-    """The durability contract: content is durable before a blob gets its name, and the names
-    (also of blobs that were already there) are durable before put_many returns."""
+def test_commit_syncs_the_packs_before_indexing_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     sync_mode: str) -> None:
+    """The durability contract: a blob's bytes are synced before its index row exists, and the
+    index row is committed (durable, synchronous=FULL) before commit returns."""
     store = BlobStore(tmp_path / "blobs")
     old = store.put(b"stored before")
     payloads = [DATA, b"x" * 100_000, DATA, b"stored before"]
-    events: list[tuple[str, list[Path]]] = []
-    real = blobs_module._sync_files
+    events: list[tuple[str, list[str], list[bool]]] = []
+    real = blobs_module._sync
 
-    def watched(root: str, paths: list[str], *, directories: bool = False) -> None:
-        visible = [p for p in (store.path(blob_ref(d)) for d in payloads) if p.exists()]
-        events.append(("dirs" if directories else "files", [Path(p) for p in paths]))
-        events.append(("visible", visible))
-        real(root, paths, directories=directories)
+    def watched(root: str, files: list[str]) -> None:
+        events.append(("sync", files, [BlobStore(Path(root)).exists(blob_ref(d)) for d in payloads]))
+        real(root, files)
 
-    monkeypatch.setattr(blobs_module, "_sync_files", watched)
+    monkeypatch.setattr(blobs_module, "_sync", watched)
     refs = store.put_many(payloads)
-    assert refs == [blob_ref(d) for d in payloads]
-    assert [store.get(ref) for ref in refs] == payloads
-    (kind1, files), (_, visible1), (kind2, dirs), (_, visible2) = events
-    assert kind1 == "files" and len(files) == 2 and all(p.name.startswith(".tmp-") for p in files)
-    assert visible1 == [store.path(old)], "no new blob has its name before its content is synced"
-    assert kind2 == "dirs" and len(visible2) == 4
-    for ref in refs:
-        assert {store.path(ref).parent, store.path(ref).parent.parent} <= set(dirs), ref
-    assert not list((tmp_path / "blobs").rglob(".tmp-*"))
+    assert refs == [blob_ref(d) for d in payloads] and [store.get(r) for r in refs] == payloads
+    [(_, files, visible)] = events
+    assert len(files) == 1 and Path(files[0]).parent == tmp_path / "blobs" / PACKS
+    assert visible == [False, False, False, True], "no new blob is indexed before its pack is synced"
+    assert refs[3] == old
+    with sqlite3.connect(tmp_path / "blobs" / INDEX) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert BlobStore(tmp_path / "blobs")._connection(create=False).execute("PRAGMA synchronous").fetchone() == (2,)
 
 
-def test_put_many_fsyncs_each_file_and_directory_without_syncfs(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_of_blobs_stored_already_still_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer may have indexed them and not be done syncing: the contract covers them too."""
+    store = BlobStore(tmp_path)
+    store.put(DATA)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(blobs_module, "_sync", lambda root, files: calls.append(files))
+    store.put_many([DATA])
+    assert calls == [[]]
+
+
+def test_fsync_fallback_syncs_each_pack_and_the_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("names synced descriptors through /proc")
     monkeypatch.setattr(blobs_module, "_syncfs", None)
     synced: list[str] = []
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else str(fd))
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     store = BlobStore(tmp_path)
-    refs = store.put_many([DATA, b"other"])
-    if not os.path.exists("/proc/self/fd"):
-        assert len(synced) >= 2 + 3
-        return
-    files = [s for s in synced if ".tmp-" in s]
-    assert len(files) == 2, synced
-    for ref in refs:
-        assert str(store.path(ref).parent) in synced and str(store.path(ref).parent.parent) in synced
+    store.put_many([DATA, b"other"])
+    [pack] = packs(tmp_path)
+    assert [str(pack), str(tmp_path / PACKS), str(tmp_path)] == [s for s in synced if not s.startswith(
+        str(tmp_path / INDEX))]
 
 
 def test_put_many_of_nothing_writes_nothing(tmp_path: Path) -> None:
     assert BlobStore(tmp_path / "never").put_many([]) == []
     assert not (tmp_path / "never").exists()
+    assert not BlobStore(tmp_path / "never").exists(blob_ref(DATA)) and not (tmp_path / "never").exists()
 
 
 def test_unwritable_root_is_a_transient_failure(tmp_path: Path) -> None:
@@ -156,6 +201,29 @@ def test_unwritable_root_is_a_transient_failure(tmp_path: Path) -> None:
     blocker.write_bytes(b"not a directory")
     with pytest.raises(BlobWriteFailed):
         BlobStore(blocker).put(DATA)
+
+
+def test_a_failed_write_ends_the_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    writer = store.writer()
+    first = writer.add(b"first")
+
+    class Full:
+        def __init__(self, handle: object) -> None:
+            self.handle = handle
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    writer._file = Full(writer._file)  # type: ignore[assignment]
+    with pytest.raises(BlobWriteFailed, match="No space"):
+        writer.add(b"second")
+    writer._file = writer._file.handle  # type: ignore[union-attr]
+    with pytest.raises(BlobWriteFailed, match="No space"):
+        writer.add(b"third")
+    writer.close()
+    store.discard([first])
+    assert packs(tmp_path) == []
 
 
 def test_concurrent_writers_of_the_same_bytes_agree(tmp_path: Path) -> None:
@@ -167,12 +235,14 @@ def test_concurrent_writers_of_the_same_bytes_agree(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(refs)) == 1
-    assert store.get(refs[0]) == payload
-    assert [p.name for p in store.path(refs[0]).parent.iterdir()] == [refs[0].removeprefix("sha256:")]
+    assert len(set(refs)) == 1 and len(refs) == 8
+    assert store.get(refs[0]) == payload and BlobStore(tmp_path).get(refs[0]) == payload
 
 
 def test_get_missing_blob(tmp_path: Path) -> None:
+    with pytest.raises(BlobNotFound):
+        BlobStore(tmp_path).get(blob_ref(b"never stored"))
+    BlobStore(tmp_path).put(DATA)
     with pytest.raises(BlobNotFound):
         BlobStore(tmp_path).get(blob_ref(b"never stored"))
 
@@ -180,39 +250,45 @@ def test_get_missing_blob(tmp_path: Path) -> None:
 def test_get_detects_corruption(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     ref = store.put(DATA)
-    store.path(ref).write_bytes(b"tampered")
+    [pack] = packs(tmp_path)
+    pack.write_bytes(b"X" + pack.read_bytes()[1:])
     with pytest.raises(BlobError, match="corrupt"):
+        store.get(ref)
+
+
+def test_a_missing_pack_is_a_missing_blob(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    ref = store.put(DATA)
+    packs(tmp_path)[0].unlink()
+    with pytest.raises(BlobNotFound):
         store.get(ref)
 
 
 @pytest.mark.parametrize("ref", ["", "sha256:", "md5:" + "0" * 32, "sha256:" + "A" * 64, "sha256:../../etc/passwd"])
 def test_malformed_references_are_refused(tmp_path: Path, ref: str) -> None:
     with pytest.raises(BlobError, match="not a blob reference"):
-        BlobStore(tmp_path).path(ref)
+        BlobStore(tmp_path).get(ref)
+    with pytest.raises(BlobError, match="not a blob reference"):
+        BlobStore(tmp_path).exists(ref)
 
 
-def test_staged_blobs_are_invisible_until_committed_and_discard_leaves_nothing(tmp_path: Path) -> None:
+def test_a_failed_commit_removes_its_packs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = BlobStore(tmp_path)
-    kept, dropped = store.stage(DATA), store.stage(b"dropped")
-    assert kept.temp is not None and Path(kept.temp).read_bytes() == DATA
-    assert not store.exists(kept.ref) and not store.exists(dropped.ref)
-    store.commit([kept])
-    store.discard([dropped])
-    assert store.get(kept.ref) == DATA and not store.exists(dropped.ref)
-    assert not list(tmp_path.rglob(".tmp-*"))
-    again = store.stage(DATA)
-    assert again.temp is None and again.ref == kept.ref, "a stored blob is not written again"
-    store.commit([again])
-
-
-def test_a_failed_commit_removes_its_temporary_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = BlobStore(tmp_path)
-    staged = [store.stage(DATA), store.stage(b"other")]
+    writer = store.writer()
+    staged = [writer.add(DATA), writer.add(b"other")]
+    writer.close()
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(blobs_module, "_sync_files", broken)
+    monkeypatch.setattr(blobs_module, "_sync", broken)
     with pytest.raises(BlobWriteFailed, match="Input/output error"):
         store.commit(staged)
-    assert not list(tmp_path.rglob(".tmp-*")) and not store.exists(staged[0].ref)
+    assert packs(tmp_path) == [] and not store.exists(staged[0].ref)
+
+
+def test_staged_crosses_process_boundaries_as_plain_values() -> None:
+    import pickle
+
+    staged = Staged("sha256:" + HEX, "p.pack", 10, 20)
+    assert pickle.loads(pickle.dumps(staged)) == staged

@@ -14,8 +14,8 @@ import pytest
 
 from frontdesk.codec import decode
 from frontdesk.messages import InboundMessage
-from ingest.blobs import BlobStore, blob_ref
-from ingest.imap_parse import ParseJob, Parsed, ParsePool, parse_chunk
+from ingest.blobs import PACKS, BlobStore, blob_ref
+from ingest.imap_parse import CHUNKS_PER_WORKER, ParseJob, Parsed, ParsePool, parse_chunk
 from ingest.mail.parse import MailLimits, normalise_mail
 from tests.fixtures.mail.corpus import build_corpus
 
@@ -61,12 +61,14 @@ def test_the_pool_parses_like_parse_mail_in_order_and_stages_the_blobs(mails: li
                                          limits=job.limits, received_at=message.received_at)
         assert message == expected and item.key == expected.id.encode()
         assert [s.ref for s in item.staged] == [blob_ref(b) for b in blobs] and message.raw_ref == blob_ref(raw)
-        assert not any(store.exists(s.ref) for s in item.staged if s.temp), "staged is not stored"
+        assert not any(store.exists(s.ref) for s in item.staged if s.pack), "staged is not stored"
     assert any(p.rejected for p in parsed) and any(len(p.staged) > 1 for p in parsed), "the sample has both kinds"
     store.commit([s for p in parsed for s in p.staged])
     for (_, raw), item in zip(mails, parsed, strict=True):
         assert item.rejected is not None or store.get(blob_ref(raw)) == raw
-    assert not list(Path(job.blob_root or "").rglob(".tmp-*"))
+    written = {s.pack for p in parsed for s in p.staged if s.pack}
+    assert {p.name for p in (Path(job.blob_root or "") / PACKS).iterdir()} == written
+    assert (len(written) == 1) if not workers else (1 < len(written) <= workers * CHUNKS_PER_WORKER), "a pack a chunk"
     assert (pool.cpu_seconds() > 0) == bool(workers)
 
 
@@ -105,7 +107,8 @@ def test_abandoned_mails_are_not_all_parsed_and_what_was_is_returned(mails: list
         assert any(future.cancelled() for _, future in pending.tasks)
         assert len(parsed) < len(mails) * 5 and all(p.staged or p.rejected for p in parsed)
         BlobStore(Path(job.blob_root or "")).discard(s for p in parsed for s in p.staged)
-        assert not list(Path(job.blob_root or "").rglob(".tmp-*")), "the caller can discard what was staged"
+        packs = Path(job.blob_root or "") / PACKS
+        assert not packs.exists() or not list(packs.iterdir()), "the caller can discard what was staged"
     finally:
         pool.close()
 
