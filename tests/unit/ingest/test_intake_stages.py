@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from frontdesk.bus.memory import MemoryBus
-from ingest.commands import intake_stages
+from ingest.blobs import PACKS, SWEEP_AFTER_S, BlobStore
+from ingest.commands import connectors, intake_stages
 from ingest.http import HttpIntakeSettings
 from ingest.imap_settings import ImapSettings, MailboxSettings
 from ingest.telegram import TelegramSettings
@@ -29,3 +32,18 @@ def test_each_configured_connector_is_a_stage(tmp_path: Path) -> None:
     assert set(stages) == {"imap:support", "http", "tg"}
     assert all(callable(fn) for fn in stages.values())
     assert any("polling Telegram" in line for line in said) and any("HTTP intake" in line for line in said)
+
+
+def test_mailbox_connectors_sweep_packs_that_crashed_writers_left(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    kept = store.put(b"committed")
+    orphan, young = store.stage(b"never committed"), store.stage(b"being committed right now")
+    old = time.time() - 2 * SWEEP_AFTER_S
+    for pack in (tmp_path / "blobs" / PACKS).iterdir():
+        if pack.name != young.pack:
+            os.utime(pack, (old, old))
+    box = MailboxSettings(name="support", host="imap.example", username="u", password="p")  # type: ignore[arg-type]
+    connectors(ImapSettings(mailboxes=(box,)), MemoryBus(), tmp_path, tmp_path / "blobs")
+    left = {p.name for p in (tmp_path / "blobs" / PACKS).iterdir()}
+    assert orphan.pack not in left and young.pack in left and len(left) == 2
+    assert store.get(kept) == b"committed"
