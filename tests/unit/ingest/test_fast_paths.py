@@ -1,0 +1,108 @@
+"""The parser's fast paths give exactly what the slow paths they stand in for give.
+
+``ingest.mail.flags.addresses`` reads common address headers with a regex instead of
+``email.utils.getaddresses``; ``ingest.mail.text._LineAnchored`` tries mail-parser-reply's header
+pattern only at line starts and newlines. Both are compared with the originals on every address
+header and every text of the MIME and hostile corpora, plus crafted cases.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from email import message_from_bytes
+from email.utils import getaddresses
+
+import pytest
+
+from ingest.mail import parse_mail
+from ingest.mail.flags import addresses, raw_headers
+from ingest.mail.parse import MailLimits, MailRejected
+from ingest.mail.text import _LineAnchored, _ReplyMessage, _prepare
+from tests.fixtures.hostile.mail import build_hostile_mails
+from tests.fixtures.mail.corpus import build_corpus
+
+RAWS = [m.raw for m in build_corpus()] + [m.raw for m in build_hostile_mails() if len(m.raw) < 2_000_000]
+
+CRAFTED_ADDRESSES = [
+    "a@b.c", "John Doe <j@x.org>", '"Doe, John" <j@x.org>', "a@b.c, d@e.f", "J. Doe <a@b.c>",
+    "=?utf-8?B?0JjQstCw0L0=?= <ivan@mail.ru>", "John \t  Doe   <a@b>", "undisclosed-recipients:;", "", " ",
+    "a@b.c,", ",a@b.c", "a@b.c,,d@e.f", "<a@b.c>", "<>", "Name <>", "a@b.c (comment)", "Name (x) <a@b.c>",
+    '"quoted \\" escape" <a@b.c>', '"unterminated <a@b.c>', "a..b@c.d", ".a@b.c", "a@-b.c", "a@b..c", "a@b.c.",
+    "a b@c.d", "Name <a@b.c> trailing", "Name <a@b.c>, Other <d@e.f>", '"A" <a@b.c>, "B" <d@e.f>',
+    "Имя Фамилия <a@b.az>", "Elvin\xa0Məmmədov <e@m.az>", "x\udcff\udcfey <a@b.c>", "group: a@b.c, d@e.f;",
+    "a@[127.0.0.1]", "Name <a@b.c", "Name a@b.c>", "@b.c", "a@", "Name <<a@b.c>>", "a@b.c <d@e.f>",
+    "  spaced  <a@b.c>  ", "Name\r\n <a@b.c>", "a+tag@sub.example.co.uk", "O'Neil <o'neil@x.ie>",
+]
+
+
+def address_values() -> list[list[str]]:
+    values: list[list[str]] = [[v] for v in CRAFTED_ADDRESSES]
+    values += [[a, b] for a, b in zip(CRAFTED_ADDRESSES, CRAFTED_ADDRESSES[1:])]
+    for raw in RAWS:
+        try:
+            message = message_from_bytes(raw)
+        except Exception:  # the stdlib's own parser failing is the hostile corpus's business
+            continue
+        for header in ("From", "Sender", "To", "Cc", "Reply-To"):
+            found = raw_headers(message, header)
+            if found:
+                values.append([v.replace("\r\n ", " ").replace("\n ", " ") for v in found])
+    return values
+
+
+def test_addresses_equal_getaddresses_on_every_corpus_header_and_crafted_case() -> None:
+    cases = address_values()
+    assert len(cases) > 400
+    for values in cases:
+        assert outcome(addresses, values) == outcome(getaddresses, values), values
+
+
+def outcome(parse: Callable[[list[str]], list[tuple[str, str]]], values: list[str]) -> object:
+    """What ``parse`` returns, or the type of what it raises (hostile comments nest past the recursion limit)."""
+    try:
+        return parse(values)
+    except RecursionError as exc:
+        return type(exc)
+
+
+def test_the_address_fast_path_is_taken_for_the_common_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingest.mail.flags as flags
+
+    monkeypatch.setattr(flags, "getaddresses", lambda values: pytest.fail(f"slow path for {values}"))
+    assert addresses(["Elvin Məmmədov <elvin@mail.az>", "a@b.c, Desk <d@q.az>"]) == [
+        ("Elvin Məmmədov", "elvin@mail.az"), ("", "a@b.c"), ("Desk", "d@q.az")]
+    assert addresses(['"Support, Desk" <s@q.az>']) == [("Support, Desk", "s@q.az")]
+
+
+def texts() -> list[str]:
+    out = []
+    limits = MailLimits()
+    for raw in RAWS:
+        try:
+            out.append(parse_mail(raw, connector="t", channel="email", blobs=None, limits=limits).full_text)
+        except MailRejected:
+            continue
+    lines = [line for text in out for line in text.split("\n")]
+    rng = random.Random(7)
+    out += ["\n".join(rng.choice(lines) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+    out += ["", "\n", "\n\n", "From: a\nSent: b\n", "\nFrom: a\nTo: b", "> On Mon, X wrote:\n> hi",
+            "text\n-----Original Message-----\nold", "x\n\n" + "-" * 40]
+    return out
+
+
+def test_line_anchored_findall_equals_findall_on_every_corpus_text() -> None:
+    _ReplyMessage(text="x", languages=["en"])  # builds the shared patterns
+    assert _ReplyMessage._shared is not None
+    anchored = _ReplyMessage._shared[0]
+    assert isinstance(anchored, _LineAnchored)
+    cases = texts()
+    assert len(cases) > 600
+    matched = 0
+    for text in cases:
+        prepared = _prepare(text)
+        for candidate in (prepared, text):
+            expected = anchored.pattern.findall(candidate)
+            assert anchored.findall(candidate) == expected, candidate[:200]
+            matched += bool(expected)
+    assert matched > 50, "the comparison covered texts with reply headers"
