@@ -106,3 +106,20 @@ def test_line_anchored_findall_equals_findall_on_every_corpus_text() -> None:
             assert anchored.findall(candidate) == expected, candidate[:200]
             matched += bool(expected)
     assert matched > 50, "the comparison covered texts with reply headers"
+
+
+def test_line_anchored_search_equals_search_on_every_corpus_text() -> None:
+    _ReplyMessage(text="x", languages=["en"])
+    assert _ReplyMessage._shared is not None
+    anchored = _ReplyMessage._shared[2]
+    assert isinstance(anchored, _LineAnchored)
+    found = 0
+    extra = ["Thanks\nBest regards", "hi \nSent from my iPhone", "a\t\nRegards,", "x\n\n" + "_" * 40, "-- \nJohn",
+             "text\n--\nsig", "Hörmətlə", "ok\nС уважением,\nИван", "   \nKind regards", "tail "]
+    for text in texts() + extra:
+        prepared = _prepare(text)
+        for candidate in (prepared, text, "\n".join(line.strip() for line in prepared.split("\n"))):
+            fast, slow = anchored.search(candidate), anchored.pattern.search(candidate)
+            assert (fast and (fast.span(), fast.group())) == (slow and (slow.span(), slow.group())), candidate[:200]
+            found += slow is not None
+    assert found > 50, "the comparison covered texts with signatures"
