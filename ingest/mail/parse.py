@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.generator import BytesGenerator
 from email.message import Message
 from io import BytesIO
@@ -33,6 +32,7 @@ from frontdesk.errors import RecordError
 from frontdesk.messages import Attachment, InboundMessage, ThreadHints
 from ingest.blobs import BlobStore, blob_ref
 from ingest.mail import flags as headers
+from ingest.mail.message import parse_bytes
 from ingest.mail.text import clean_text, decode_bytes, html_to_text, normalise_text
 
 KiB = 1024
@@ -101,7 +101,7 @@ def normalise_mail(raw: bytes, *, connector: str, channel: Literal["email", "soc
         raise ValueError("received_at must be timezone-aware")
     _check_bounds(raw, limits)
     try:
-        message = message_from_bytes(_repair_header_section(raw, limits.max_header_bytes))
+        message = parse_bytes(_repair_header_section(raw, limits.max_header_bytes))
         _check_structure(message, limits)
         fields, payloads = _normalise(message, raw, limits, store=store)
         inbound = InboundMessage.create(
@@ -210,7 +210,7 @@ def _recover_multipart(part: Message, limits: MailLimits) -> None:
         raise MailRejected(f"message has more than {limits.max_parts} MIME parts")
     boundary = match.group(1).decode("ascii")
     header = f'Content-Type: {part.get_content_type()}; boundary="{boundary}"\n\n'.encode()
-    rebuilt = message_from_bytes(header + data)
+    rebuilt = parse_bytes(header + data)
     if rebuilt.is_multipart():
         part.set_payload(rebuilt.get_payload())
         part.set_param("boundary", boundary)

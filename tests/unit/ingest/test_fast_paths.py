@@ -2,8 +2,9 @@
 
 ``ingest.mail.flags.addresses`` reads common address headers with a regex instead of
 ``email.utils.getaddresses``; ``ingest.mail.text._LineAnchored`` tries mail-parser-reply's header
-pattern only at line starts and newlines. Both are compared with the originals on every address
-header and every text of the MIME and hostile corpora, plus crafted cases.
+and signature patterns only at line starts and newlines; ``ingest.mail.message.CachedMessage``
+remembers content types. Each is compared with the original on every mail of the MIME and hostile
+corpora, plus crafted cases.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from email import message_from_bytes
+from email.message import Message
 from email.utils import getaddresses
 
 import pytest
 
 from ingest.mail import parse_mail
 from ingest.mail.flags import addresses, raw_headers
+from ingest.mail.message import parse_bytes
 from ingest.mail.parse import MailLimits, MailRejected
 from ingest.mail.text import _LineAnchored, _ReplyMessage, _prepare
 from tests.fixtures.hostile.mail import build_hostile_mails
@@ -123,3 +126,39 @@ def test_line_anchored_search_equals_search_on_every_corpus_text() -> None:
             assert (fast and (fast.span(), fast.group())) == (slow and (slow.span(), slow.group())), candidate[:200]
             found += slow is not None
     assert found > 50, "the comparison covered texts with signatures"
+
+
+def content_types(message: Message) -> list[tuple[str, str]]:
+    return [(part.get_content_type(), part.get_content_maintype()) for part in message.walk()]
+
+
+MUTATIONS: list[Callable[[list[Message]], None]] = [  # the content type is compared after each
+    lambda parts: parts[0].set_param("boundary", "changed"),
+    lambda parts: parts[-1].set_default_type("message/rfc822"),
+    lambda parts: parts[-1].__delitem__("Content-Type"),
+    lambda parts: parts[-1].add_header("Content-Type", "image/png", name="x.png"),
+    lambda parts: parts[-1].replace_header("Content-Type", "multipart/mixed; boundary=b"),
+    lambda parts: parts[-1].set_boundary("again"),
+    lambda parts: parts[-1].__delitem__("Content-Type"),
+    lambda parts: parts[-1].__setitem__("Content-Type", "text/html"),
+    lambda parts: parts[-1].__delitem__("Content-Type"),
+    lambda parts: parts[-1].set_raw("Content-Type", "audio/ogg"),
+    lambda parts: parts[-1].set_type("application/x-changed"),
+]
+
+
+def test_cached_content_types_equal_the_stdlib_ones_also_after_each_change() -> None:
+    compared = 0
+    for raw in RAWS:
+        try:
+            plain, cached = message_from_bytes(raw), parse_bytes(raw)
+        except Exception:
+            continue
+        assert content_types(cached) == content_types(plain)
+        plain_parts, cached_parts = list(plain.walk()), list(cached.walk())
+        for mutate in MUTATIONS:
+            for parts in (plain_parts, cached_parts):
+                mutate(parts)
+            assert [p.get_content_type() for p in cached_parts] == [p.get_content_type() for p in plain_parts]
+        compared += 1
+    assert compared > 400
