@@ -1,0 +1,61 @@
+"""The shipped training data and dev split: valid labels, full coverage, and no dev text in training.
+
+The dev split is the proxy for "data the developers never saw", so no training example may be
+the same message or a close paraphrase of one (character 5-gram Jaccard similarity above 0.5).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+from classify.base import CATEGORIES, URGENCIES
+from classify.data import DEV_FILE, read_examples, training_files
+
+LANGUAGES = {"az", "en", "ru", "tr"}
+CHANNELS = {"email", "chat", "social"}
+NEAR_DUPLICATE = 0.5
+
+
+def grams(text: str) -> frozenset[str]:
+    flat = " ".join(text.lower().split())
+    return frozenset(flat[i : i + 5] for i in range(max(1, len(flat) - 4)))
+
+
+def test_every_training_and_dev_line_has_valid_labels_and_every_label_is_covered() -> None:
+    files = training_files()
+    assert len(files) >= 4
+    train = [e for path in files for e in read_examples(path)]
+    dev = read_examples(DEV_FILE)
+    assert len(train) >= 1500 and len(dev) >= 500
+    for examples in (train, dev):
+        assert {e.category for e in examples} == set(CATEGORIES)
+        assert {e.urgency for e in examples} == set(URGENCIES)
+        assert {e.language for e in examples} == LANGUAGES
+        assert {e.channel for e in examples} == CHANNELS
+    counts = collections.Counter((e.language, e.category) for e in train)
+    assert min(counts[(lang, cat)] for lang in LANGUAGES for cat in CATEGORIES) >= 10, counts
+
+
+def test_the_training_files_declare_their_script_variants() -> None:
+    variants = collections.Counter()
+    for path in training_files():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            variants[json.loads(line).get("variant")] += 1
+    for needed in ("az-latn", "az-latn-noascii", "az-cyrl", "ru-cyrl", "ru-latn", "tr", "tr-noascii", "en", "mixed"):
+        assert variants[needed] >= 30, (needed, variants)
+
+
+def test_no_dev_text_is_in_the_training_data_not_even_paraphrased() -> None:
+    dev = [grams(e.text) for e in read_examples(DEV_FILE)]
+    index: dict[str, list[int]] = collections.defaultdict(list)
+    for i, shingles in enumerate(dev):
+        for gram in shingles:
+            index[gram].append(i)
+    for path in training_files():
+        for example in read_examples(path):
+            shingles = grams(example.text)
+            shared = collections.Counter(i for gram in shingles for i in index.get(gram, ()))
+            for i, n in shared.items():
+                similarity = n / (len(shingles) + len(dev[i]) - n)
+                assert similarity <= NEAR_DUPLICATE, (path.name, example.text[:120], round(similarity, 2))
