@@ -279,23 +279,45 @@ class BlobStore:
         raise FileNotFoundError(digest)
 
     def _connection(self, *, create: bool) -> sqlite3.Connection:
-        """This thread's connection to the index (None if there is none yet and not ``create``)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        """This thread's connection to the index (None if there is none yet and not ``create``).
+        Nobody sets a pragma that needs a lock: the index is born in WAL mode with its tables."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
             return conn
         path = os.path.join(self.root, INDEX)
-        if not create and not os.path.exists(path):
-            return None  # type: ignore[return-value]
         try:
-            os.makedirs(self.root, exist_ok=True)
+            if not os.path.exists(path):
+                if not create:
+                    return None  # type: ignore[return-value]
+                _create_index(self.root, path)
             conn = sqlite3.connect(path, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # a commit is durable when it returns
-            conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise BlobWriteFailed(f"cannot open the blob index {path}: {exc}") from exc
-        self._local.conn, self._local.pid = conn, os.getpid()
+        local.conn, local.pid = conn, os.getpid()
         return conn
+
+
+def _create_index(root: str, path: str) -> None:
+    """Create the index whole — WAL mode (persistent) and tables — under a temporary name, then
+    link it into place: concurrent openers never see a half-made index, and of two racing
+    creators one wins (``link`` fails if the name exists) and the other's empty copy is dropped."""
+    os.makedirs(root, exist_ok=True)
+    temp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        conn = sqlite3.connect(temp)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()  # checkpoints and removes its -wal/-shm files; the header keeps WAL mode
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)
+    finally:
+        for leftover in (temp, temp + "-wal", temp + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 def _digest(ref: str) -> str:

@@ -292,3 +292,71 @@ def test_staged_crosses_process_boundaries_as_plain_values() -> None:
 
     staged = Staged("sha256:" + HEX, "p.pack", 10, 20)
     assert pickle.loads(pickle.dumps(staged)) == staged
+
+
+def test_readers_neither_wait_for_nor_fail_on_a_committing_writer(tmp_path: Path) -> None:
+    """Parser processes open the index while the connector commits: they only read (regression:
+    a reader that set the journal mode on connect failed with 'database is locked')."""
+    store = BlobStore(tmp_path)
+    ref = store.put(DATA)
+    writer = sqlite3.connect(tmp_path / INDEX, timeout=30.0)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO packs VALUES ('held.pack', 0)")
+    outcomes: list[object] = []
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            fresh = BlobStore(tmp_path)
+            outcomes.append((fresh.exists(ref), fresh.get(ref) == DATA, fresh.writer().add(DATA).pack,
+                             time.monotonic() - started < 1.0))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows what it was
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    writer.rollback()
+    writer.close()
+    assert outcomes == [(True, True, None, True)] * 4
+
+
+def test_a_fresh_store_opened_by_many_writers_and_readers_at_once(tmp_path: Path) -> None:
+    """The index is created whole (WAL mode, tables) before anyone can open it (regression: two
+    connections switching a just-created index to WAL at once failed with 'database is locked')."""
+    for attempt in range(15):
+        root = tmp_path / str(attempt)
+        barrier = threading.Barrier(8)
+        failures: list[BaseException] = []
+        refs: list[str] = []
+
+        def write(i: int) -> None:
+            try:
+                store = BlobStore(root)
+                barrier.wait()
+                refs.extend(store.put_many([f"blob {i}".encode(), DATA]))
+            except BaseException as exc:  # noqa: BLE001 - collected and shown by the assertion
+                failures.append(exc)
+
+        def read() -> None:
+            try:
+                store = BlobStore(root)
+                barrier.wait()
+                for _ in range(20):
+                    store.exists(blob_ref(DATA))
+                    store.writer().close()
+            except BaseException as exc:  # noqa: BLE001
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+        threads += [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert failures == []
+        assert all(BlobStore(root).get(ref) for ref in refs) and len(refs) == 8
+        with sqlite3.connect(root / INDEX) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
