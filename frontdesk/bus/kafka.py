@@ -76,6 +76,7 @@ class KafkaBus(Bus):
                         retries=2_147_483_647,
                         max_in_flight_requests_per_connection=1,
                         linger_ms=self.settings.linger_ms,
+                        batch_size=self.settings.batch_size,
                         delivery_timeout_ms=max(
                             int(self.settings.publish_timeout_s * 1000),
                             self.settings.request_timeout_ms + self.settings.linger_ms + 1,
