@@ -47,7 +47,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 
-import ingest.blobs as blobs_module
+import ingest.blob_files as blob_files
 from frontdesk.bus.base import Bus, Topics
 from ingest.blobs import BlobStore
 from ingest.imap import CheckpointStore, MailboxConnector
@@ -302,7 +302,7 @@ def main() -> None:
                         help="auto: syncfs(2) where available; fsync: one fsync per pack file and directory")
     args = parser.parse_args()
     if args.blob_sync == "fsync":
-        blobs_module._syncfs = None
+        blob_files._syncfs = None
     for found, reason in (find_dovecot(), find_mbsync()):
         if found is None:
             raise SystemExit(reason)
@@ -368,7 +368,7 @@ def main() -> None:
         "fair play: every run reads its own freshly filled, never-read copy of the same folder, after os.sync();",
         "  mbsync: 'Sync Pull' (never changes the server), 'Create Near', fsyncs each mail (its default FSync yes);",
         f"  Frontdesk: run_once() with production settings (batch {args.batch}, {pool.workers} parser processes, "
-        f"blob store on with {'syncfs' if blobs_module._syncfs else 'fsync per pack'}, durable publish), "
+        f"blob store on with {'syncfs' if blob_files._syncfs else 'fsync per pack'}, durable publish), "
         "then marks the mails \\Seen;",
         "  seconds: wall clock of the mbsync process / of the run_once() call, connect + login included;",
         f"  the parser processes were started once before the first run, in {pool_start:.2f} s (as at daemon start);",

@@ -20,9 +20,8 @@ SQLite transaction (``synchronous=FULL``: durable when it returns) indexes them.
 a crash or power loss — also those that were stored already (the sync covers them too) — and a
 record published after the call never references a blob that a crash could take away.
 
-"Synced" is one ``syncfs(2)`` of the blob filesystem where the C library has it (Linux); it beat
-an ``fsync`` per file on the VM, by 3x under other processes' writes. Elsewhere: an ``fsync``
-per pack and of the directories.
+"Synced" is one ``syncfs(2)`` where available, else an ``fsync`` per pack and directory
+(:mod:`ingest.blob_files`, which also creates the index).
 
 A crash before ``commit`` returns leaves at most an unindexed pack: invisible and harmless (the
 next write of the same bytes writes them again); :meth:`BlobStore.sweep` deletes such packs once
@@ -33,7 +32,6 @@ they are old enough that no writer can still be committing them. Duplicate bytes
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -42,11 +40,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from frontdesk.errors import FrontdeskError, TransientError
+from ingest import blob_files
+from ingest.blob_files import create_index
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ REF_PREFIX = "sha256:"
 PACKS, INDEX = "packs", "index.sqlite"
 SWEEP_AFTER_S = 3600.0  # an unindexed pack this old is no writer's: staging to commit takes seconds
 _REF_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
-                                  length INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS packs (name TEXT PRIMARY KEY, committed_at REAL NOT NULL) WITHOUT ROWID;
-"""
 
 
 class BlobError(FrontdeskError):
@@ -189,7 +184,7 @@ class BlobStore:
             return
         packs = sorted({s.pack for s in staged if s.pack is not None})
         try:
-            _sync(self.root, [os.path.join(self.root, PACKS, p) for p in packs])
+            blob_files.sync(self.root, [os.path.join(self.root, PACKS, p) for p in packs])
             if packs:
                 rows = {s.ref[len(REF_PREFIX):]: (s.pack, s.offset, s.length) for s in staged if s.pack}
                 with self._connection(create=True) as conn:
@@ -290,7 +285,7 @@ class BlobStore:
             if not os.path.exists(path):
                 if not create:
                     return None  # type: ignore[return-value]
-                _create_index(self.root, path)
+                create_index(path)
             conn = sqlite3.connect(path, timeout=30.0)
             conn.execute("PRAGMA synchronous=FULL")  # a commit is durable when it returns
         except (OSError, sqlite3.Error) as exc:
@@ -299,67 +294,8 @@ class BlobStore:
         return conn
 
 
-def _create_index(root: str, path: str) -> None:
-    """Create the index whole — WAL mode (persistent) and tables — under a temporary name, then
-    link it into place: concurrent openers never see a half-made index, and of two racing
-    creators one wins (``link`` fails if the name exists) and the other's empty copy is dropped."""
-    os.makedirs(root, exist_ok=True)
-    temp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        conn = sqlite3.connect(temp)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-        finally:
-            conn.close()  # checkpoints and removes its -wal/-shm files; the header keeps WAL mode
-        with contextlib.suppress(FileExistsError):
-            os.link(temp, path)
-    finally:
-        for leftover in (temp, temp + "-wal", temp + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
-
-
 def _digest(ref: str) -> str:
     match = _REF_RE.match(ref)
     if match is None:
         raise BlobError(f"not a blob reference: {ref[:80]!r}")
     return match.group(1)
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not Linux/glibc: fsync file by file
-        return None
-
-
-_syncfs = _load_syncfs()
-
-
-def _sync(root: str, files: list[str]) -> None:
-    """Make ``files`` and their directory entries durable: one ``syncfs`` of the filesystem
-    holding ``root`` if available, else an ``fsync`` of each file and directory. Raises OSError."""
-    if _syncfs is not None:
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            if _syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"syncfs: {os.strerror(err)}")
-        finally:
-            os.close(fd)
-        return
-    for path in [*files, os.path.join(root, PACKS), root]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            if path in files:
-                raise
-            continue  # no packs directory: only blobs of the earlier layouts were given
-        try:
-            os.fsync(fd)
-        except OSError:
-            if path in files:  # some filesystems cannot fsync a directory; the files are synced
-                raise
-        finally:
-            os.close(fd)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import ingest.blob_files as blob_files
 import ingest.blobs as blobs_module
 from frontdesk.errors import TransientError
 from ingest.blobs import INDEX, PACKS, BlobError, BlobNotFound, BlobStore, BlobWriteFailed, Staged, blob_ref
@@ -111,10 +112,10 @@ def test_crash_before_the_index_commit_leaves_nothing_visible_and_sweep_removes_
 @pytest.fixture(params=["syncfs", "fsync"])
 def sync_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with one ``syncfs`` per commit (Linux) and with the portable fsync-per-path fallback."""
-    if request.param == "syncfs" and blobs_module._syncfs is None:
+    if request.param == "syncfs" and blob_files._syncfs is None:
         pytest.skip("no syncfs(2) in this C library")
     if request.param == "fsync":
-        monkeypatch.setattr(blobs_module, "_syncfs", None)
+        monkeypatch.setattr(blob_files, "_syncfs", None)
     return str(request.param)
 
 
@@ -127,7 +128,7 @@ def test_failed_sync_leaves_no_pack_and_no_blob(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(os, "fsync", no_space)
     if sync_mode == "syncfs":
-        monkeypatch.setattr(blobs_module, "_syncfs", no_space)
+        monkeypatch.setattr(blob_files, "_syncfs", no_space)
     with pytest.raises(BlobWriteFailed, match="No space left") as caught:
         store.put_many([DATA, b"second"])
     assert isinstance(caught.value, TransientError)
@@ -143,13 +144,13 @@ def test_commit_syncs_the_packs_before_indexing_them(tmp_path: Path, monkeypatch
     old = store.put(b"stored before")
     payloads = [DATA, b"x" * 100_000, DATA, b"stored before"]
     events: list[tuple[str, list[str], list[bool]]] = []
-    real = blobs_module._sync
+    real = blob_files.sync
 
     def watched(root: str, files: list[str]) -> None:
         events.append(("sync", files, [BlobStore(Path(root)).exists(blob_ref(d)) for d in payloads]))
         real(root, files)
 
-    monkeypatch.setattr(blobs_module, "_sync", watched)
+    monkeypatch.setattr(blob_files, "sync", watched)
     refs = store.put_many(payloads)
     assert refs == [blob_ref(d) for d in payloads] and [store.get(r) for r in refs] == payloads
     [(_, files, visible)] = events
@@ -166,7 +167,7 @@ def test_commit_of_blobs_stored_already_still_syncs(tmp_path: Path, monkeypatch:
     store = BlobStore(tmp_path)
     store.put(DATA)
     calls: list[list[str]] = []
-    monkeypatch.setattr(blobs_module, "_sync", lambda root, files: calls.append(files))
+    monkeypatch.setattr(blob_files, "sync", lambda root, files: calls.append(files))
     store.put_many([DATA])
     assert calls == [[]]
 
@@ -174,7 +175,7 @@ def test_commit_of_blobs_stored_already_still_syncs(tmp_path: Path, monkeypatch:
 def test_fsync_fallback_syncs_each_pack_and_the_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not os.path.exists("/proc/self/fd"):
         pytest.skip("names synced descriptors through /proc")
-    monkeypatch.setattr(blobs_module, "_syncfs", None)
+    monkeypatch.setattr(blob_files, "_syncfs", None)
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -281,7 +282,7 @@ def test_a_failed_commit_removes_its_packs(tmp_path: Path, monkeypatch: pytest.M
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(blobs_module, "_sync", broken)
+    monkeypatch.setattr(blob_files, "sync", broken)
     with pytest.raises(BlobWriteFailed, match="Input/output error"):
         store.commit(staged)
     assert packs(tmp_path) == [] and not store.exists(staged[0].ref)
