@@ -149,7 +149,12 @@ class Bus(ABC):
 
     @abstractmethod
     def ensure_topics(self, topics: Sequence[str] | None = None) -> None:
-        """Create the pipeline topics if they do not exist. Idempotent."""
+        """Create the pipeline topics if they do not exist. Idempotent; blocking.
+
+        Returns once every topic can be joined and consumed: a consumer created afterwards is
+        assigned its partitions on its first join (Kafka: every partition has a leader in the
+        broker's metadata, not only in the controller's).
+        """
 
     @abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:

@@ -115,9 +115,13 @@ class KafkaBus(Bus):
                 if n not in existing
             ]
             if missing:
-                admin.create_topics(missing)
-        except TopicAlreadyExistsError:
-            pass
+                try:
+                    admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            # A created topic reaches the brokers' metadata caches later than the controller's
+            # answer; a group joined in between is assigned no partitions and may stay idle.
+            admin.wait_for_topics(names, timeout_ms=int(self.settings.publish_timeout_s * 1000))
         except KafkaError as exc:
             raise _translate(exc, "creating topics") from exc
         finally:

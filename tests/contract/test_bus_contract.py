@@ -87,6 +87,24 @@ def test_roundtrip_keeps_key_value_headers(under_test: BusUnderTest) -> None:
     assert rec.header("h") == b"v" and rec.header("x") == b""
 
 
+def test_first_join_after_ensure_topics_is_assigned_every_partition(under_test: BusUnderTest) -> None:
+    """ensure_topics returns only once the topics are consumable: the first assignment is complete.
+
+    (Kafka: a group joined before the brokers' metadata caches held a new topic was assigned none of its
+    partitions — "No partition metadata for topic" — and stayed idle; seen once in CI.)
+    """
+    topics = [f"t-{uuid.uuid4().hex[:10]}" for _ in range(12)]
+    under_test.bus.ensure_topics(topics)
+    expected = {(t, p) for t in topics for p in under_test.bus.end_offsets(t)}
+    assert {t for t, _ in expected} == set(topics)
+    with under_test.bus.consumer(f"g-first-{uuid.uuid4().hex[:6]}", topics) as consumer:
+        deadline = time.monotonic() + 30
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(max_records=1, timeout=0.2)
+            consumer.rewind()
+        assert consumer.assignment() == expected
+
+
 def test_same_key_same_partition_in_order(under_test: BusUnderTest) -> None:
     topic = under_test.topic()
     under_test.bus.publish([Outgoing(topic, f"{k}:{i}".encode(), k.encode()) for i in range(30) for k in "abcde"])
