@@ -142,6 +142,10 @@ class KafkaSettings(ComponentSettings):
     publish_timeout_s: float = Field(60.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
+    metadata_max_age_ms: int = Field(
+        30_000, ge=1000,
+        description="Refresh cluster metadata at least this often; bounds how long a consumer group that missed "
+        "a new topic's or partition's metadata stays unassigned (kafka-python's default is 5 min)")
     linger_ms: int = Field(5, ge=0)
     batch_size: int = Field(
         262_144, ge=1024,

@@ -36,6 +36,7 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
         "request_timeout_ms": settings.request_timeout_ms,
+        "metadata_max_age_ms": settings.metadata_max_age_ms,
     }
     if settings.sasl_mechanism:
         opts["sasl_mechanism"] = settings.sasl_mechanism
