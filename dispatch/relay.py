@@ -10,6 +10,11 @@ Crash windows: after publishing an event and before marking it, the event is pub
 before it is marked — the one window that can duplicate a customer-visible effect — the
 acknowledgement is sent again with the same Message-ID. The window is one local database commit
 long: nothing else happens between ``send`` returning and ``mark_sent``.
+
+A database outage in that window does not widen it: the relay keeps the ids of what was
+delivered but not yet marked and marks them before it claims anything else, so only a crash of the
+relay (or an outage longer than the lease, if another replica claims the row meanwhile) repeats a
+delivery.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class OutboxRelay:
         self.batch, self.lease_seconds, self.max_attempts = batch, lease_seconds, max_attempts
         self.stats = RelayStats()
         self._clock = clock
+        self._delivered: list[int] = []  # accepted by the far side, not yet marked sent
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
         """Blocking loop until ``stop``; a database outage is waited out, not fatal."""
@@ -65,6 +71,9 @@ class OutboxRelay:
                 stop.wait(interval)
 
     def run_once(self) -> int:
+        """Mark what was delivered but not marked, then claim, publish and deliver one batch.
+        Raises TransientError while the database is unavailable (nothing delivered is forgotten)."""
+        self._mark_delivered()
         items = self.store.claim_outbox(self.batch, self.lease_seconds)
         claimed = self._clock()
         events = [i for i in items if i.kind == "event"]
@@ -89,8 +98,9 @@ class OutboxRelay:
                 self._retry(e, str(exc))
             return
         crashpoint("relay.after_publish")
-        self.store.mark_sent_many([e.id for e in events])
         self.stats.events_published += len(events)
+        self._delivered.extend(e.id for e in events)
+        self._mark_delivered()
 
     def _deliver(self, item: OutboxItem) -> None:
         data = json.loads(item.payload)
@@ -116,8 +126,14 @@ class OutboxRelay:
             self.stats.acks_failed += 1
             return
         crashpoint("relay.after_send")
-        self.store.mark_sent(item.id)
         self.stats.acks_sent += 1
+        self._delivered.append(item.id)
+        self._mark_delivered()
+
+    def _mark_delivered(self) -> None:
+        if self._delivered:
+            self.store.mark_sent_many(self._delivered)
+            self._delivered.clear()
 
     def _retry(self, item: OutboxItem, error: str) -> None:
         self.stats.retries += 1

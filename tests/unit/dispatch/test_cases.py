@@ -19,6 +19,7 @@ from dispatch.settings import DispatchSettings
 from dispatch.store.sql import SqlCaseStore
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.codec import decode, schema_path
+from frontdesk.errors import StoreUnavailable
 from frontdesk.messages import CaseEvent, Flags, InboundMessage, Party, ThreadHints, Triage, TriagedMessage
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -173,6 +174,33 @@ def test_transient_reply_failure_is_retried_and_a_crashed_relay_lease_expires(st
     assert claimed and store.claim_outbox(10, lease_seconds=60) == []
     clock.now += timedelta(seconds=61)
     assert {i.id for i in store.claim_outbox(10, lease_seconds=60)} == {i.id for i in claimed}
+
+
+def test_an_outage_between_send_and_mark_does_not_repeat_the_acknowledgement(store: SqlCaseStore,
+                                                                            clock: Clock) -> None:
+    """The far side accepted, then the database went away before the row was marked sent: the relay
+    remembers the delivery and marks it first once the database is back; nothing is sent twice."""
+    store.apply(email(1))
+    rel, bus, replier = relay(store)
+    real_mark, calls = store.mark_sent_many, []
+
+    def mark(ids: list[int]) -> None:
+        calls.append(list(ids))
+        if len(calls) in (2, 3):  # the event is marked; then the database is down for two attempts
+            raise StoreUnavailable("database unavailable: connection refused")
+        real_mark(ids)
+
+    store.mark_sent_many = mark  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        rel.run_once()  # event published and marked, acknowledgement accepted, marking it fails
+    with pytest.raises(StoreUnavailable):
+        rel.run_once()  # still down: nothing claimed, nothing sent
+    assert len(replier.sent) == 1
+    rel.run_once()  # back: the remembered delivery is marked before anything is claimed
+    clock.now += timedelta(seconds=61)  # past the lease the acknowledgement was claimed with
+    rel.run_once()
+    assert len(replier.sent) == 1 and len(bus.records(bus.topics.cases)) == 1
+    assert calls[1] == calls[2] == calls[3] and store.claim_outbox(10, lease_seconds=60) == []
 
 
 class SlowReplier(MemoryReplier):
