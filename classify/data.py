@@ -15,6 +15,9 @@ from frontdesk.errors import ConfigError
 
 TRAIN_DIR = Path(__file__).parent / "data" / "train"
 DEV_FILE = Path(__file__).parent / "data" / "dev.jsonl"
+# Written 2026-12-04 by writers who never saw the training data or the dev split; evaluated, never
+# trained or tuned on (see README, Triage model).
+HOLDOUT_FILE = Path(__file__).parent / "data" / "holdout.jsonl"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
-"""The shipped training data and dev split: valid labels, full coverage, and no dev text in training.
+"""The shipped training data, dev split and holdout: valid labels, full coverage, and no evaluation
+text in training.
 
-The dev split is the proxy for "data the developers never saw", so no training example may be
-the same message or a close paraphrase of one (character 5-gram Jaccard similarity above 0.5).
+The dev split and the holdout are the proxies for "data the developers never saw", so no training
+example may be the same message or a close paraphrase of one of theirs (character 5-gram Jaccard
+similarity above 0.5).
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import collections
 import json
 
 from classify.base import CATEGORIES, URGENCIES
-from classify.data import DEV_FILE, read_examples, training_files
+from pathlib import Path
+
+import pytest
+
+from classify.data import DEV_FILE, HOLDOUT_FILE, read_examples, training_files
 
 LANGUAGES = {"az", "en", "ru", "tr"}
 CHANNELS = {"email", "chat", "social"}
@@ -26,9 +32,9 @@ def test_every_training_and_dev_line_has_valid_labels_and_every_label_is_covered
     files = training_files()
     assert len(files) >= 4
     train = [e for path in files for e in read_examples(path)]
-    dev = read_examples(DEV_FILE)
-    assert len(train) >= 1500 and len(dev) >= 500
-    for examples in (train, dev):
+    dev, holdout = read_examples(DEV_FILE), read_examples(HOLDOUT_FILE)
+    assert len(train) >= 1500 and len(dev) >= 500 and len(holdout) >= 400
+    for examples in (train, dev, holdout):
         assert {e.category for e in examples} == set(CATEGORIES)
         assert {e.urgency for e in examples} == set(URGENCIES)
         assert {e.language for e in examples} == LANGUAGES
@@ -46,8 +52,9 @@ def test_the_training_files_declare_their_script_variants() -> None:
         assert variants[needed] >= 30, (needed, variants)
 
 
-def test_no_dev_text_is_in_the_training_data_not_even_paraphrased() -> None:
-    dev = [grams(e.text) for e in read_examples(DEV_FILE)]
+@pytest.mark.parametrize("held_out", [DEV_FILE, HOLDOUT_FILE], ids=["dev", "holdout"])
+def test_no_evaluation_text_is_in_the_training_data_not_even_paraphrased(held_out: Path) -> None:
+    dev = [grams(e.text) for e in read_examples(held_out)]
     index: dict[str, list[int]] = collections.defaultdict(list)
     for i, shingles in enumerate(dev):
         for gram in shingles:
