@@ -16,6 +16,7 @@ from email.parser import HeaderParser
 from email.utils import collapse_rfc2231_value, getaddresses, parsedate_to_datetime
 
 from frontdesk.messages import Flags, Party
+from ingest.mail.message import CachedMessage
 from ingest.mail.text import decode_bytes, decode_header_value, single_line
 
 NAME_MAX = 256
@@ -54,6 +55,8 @@ def raw_headers(message: Message, name: str) -> list[str]:
     ``Message.get`` would turn a value with 8-bit bytes into a Header object whose str() has
     already replaced them with U+FFFD; ``raw_items`` keeps them for our charset guessing.
     """
+    if isinstance(message, CachedMessage):
+        return message.raw_values(name)
     wanted = name.lower()
     return [str(value) for key, value in message.raw_items() if key.lower() == wanted]
 

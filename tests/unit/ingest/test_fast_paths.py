@@ -3,7 +3,7 @@
 ``ingest.mail.flags.addresses`` reads common address headers with a regex instead of
 ``email.utils.getaddresses``; ``ingest.mail.text._LineAnchored`` tries mail-parser-reply's header
 and signature patterns only at line starts and newlines; ``ingest.mail.message.CachedMessage``
-remembers content types. Each is compared with the original on every mail of the MIME and hostile
+remembers content types and raw header values. Each is compared with the original on every mail of the MIME and hostile
 corpora, plus crafted cases.
 """
 
@@ -147,7 +147,17 @@ MUTATIONS: list[Callable[[list[Message]], None]] = [  # the content type is comp
 ]
 
 
-def test_cached_content_types_equal_the_stdlib_ones_also_after_each_change() -> None:
+def header_values(message: Message) -> list[list[tuple[str, list[str]]]]:
+    """Per part, every header name (and a few absent ones) with its raw values as ``raw_headers`` sees them."""
+    out = []
+    for part in message.walk():
+        present = sorted({k.lower() for k in part.keys()})
+        names = present[:: max(1, len(present) // 40)] + ["x-absent", "From", "CONTENT-TYPE"]  # bombs have thousands
+        out.append([(n, raw_headers(part, n)) for n in names])
+    return out
+
+
+def test_cached_content_types_and_raw_headers_equal_the_stdlib_ones_also_after_each_change() -> None:
     compared = 0
     for raw in RAWS:
         try:
@@ -155,10 +165,14 @@ def test_cached_content_types_equal_the_stdlib_ones_also_after_each_change() -> 
         except Exception:
             continue
         assert content_types(cached) == content_types(plain)
+        assert header_values(cached) == header_values(plain)
         plain_parts, cached_parts = list(plain.walk()), list(cached.walk())
         for mutate in MUTATIONS:
             for parts in (plain_parts, cached_parts):
                 mutate(parts)
             assert [p.get_content_type() for p in cached_parts] == [p.get_content_type() for p in plain_parts]
+            for i in (0, -1):  # the parts the mutations touch
+                assert raw_headers(cached_parts[i], "Content-Type") == raw_headers(plain_parts[i], "Content-Type")
+        assert header_values(cached) == header_values(plain)
         compared += 1
     assert compared > 400
