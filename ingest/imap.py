@@ -6,7 +6,8 @@ Per folder, one pass:
    if given) and log in (password or XOAUTH2), select the folder;
 2. choose the UIDs to import: after the checkpoint's highest handled UID; on first start (or a
    UIDVALIDITY change) what is unseen, plus seen mail since ``backfill_since`` if configured;
-   one FETCH of their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``);
+   FETCH their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``) — the
+   first batch's alone, so that it is parsing while the rest are described;
 3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen; at most ``batch`` mails and
    ``BATCH_BYTES``); worker processes (``ingest.imap_parse``) parse the mails and stage their blobs
    (raw mail, attachments: unsynced temporary files) while the next batches are fetched (at most
@@ -118,7 +119,8 @@ class MailboxConnector:
         self.health.consecutive_failures = 0
         return published
 
-    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[PendingMail]:
+    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[int]:
+        """The UIDs to import, ascending (contract: module docstring, step 2)."""
         cp = self.checkpoints.load(self.box.name, folder)
         if cp.uidvalidity != uidvalidity:
             if cp.uidvalidity is not None:
@@ -128,36 +130,54 @@ class MailboxConnector:
             if self.box.backfill_since:
                 criteria = ["OR", "UNSEEN", "SINCE", self.box.backfill_since]
             self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, 0))
-            uids = sorted(client.search(criteria))
-        else:
-            uids = sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
+            return sorted(client.search(criteria))
+        return sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
+
+    def _describe(self, client: IMAPClient, uids: list[int]) -> list[PendingMail]:
+        """Sizes and INTERNALDATEs of ``uids`` (a UID expunged by another client meanwhile is left out)."""
         mails: list[PendingMail] = []
         for start in range(0, len(uids), DESCRIBE_CHUNK):
             chunk = uids[start : start + DESCRIBE_CHUNK]
             described = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
             for uid in chunk:
-                item = described.get(uid)  # None: expunged by another client meanwhile, nothing to import
+                item = described.get(uid)
                 if item is not None:
                     mails.append(PendingMail(uid, int(item.get(b"RFC822.SIZE", 0)), aware(item.get(b"INTERNALDATE"))))
         return mails
 
-    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, mails: list[PendingMail]) -> int:
-        """Fetch, parse (in the pool), store, publish, flag and checkpoint ``mails`` batch by batch."""
-        oldest = oldest_from(mails)
-        self._note_backlog(folder, oldest[0])
+    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int]) -> int:
+        """Describe, fetch, parse (in the pool), store, publish, flag and checkpoint ``uids`` batch by
+        batch. The first batch is described and fetched alone, so that it is parsing while the rest of
+        the folder is described."""
         published = 0
         window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]] = deque()
         try:
-            for end, batch in self._batches(mails):
-                window.append((end, batch, *self._fetch(client, batch)))
-                while window and (len(window) > PREFETCH or end == len(mails)):
-                    done, *fetched = window.popleft()
-                    published += self._import_batch(client, folder, uidvalidity, *fetched)
-                    self._note_backlog(folder, oldest[done])
+            head = self._describe(client, uids[: self.box.batch])
+            first = next(self._batches(head), None)
+            if first is not None:
+                window.append((first[0], first[1], *self._fetch(client, first[1])))
+            mails = head + self._describe(client, uids[self.box.batch :])
+            oldest = oldest_from(mails)
+            self._note_backlog(folder, oldest[0])
+            start = first[0] if first is not None else 0
+            for end, batch in self._batches(mails[start:]):
+                window.append((start + end, batch, *self._fetch(client, batch)))
+                while len(window) > PREFETCH:
+                    published += self._import_oldest(client, folder, uidvalidity, window, oldest)
+            while window:
+                published += self._import_oldest(client, folder, uidvalidity, window, oldest)
         finally:
             for *_, pending in window:
                 if self.blobs is not None:
                     self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
+        return published
+
+    def _import_oldest(self, client: IMAPClient, folder: str, uidvalidity: int,
+                       window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]],
+                       oldest: list[datetime | None]) -> int:
+        done, *fetched = window.popleft()
+        published = self._import_batch(client, folder, uidvalidity, *fetched)
+        self._note_backlog(folder, oldest[done])
         return published
 
     def _batches(self, mails: list[PendingMail]) -> Iterator[tuple[int, list[PendingMail]]]:
