@@ -14,7 +14,8 @@ Which parser, measured on the 365 parseable mails of ``tests/fixtures/mail/corpu
   charset labels, CR/LF in a display name), and about 2x slower than this package;
 * so the tree comes from the stdlib ``compat32`` parser (the one mail-parser itself wraps), and
   charsets, RFC 2047/2231, addresses and HTML are decoded here (:mod:`.text`, :mod:`.flags`);
-  mail-parser-reply splits quotes and signatures, with markers added for ru, tr and az.
+  mail-parser-reply splits quotes and signatures, with markers added for ru, tr and az
+  (:mod:`.replies`).
 """
 
 from ingest.mail.parse import MailLimits, MailRejected, parse_mail, to_parse_json

@@ -33,7 +33,8 @@ from frontdesk.messages import Attachment, InboundMessage, ThreadHints
 from ingest.blobs import BlobStore, blob_ref
 from ingest.mail import flags as headers
 from ingest.mail.message import parse_bytes
-from ingest.mail.text import clean_text, decode_bytes, html_to_text, normalise_text
+from ingest.mail.replies import clean_text
+from ingest.mail.text import decode_bytes, html_to_text, normalise_text
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,7 +1,7 @@
 """The parser's fast paths give exactly what the slow paths they stand in for give.
 
 ``ingest.mail.flags.addresses`` reads common address headers with a regex instead of
-``email.utils.getaddresses``; ``ingest.mail.text._LineAnchored`` tries mail-parser-reply's header
+``email.utils.getaddresses``; ``ingest.mail.replies._LineAnchored`` tries mail-parser-reply's header
 and signature patterns only at line starts and newlines; ``ingest.mail.message.CachedMessage``
 remembers content types, header parameters and raw header values. Each is compared with the original on every mail of the MIME and hostile
 corpora, plus crafted cases.
@@ -21,7 +21,7 @@ from ingest.mail import parse_mail
 from ingest.mail.flags import addresses, raw_headers
 from ingest.mail.message import parse_bytes
 from ingest.mail.parse import MailLimits, MailRejected
-from ingest.mail.text import _LineAnchored, _ReplyMessage, _prepare
+from ingest.mail.replies import _LineAnchored, _ReplyMessage, _prepare
 from tests.fixtures.hostile.mail import build_hostile_mails
 from tests.fixtures.mail.corpus import build_corpus
 

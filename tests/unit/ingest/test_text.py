@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from ingest.mail.text import clean_text, decode_bytes, decode_header_value, html_to_text, single_line
+from ingest.mail.replies import clean_text
+from ingest.mail.text import decode_bytes, decode_header_value, html_to_text, single_line
 
 RU = "Здравствуйте, вывод средств задерживается уже три дня."
 TR = "Merhaba, çekim talebim üç gündür bekliyor; hâlâ ödenmedi."
