@@ -33,7 +33,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +43,7 @@ from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
 from ingest.blobs import BlobStore, BlobWriteFailed
-from ingest.imap_state import Checkpoint, CheckpointStore, PendingMail, aware, oldest_from
+from ingest.imap_state import Checkpoint, CheckpointStore, Health, PendingMail, aware, oldest_from
 from ingest.imap_connect import connect, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
 from ingest.imap_settings import MailboxSettings
@@ -57,20 +56,6 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
 DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
-
-
-@dataclass
-class Health:
-    """Per-mailbox state for metrics and the status line."""
-
-    last_success: datetime | None = None
-    consecutive_failures: int = 0
-    auth_failures: int = 0
-    published: int = 0
-    dead_lettered: int = 0
-    last_error: str | None = None
-    # INTERNALDATE of the oldest mail found on the server and not yet handled (None: caught up)
-    oldest_unprocessed_at: datetime | None = None
 
 
 class MailboxConnector:

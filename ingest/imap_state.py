@@ -1,5 +1,5 @@
-"""Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY and the highest UID handled)
-and the mail still pending.
+"""Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY and the highest UID handled),
+the mail still pending, and each mailbox's health.
 
 A checkpoint only ever advances after the mail up to it is on the bus and flagged, so losing the
 latest save (a crash right after it) only re-imports a batch, with the same ids.
@@ -75,3 +75,17 @@ def oldest_from(mails: list[PendingMail]) -> list[datetime | None]:
         date, after = mails[index].date, oldest[index + 1]
         oldest[index] = date if after is None or (date is not None and date < after) else after
     return oldest
+
+
+@dataclass
+class Health:
+    """Per-mailbox state for metrics and the status line."""
+
+    last_success: datetime | None = None
+    consecutive_failures: int = 0
+    auth_failures: int = 0
+    published: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    # INTERNALDATE of the oldest mail found on the server and not yet handled (None: caught up)
+    oldest_unprocessed_at: datetime | None = None
