@@ -17,7 +17,7 @@ from email.utils import collapse_rfc2231_value, getaddresses, parsedate_to_datet
 
 from frontdesk.messages import Flags, Party
 from ingest.mail.message import CachedMessage
-from ingest.mail.text import decode_bytes, decode_header_value, single_line
+from ingest.mail.text import decode_bytes, decode_header_value, single_line, unfold
 
 NAME_MAX = 256
 FILENAME_MAX = 255
@@ -147,7 +147,7 @@ def addresses(values: list[str]) -> list[tuple[str, str]]:
 
 def _parties(message: Message, header: str) -> list[Party]:
     """The addresses of one address header: lower-cased address, decoded one-line display name."""
-    values = [re.sub(r"\r?\n(?=[ \t])", "", value) for value in raw_headers(message, header)]
+    values = [unfold(value) for value in raw_headers(message, header)]
     parties = []
     for name, address in addresses(values):
         address = single_line(decode_header_value(address), ADDRESS_MAX).replace(" ", "").lower()

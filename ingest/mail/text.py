@@ -57,6 +57,7 @@ _ENCODED_RUN = re.compile(r"(?:=\?[^?\s]{0,64}\?[bBqQ]\?[^?\s]*\?=)+")
 _VALID_NON_ASCII = re.compile(r"[^\x00-\x7f\ufffd]")
 _BETWEEN_ENCODED_WORDS = re.compile(r"(\?=)[ \t\r\n]+(?==\?)")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff\ufffe\uffff]")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
 _DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]{100,}")
 _MD_ESCAPE = re.compile(r"\\([-\\`*_{}\[\]()#+.!>])")
@@ -127,11 +128,16 @@ def decode_header_value(value: str) -> str:
     multi-byte characters across them); one that cannot be decoded is kept literally.
     """
     text = value if value.isascii() else decode_bytes(value.encode("utf-8", "surrogateescape"), None)
-    text = re.sub(r"\r?\n(?=[ \t])", "", text)
+    text = unfold(text)
     if "=?" not in text:
         return text
     text = _BETWEEN_ENCODED_WORDS.sub(r"\1", text)
     return _ENCODED_RUN.sub(_decode_run, text)
+
+
+def unfold(value: str) -> str:
+    """A header value without its folding line breaks (RFC 5322 2.2.3)."""
+    return _FOLD.sub("", value) if "\n" in value else value
 
 
 def _decode_run(run: re.Match[str]) -> str:
