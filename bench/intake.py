@@ -23,7 +23,8 @@ One command, everything on this machine:
   cores stretches wall clocks, much less CPU seconds: compare both, on runs done back to back.
   Dovecot's own CPU is in neither;
 * ``--profile``: one more Frontdesk pass with timing wrappers around each step of the connector
-  (``bench.intake_profile``), then one parsing in the connector thread under cProfile.
+  (``bench.intake_profile``; onto Kafka with ``--kafka``), then one parsing in the connector thread
+  under cProfile (embedded bus).
 
 Prints a table (MB = 10^6 bytes of the messages as the server serves them, RFC822.SIZE);
 goal: Frontdesk at least as fast as mbsync while also parsing and publishing.
@@ -351,12 +352,13 @@ def main() -> None:
                 else:
                     from bench import intake_profile
 
-                    bus = open_bus("embedded", work, None)
+                    kind = "kafka" if args.kafka and tool == "phases" else "embedded"
+                    bus = open_bus(kind, work, bootstrap)
                     try:
                         conn = connector(server, folder, bus, work, args.batch,
                                          pool if tool == "phases" else ParsePool(0))
-                        profile += (intake_profile.phases(conn) if tool == "phases"
-                                    else intake_profile.hotspots(conn))
+                        profile += (intake_profile.phases(conn, "Kafka" if kind == "kafka" else "embedded bus")
+                                    if tool == "phases" else intake_profile.hotspots(conn))
                     finally:
                         bus.close()
         finally:

@@ -24,7 +24,8 @@ from ingest.imap import MailboxConnector
 
 _STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE INTERNALDATE",
           "IMAP fetch BODY.PEEK[]", "hand mails to the parser processes", "wait for the parser processes",
-          "blob commit (sync + index)", "bus publish (durable)", "IMAP flag \\Seen", "checkpoint save")
+          "wait for the publisher thread", "IMAP flag \\Seen", "checkpoint save")
+_PUBLISHER_STEPS = ("blob commit (sync + index)", "bus publish (durable)")
 
 
 class Phases:
@@ -67,6 +68,7 @@ def _instrument(conn: MailboxConnector, phases: Phases) -> None:
 
     conn.connect = phases.wrap("IMAP connect + login", connect_and_wrap)  # type: ignore[method-assign]
     conn._after_import = phases.wrap("IMAP flag \\Seen", conn._after_import)  # type: ignore[method-assign]
+    conn._delivered = phases.wrap("wait for the publisher thread", conn._delivered)  # type: ignore[method-assign]
     conn.bus.publish = phases.wrap("bus publish (durable)", conn.bus.publish)  # type: ignore[method-assign]
     conn.checkpoints.save = phases.wrap("checkpoint save", conn.checkpoints.save)  # type: ignore[method-assign]
     conn.pool.start = phases.wrap("hand mails to the parser processes", conn.pool.start)  # type: ignore[method-assign]
@@ -81,8 +83,9 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def phases(conn: MailboxConnector) -> list[str]:
-    """One timed ``run_once``: a table of the connector thread's steps (they add up to the wall time)."""
+def phases(conn: MailboxConnector, bus_name: str = "embedded bus") -> list[str]:
+    """One timed ``run_once``: a table of the connector thread's steps (they add up to the wall time),
+    then the publisher thread's."""
     phases = Phases()
     _instrument(conn, phases)
     workers = conn.pool.cpu_seconds()
@@ -92,13 +95,16 @@ def phases(conn: MailboxConnector) -> list[str]:
     workers = conn.pool.cpu_seconds() - workers
     s = phases.seconds
     rest = total - sum(s[name] for name in _STEPS)
-    lines = [f"where the connector's time goes: one run_once of {count} mails, embedded bus, {total:.2f} s wall; "
+    lines = [f"where the connector's time goes: one run_once of {count} mails, {bus_name}, {total:.2f} s wall; "
              f"CPU: connector process {cpu:.2f} s, {conn.pool.workers} parser processes {workers:.2f} s "
              f"({1000 * workers / max(count, 1):.2f} ms a mail)",
              f"  {'connector thread':46} {'seconds':>8} {'share':>6} {'calls':>6}"]
     for name in (*_STEPS, "records, loop, the rest"):
         seconds = s[name] if name in _STEPS else rest
         lines.append(f"  {name:46} {seconds:>8.3f} {100 * seconds / total:>5.1f}% {phases.calls.get(name, 0):>6}")
+    lines.append(f"  {'publisher thread (overlaps the fetches)':46}")
+    for name in _PUBLISHER_STEPS:
+        lines.append(f"  {name:46} {s[name]:>8.3f} {100 * s[name] / total:>5.1f}% {phases.calls.get(name, 0):>6}")
     return lines
 
 

@@ -9,12 +9,13 @@ Per folder, one pass:
    FETCH their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``) — the
    first batch's alone, so that it is parsing while the rest are described;
 3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen; at most ``batch`` mails and
-   ``BATCH_BYTES``); worker processes (``ingest.imap_parse``) parse the mails and stage their blobs
+   ``ingest.imap_batch.BATCH_BYTES``); worker processes (``ingest.imap_parse``) parse the mails and stage their blobs
    (raw mail, attachments: unsynced temporary files) while the next batches are fetched (at most
-   ``PREFETCH + 1`` batches in memory); then the batch's blobs are committed (two syncs), and the
-   batch is published — messages to the inbound topic, unparseable or oversized mail as
-   dead-letter records — and the bus has acknowledged it;
-4. only then mark the batch Seen / move it / delete it, and then advance the checkpoint.
+   ``PREFETCH + 1`` batches in memory); then, on a publisher thread while the next batch is
+   fetched, the batch's blobs are committed (one sync, one index transaction) and the batch is
+   published — messages to the inbound topic, unparseable or oversized mail as dead-letter records;
+4. only once the bus has acknowledged it, mark the batch Seen / move it / delete it, and then
+   advance the checkpoint. A pass that fails waits for the publisher thread before it returns.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
 same ids (the Message-ID, or a hash of the bytes): no-ops downstream. A UIDVALIDITY change
@@ -32,7 +33,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,18 +43,18 @@ from imapclient.exceptions import IMAPClientError
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
-from ingest.blobs import BlobStore, BlobWriteFailed
+from ingest.blobs import BlobStore, Staged
+from ingest.imap_batch import Delivery, batch_records, batches
 from ingest.imap_state import Checkpoint, CheckpointStore, Health, PendingMail, aware, oldest_from
 from ingest.imap_connect import connect, logout, take_announced_mail
-from ingest.imap_parse import ParseJob, ParsePool, Pending, dead_letter_record, inbound_record, shared_pool
+from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
-from ingest.mail.parse import MailLimits, over_limit
+from ingest.mail.parse import MailLimits
 
 __all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
 
 log = logging.getLogger(__name__)
 
-BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
 DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
 
@@ -133,52 +134,51 @@ class MailboxConnector:
     def _import(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int]) -> int:
         """Describe, fetch, parse (in the pool), store, publish, flag and checkpoint ``uids`` batch by
         batch. The first batch is described and fetched alone, so that it is parsing while the rest of
-        the folder is described."""
+        the folder is described; a batch is stored and published on a thread while the next one is
+        fetched, and flagged once the bus has acknowledged it."""
         published = 0
         window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]] = deque()
+        publisher = ThreadPoolExecutor(1, thread_name_prefix=f"{self.connector}-publish")
+        inflight: Delivery | None = None
         try:
             head = self._describe(client, uids[: self.box.batch])
-            first = next(self._batches(head), None)
+            first = next(batches(head, self.box.batch, self.limits), None)
             if first is not None:
                 window.append((first[0], first[1], *self._fetch(client, first[1])))
             mails = head + self._describe(client, uids[self.box.batch :])
             oldest = oldest_from(mails)
             self._note_backlog(folder, oldest[0])
             start = first[0] if first is not None else 0
-            for end, batch in self._batches(mails[start:]):
+            for end, batch in batches(mails[start:], self.box.batch, self.limits):
                 window.append((start + end, batch, *self._fetch(client, batch)))
                 while len(window) > PREFETCH:
-                    published += self._import_oldest(client, folder, uidvalidity, window, oldest)
+                    inflight, settled = self._advance(client, folder, uidvalidity, window.popleft(), inflight,
+                                                      publisher, oldest)
+                    published += settled
             while window:
-                published += self._import_oldest(client, folder, uidvalidity, window, oldest)
+                inflight, settled = self._advance(client, folder, uidvalidity, window.popleft(), inflight,
+                                                  publisher, oldest)
+                published += settled
+            if inflight is not None:
+                published += self._settle(client, folder, uidvalidity, inflight, oldest)
         finally:
+            publisher.shutdown(wait=True)  # a failed pass leaves no write behind; unflagged batches come again
             for *_, pending in window:
                 if self.blobs is not None:
                     self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
         return published
 
-    def _import_oldest(self, client: IMAPClient, folder: str, uidvalidity: int,
-                       window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]],
-                       oldest: list[datetime | None]) -> int:
-        done, *fetched = window.popleft()
-        published = self._import_batch(client, folder, uidvalidity, *fetched)
-        self._note_backlog(folder, oldest[done])
-        return published
-
-    def _batches(self, mails: list[PendingMail]) -> Iterator[tuple[int, list[PendingMail]]]:
-        """Consecutive batches of at most ``box.batch`` mails and ``BATCH_BYTES`` (a bigger mail
-        goes alone), each with the index in ``mails`` where it ends."""
-        batch: list[PendingMail] = []
-        size = 0
-        for index, mail in enumerate(mails):
-            fetched = mail.size if mail.size <= self.limits.max_message_bytes else 0
-            if batch and (len(batch) >= self.box.batch or size + fetched > BATCH_BYTES):
-                yield index, batch
-                batch, size = [], 0
-            batch.append(mail)
-            size += fetched
-        if batch:
-            yield len(mails), batch
+    def _advance(self, client: IMAPClient, folder: str, uidvalidity: int,
+                 entry: tuple[int, list[PendingMail], dict[int, bytes], Pending], inflight: Delivery | None,
+                 publisher: ThreadPoolExecutor, oldest: list[datetime | None]) -> tuple[Delivery, int]:
+        """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it."""
+        done, batch, raws, pending = entry
+        parsed = self.pool.finish(pending)
+        records, staged = batch_records(self.job, self.bus.topics, batch, raws, parsed, self.blobs)
+        after = inflight.future if inflight is not None else None
+        delivery = Delivery(done, batch, records, publisher.submit(self._deliver, staged, records, after))
+        settled = self._settle(client, folder, uidvalidity, inflight, oldest) if inflight is not None else 0
+        return delivery, settled
 
     def _fetch(self, client: IMAPClient, batch: list[PendingMail]) -> tuple[dict[int, bytes], Pending]:
         """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing."""
@@ -187,40 +187,33 @@ class MailboxConnector:
         raws = {uid: bodies[uid][b"BODY[]"] for uid in wanted if b"BODY[]" in bodies.get(uid, {})}
         return raws, self.pool.start(self.job, list(raws.items()))
 
-    def _import_batch(self, client: IMAPClient, folder: str, uidvalidity: int, batch: list[PendingMail],
-                      raws: dict[int, bytes], pending: Pending) -> int:
-        """Commit the blobs, publish, then flag and checkpoint one batch; records published."""
-        parsed = {p.uid: p for p in self.pool.finish(pending)}
-        staged = [s for p in parsed.values() for s in p.staged]
-        failed = next((p.store_error for p in parsed.values() if p.store_error), None)
-        if failed is not None:
+    def _deliver(self, staged: list[Staged], records: list[Outgoing], after: Future[None] | None) -> None:
+        """On the publisher thread: commit the blobs, then publish (returns once the bus acknowledged);
+        nothing if the delivery before it (``after``, done by now) failed — that failure is raised."""
+        if after is not None and after.exception() is not None:
             if self.blobs is not None:
                 self.blobs.discard(staged)
-            raise BlobWriteFailed(failed)
-        records: list[Outgoing] = []
-        for mail in batch:
-            raw = raws.get(mail.uid)
-            if raw is None:
-                if mail.size > self.limits.max_message_bytes:
-                    reason = _over(mail.size, self.limits)
-                    records.append(dead_letter_record(self.bus.topics, self.connector, mail.uid, b"", reason))
-                continue  # expunged by another client since the FETCH of sizes: nothing to import
-            item = parsed[mail.uid]
-            if item.rejected is not None:
-                records.append(dead_letter_record(self.bus.topics, self.connector, mail.uid,
-                                                  raw[: self.limits.max_message_bytes], item.rejected))
-                continue
-            records.append(inbound_record(self.bus.topics, self.connector, item))
+            after.result()
         if self.blobs is not None:
             self.blobs.commit(staged)  # durable before any record that names them is
         self.bus.publish(records)
+
+    @staticmethod
+    def _delivered(future: Future[None]) -> None:
+        future.result()  # blocks; raises what the publisher thread raised
+
+    def _settle(self, client: IMAPClient, folder: str, uidvalidity: int, delivery: Delivery,
+                oldest: list[datetime | None]) -> int:
+        """Once ``delivery`` is on the bus: flag its mail, advance the checkpoint; records published."""
+        self._delivered(delivery.future)
         crashpoint("imap.after_publish")
-        self._after_import(client, [m.uid for m in batch])
-        self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, batch[-1].uid))
-        dead = sum(1 for r in records if r.topic == self.bus.topics.deadletter)
-        self.health.published += len(records) - dead
+        self._after_import(client, [m.uid for m in delivery.batch])
+        self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, delivery.batch[-1].uid))
+        dead = sum(1 for r in delivery.records if r.topic == self.bus.topics.deadletter)
+        self.health.published += len(delivery.records) - dead
         self.health.dead_lettered += dead
-        return len(records)
+        self._note_backlog(folder, oldest[delivery.done])
+        return len(delivery.records)
 
     def _note_backlog(self, folder: str, oldest: datetime | None) -> None:
         self._backlog[folder] = oldest
@@ -285,8 +278,3 @@ class MailboxConnector:
                 client.idle_done()
             except (IMAPClientError, OSError):
                 pass
-
-
-def _over(size: int, limits: MailLimits) -> str:
-    """'message is 0.3 MiB, over the 195.3 KiB limit' (the parser's wording for any limit)."""
-    return f"message is {over_limit(size, limits.max_message_bytes)} limit"

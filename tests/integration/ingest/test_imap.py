@@ -20,6 +20,7 @@ from imapclient import IMAPClient
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
 from frontdesk.messages import DeadLetter, InboundMessage
+from frontdesk.errors import BusUnavailable
 from ingest.blobs import BlobStore, BlobWriteFailed
 from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_settings import MailboxSettings
@@ -191,13 +192,13 @@ def test_health_shows_the_oldest_mail_not_yet_handled(dovecot_server, bus, tmp_p
             imap.append(folder, mail.raw, msg_time=date)
     conn = connector(dovecot_server, bus, tmp_path, folder, batch=2)
     seen = []
-    publish = bus.publish
+    flag = conn._after_import
 
-    def publish_and_look(records: list) -> None:  # type: ignore[type-arg]
-        seen.append(conn.health.oldest_unprocessed_at)  # what a metrics scrape reads meanwhile
-        publish(records)
+    def look_and_flag(client: IMAPClient, uids: list[int]) -> None:
+        seen.append(conn.health.oldest_unprocessed_at)  # what a metrics scrape reads while a batch is flagged
+        flag(client, uids)
 
-    bus.publish = publish_and_look  # type: ignore[method-assign]
+    conn._after_import = look_and_flag  # type: ignore[method-assign]
     assert conn.run_once() == 6
     assert seen == [min(dates), min(dates[2:]), min(dates[4:])] == [dates[1], dates[5], dates[5]]
     assert conn.health.oldest_unprocessed_at is None, "caught up"
@@ -216,6 +217,36 @@ def test_an_unwritable_blob_store_publishes_and_flags_nothing(dovecot_server, bu
         imap.select_folder(folder, readonly=True)
         assert len(imap.search(["UNSEEN"])) == 5
     assert connector(dovecot_server, bus, tmp_path, folder).run_once() == 5
+
+
+def test_a_refused_publish_flags_nothing_after_it_and_the_next_pass_resumes(dovecot_server, bus, tmp_path,  # type: ignore[no-untyped-def]
+                                                                           folder) -> None:
+    """Batches are published on a thread while the next is fetched: the bus refusing the third batch
+    fails the pass; the two acknowledged batches are flagged and checkpointed, nothing after them."""
+    mails = [m.raw for m in corpus() if not m.rejected][:10]
+    fill(dovecot_server, folder, mails)
+    conn = connector(dovecot_server, bus, tmp_path, folder, batch=2)
+    publish, calls = bus.publish, []
+
+    def refuse_the_third(records: list) -> None:  # type: ignore[type-arg]
+        calls.append(len(records))
+        if len(calls) == 3:
+            raise BusUnavailable("broker gone")
+        publish(records)
+
+    bus.publish = refuse_the_third  # type: ignore[method-assign]
+    with pytest.raises(BusUnavailable):
+        conn.run_once()
+    assert len(calls) == 3 and len(records(bus, bus.topics.inbound)) == 4
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.select_folder(folder, readonly=True)
+        uids = sorted(imap.search(["ALL"]))
+        assert sorted(imap.search(["UNSEEN"])) == uids[4:]
+    assert conn.checkpoints.load("support", folder).last_uid == uids[3]
+    bus.publish = publish  # type: ignore[method-assign]
+    assert conn.run_once() == 6
+    assert sorted(by_uid(bus)) == uids and len(records(bus, bus.topics.inbound)) == 10
 
 
 def test_kill_between_publish_and_flag_loses_nothing(dovecot_server, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]

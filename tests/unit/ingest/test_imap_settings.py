@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from frontdesk.bus.memory import MemoryBus
 from frontdesk.errors import SourceAuthError
-from ingest.imap import BATCH_BYTES, CheckpointStore, MailboxConnector
+from ingest.imap import CheckpointStore
+from ingest.imap_batch import BATCH_BYTES, batches
 from ingest.imap_state import PendingMail, oldest_from
-from ingest.imap_parse import ParsePool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
 
@@ -66,17 +65,15 @@ def test_a_mailbox_needs_a_credential_and_tls_by_default(tmp_path: Path) -> None
     assert settings.security == "ssl" and settings.port == 993 and settings.ca_file == tmp_path / "ca.pem"
 
 
-def test_batches_end_at_the_count_or_the_byte_budget(tmp_path: Path) -> None:
+def test_batches_end_at_the_count_or_the_byte_budget() -> None:
     limits = MailLimits(max_message_bytes=20 * 1024 * 1024)
-    conn = MailboxConnector(box(password="x", batch=3), MemoryBus(), CheckpointStore(tmp_path), None, limits,
-                            pool=ParsePool(0))
     big, huge = 20 * 1024 * 1024, 30 * 1024 * 1024  # huge: over the limit, never fetched, costs nothing
     mails = [PendingMail(uid, size, None) for uid, size in
              enumerate([1000, 1000, 1000, 1000, big, big, big, huge, huge, 10], 1)]
-    batches = list(conn._batches(mails))
-    assert [[m.uid for m in batch] for _, batch in batches] == [[1, 2, 3], [4, 5], [6], [7, 8, 9], [10]]
-    assert [end for end, _ in batches] == [3, 5, 6, 9, 10]
-    for _, batch in batches:
+    cut = list(batches(mails, 3, limits))
+    assert [[m.uid for m in batch] for _, batch in cut] == [[1, 2, 3], [4, 5], [6], [7, 8, 9], [10]]
+    assert [end for end, _ in cut] == [3, 5, 6, 9, 10]
+    for _, batch in cut:
         assert sum(m.size for m in batch if m.size <= limits.max_message_bytes) <= BATCH_BYTES
 
 

@@ -1,0 +1,77 @@
+"""One batch of an IMAP pass: how mail is cut into batches, a parsed batch's records, and a batch on
+its way to the bus (:class:`Delivery`). The order of the steps is :mod:`ingest.imap`'s."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from frontdesk.bus.base import Outgoing, Topics
+from ingest.blobs import BlobStore, BlobWriteFailed, Staged
+from ingest.imap_parse import ParseJob, Parsed, dead_letter_record, inbound_record
+from ingest.imap_state import PendingMail
+from ingest.mail.parse import MailLimits, over_limit
+
+BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A batch on its way to the bus: ``future`` ends when its blobs are committed and the bus has
+    acknowledged ``records``; ``done`` is where the batch ends in the pass's list of mails."""
+
+    done: int
+    batch: list[PendingMail]
+    records: list[Outgoing]
+    future: Future[None]
+
+
+def batches(mails: list[PendingMail], most: int, limits: MailLimits) -> Iterator[tuple[int, list[PendingMail]]]:
+    """Consecutive batches of at most ``most`` mails and ``BATCH_BYTES`` (a bigger mail goes alone;
+    a mail over the size limit is not fetched and counts nothing), each with the index in ``mails``
+    where it ends."""
+    batch: list[PendingMail] = []
+    size = 0
+    for index, mail in enumerate(mails):
+        fetched = mail.size if mail.size <= limits.max_message_bytes else 0
+        if batch and (len(batch) >= most or size + fetched > BATCH_BYTES):
+            yield index, batch
+            batch, size = [], 0
+        batch.append(mail)
+        size += fetched
+    if batch:
+        yield len(mails), batch
+
+
+def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws: dict[int, bytes],
+                  parsed: list[Parsed], blobs: BlobStore | None) -> tuple[list[Outgoing], list[Staged]]:
+    """The batch's records (inbound or dead-letter, in UID order) and the blobs they name. A blob
+    that could not be staged fails the whole batch (``BlobWriteFailed``, transient), its staged
+    blobs discarded."""
+    by_uid = {p.uid: p for p in parsed}
+    staged = [s for p in parsed for s in p.staged]
+    failed = next((p.store_error for p in parsed if p.store_error), None)
+    if failed is not None:
+        if blobs is not None:
+            blobs.discard(staged)
+        raise BlobWriteFailed(failed)
+    records: list[Outgoing] = []
+    for mail in batch:
+        raw = raws.get(mail.uid)
+        if raw is None:
+            if mail.size > job.limits.max_message_bytes:
+                records.append(dead_letter_record(topics, job.connector, mail.uid, b"", _over(mail.size, job.limits)))
+            continue  # expunged by another client since the FETCH of sizes: nothing to import
+        item = by_uid[mail.uid]
+        if item.rejected is not None:
+            records.append(dead_letter_record(topics, job.connector, mail.uid, raw[: job.limits.max_message_bytes],
+                                              item.rejected))
+            continue
+        records.append(inbound_record(topics, job.connector, item))
+    return records, staged
+
+
+def _over(size: int, limits: MailLimits) -> str:
+    """'message is 0.3 MiB, over the 195.3 KiB limit' (the parser's wording for any limit)."""
+    return f"message is {over_limit(size, limits.max_message_bytes)} limit"
