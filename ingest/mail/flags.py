@@ -64,6 +64,8 @@ def raw_headers(message: Message, name: str) -> list[str]:
 def _raw_filename(part: Message) -> str:
     """The filename as sent (RFC 2231 parameters decoded with our charset fallback), or ''."""
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        if not _may_name(part, header):
+            continue
         value = _header_view(part, header).get_param(param, header=header)
         if isinstance(value, tuple):
             charset, _language, text = value
@@ -74,6 +76,14 @@ def _raw_filename(part: Message) -> str:
         if value:
             return str(collapse_rfc2231_value(value))
     return ""
+
+
+def _may_name(part: Message, header: str) -> bool:
+    """False when ``get_param`` cannot find a ``name`` / ``filename`` (or RFC 2231 ``filename*0*``)
+    parameter in ``header``: it reads the first value, and every such parameter name contains "name".
+    Most parts have none; parsing their parameters was ~8% of a parse."""
+    values = raw_headers(part, header)
+    return bool(values) and "name" in values[0].lower()
 
 
 def _header_view(part: Message, header: str) -> Message:

@@ -3,7 +3,8 @@
 ``ingest.mail.flags.addresses`` reads common address headers with a regex instead of
 ``email.utils.getaddresses``; ``ingest.mail.replies._LineAnchored`` tries mail-parser-reply's header
 and signature patterns only at line starts and newlines; ``ingest.mail.message.CachedMessage``
-remembers content types, header parameters and raw header values. Each is compared with the original on every mail of the MIME and hostile
+remembers content types, header parameters and raw header values; ``flags._may_name`` skips
+parameter parsing where no name can be. Each is compared with the original on every mail of the MIME and hostile
 corpora, plus crafted cases.
 """
 
@@ -18,7 +19,8 @@ from email.utils import getaddresses
 import pytest
 
 from ingest.mail import parse_mail
-from ingest.mail.flags import addresses, raw_headers
+from ingest.mail import flags
+from ingest.mail.flags import addresses, attachment_filename, raw_headers
 from ingest.mail.message import parse_bytes
 from ingest.mail.parse import MailLimits, MailRejected
 from ingest.mail.replies import _LineAnchored, _ReplyMessage, _prepare
@@ -181,3 +183,27 @@ def test_cached_content_types_and_raw_headers_equal_the_stdlib_ones_also_after_e
         assert content_types(cached) == content_types(plain) and header_values(cached) == header_values(plain)
         compared += 1
     assert compared > 400
+
+
+CRAFTED_PARTS = [
+    b"Content-Type: text/plain; NAME=a.txt\n\nx", b"Content-Disposition: attachment; FileName=\"b c.pdf\"\n\nx",
+    b"Content-Disposition: attachment; filename*0*=utf-8''%D0%B0; filename*1=.txt\n\nx",
+    b"Content-Disposition: inline\nContent-Disposition: attachment; filename=second.txt\n\nx",
+    b"Content-Type: application/pdf;\n name=\"\xd0\xb0\xd0\xb1.pdf\"\n\nx", b"Content-Type: image/png; x-name\n\nx",
+    b"Content-Disposition: attachment; filename=\n\nx", b"Content-Type: text/plain; charset=\xff\xfe\n\nx",
+    b"Content-Type: application/octet-stream; name*=iso-8859-9''%FDs.txt\n\nx", b"Subject: name\n\nx",
+]
+
+
+def test_attachment_names_are_the_same_without_the_may_name_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [parse_bytes(raw) for raw in CRAFTED_PARTS]
+    for raw in RAWS:
+        try:
+            parts += [part for part in parse_bytes(raw).walk()]
+        except Exception:
+            continue
+    fast = [attachment_filename(part) for part in parts]
+    skipped = [p for p in parts if not flags._may_name(p, "content-type") and not flags._may_name(p, "content-disposition")]
+    assert sum(1 for name in fast if name) > 40 and len(skipped) > 500
+    monkeypatch.setattr(flags, "_may_name", lambda part, header: True)
+    assert [attachment_filename(part) for part in parts] == fast
