@@ -43,6 +43,7 @@ from imapclient.exceptions import IMAPClientError
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
+from ingest import imap_fetch
 from ingest.blobs import BlobStore, Staged
 from ingest.imap_batch import Delivery, batch_records, batches
 from ingest.imap_state import Checkpoint, CheckpointStore, Health, PendingMail, aware, oldest_from
@@ -124,7 +125,7 @@ class MailboxConnector:
         mails: list[PendingMail] = []
         for start in range(0, len(uids), DESCRIBE_CHUNK):
             chunk = uids[start : start + DESCRIBE_CHUNK]
-            described = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
+            described = imap_fetch.fetch(client, chunk, imap_fetch.SIZE_AND_DATE)
             for uid in chunk:
                 item = described.get(uid)
                 if item is not None:
@@ -183,7 +184,7 @@ class MailboxConnector:
     def _fetch(self, client: IMAPClient, batch: list[PendingMail]) -> tuple[dict[int, bytes], Pending]:
         """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing."""
         wanted = [m.uid for m in batch if m.size <= self.limits.max_message_bytes]
-        bodies = client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
+        bodies = imap_fetch.fetch(client, wanted, imap_fetch.BODY)
         raws = {uid: bodies[uid][b"BODY[]"] for uid in wanted if b"BODY[]" in bodies.get(uid, {})}
         return raws, self.pool.start(self.job, list(raws.items()))
 
