@@ -20,6 +20,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 
+from ingest import imap_fetch
 from ingest.imap import MailboxConnector
 
 _STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE INTERNALDATE",
@@ -54,14 +55,6 @@ def _instrument(conn: MailboxConnector, phases: Phases) -> None:
 
     def connect_and_wrap() -> IMAPClient:
         client = connect()
-        fetch = client.fetch
-
-        def fetch_timed(messages: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
-            sizes = any(b"SIZE" in (d if isinstance(d, bytes) else str(d).encode()) for d in data)
-            name = "IMAP fetch RFC822.SIZE INTERNALDATE" if sizes else "IMAP fetch BODY.PEEK[]"
-            return phases.wrap(name, fetch)(messages, data, *args, **kwargs)
-
-        client.fetch = fetch_timed  # type: ignore[method-assign]
         client.search = phases.wrap("IMAP search", client.search)  # type: ignore[method-assign]
         client.select_folder = phases.wrap("IMAP select", client.select_folder)  # type: ignore[method-assign]
         return client
@@ -88,9 +81,19 @@ def phases(conn: MailboxConnector, bus_name: str = "embedded bus") -> list[str]:
     then the publisher thread's."""
     phases = Phases()
     _instrument(conn, phases)
+    fetch = imap_fetch.fetch
+
+    def fetch_timed(client: IMAPClient, uids: Any, items: tuple[str, ...]) -> Any:
+        name = "IMAP fetch RFC822.SIZE INTERNALDATE" if items == imap_fetch.SIZE_AND_DATE else "IMAP fetch BODY.PEEK[]"
+        return phases.wrap(name, fetch)(client, uids, items)
+
+    imap_fetch.fetch = fetch_timed  # type: ignore[assignment]
     workers = conn.pool.cpu_seconds()
     cpu, started = _cpu(), time.perf_counter()
-    count = conn.run_once()
+    try:
+        count = conn.run_once()
+    finally:
+        imap_fetch.fetch = fetch
     total, cpu = time.perf_counter() - started, _cpu() - cpu
     workers = conn.pool.cpu_seconds() - workers
     s = phases.seconds
