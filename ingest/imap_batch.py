@@ -3,13 +3,17 @@ its way to the bus (:class:`Delivery`). The order of the steps is :mod:`ingest.i
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from frontdesk.bus.base import Outgoing, Topics
+from frontdesk.codec import encode
+from frontdesk.messages import DeadLetter
 from ingest.blobs import BlobStore, BlobWriteFailed, Staged
-from ingest.imap_parse import ParseJob, Parsed, dead_letter_record, inbound_record
+from ingest.imap_worker import ParseJob, Parsed
 from ingest.imap_state import PendingMail
 from ingest.mail.parse import MailLimits, over_limit
 
@@ -75,3 +79,19 @@ def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws:
 def _over(size: int, limits: MailLimits) -> str:
     """'message is 0.3 MiB, over the 195.3 KiB limit' (the parser's wording for any limit)."""
     return f"message is {over_limit(size, limits.max_message_bytes)} limit"
+
+
+def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
+    """The inbound-topic record of a parsed (not rejected) mail."""
+    return Outgoing(topics.inbound, parsed.value, parsed.key,
+                    (("frontdesk-connector", connector.encode()), ("frontdesk-imap-uid", str(parsed.uid).encode())))
+
+
+def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str) -> Outgoing:
+    """The dead-letter record of a rejected mail (``raw``: what of it to keep), keyed by mailbox and UID."""
+    letter = DeadLetter(stage="ingest", reason=reason, error_type="MailRejected",
+                        source_topic=f"{connector}/uid:{uid}", value_b64=base64.b64encode(raw).decode(),
+                        message_id=None, failed_at=datetime.now(UTC))
+    return Outgoing(topics.deadletter, encode(letter), f"{connector}:{uid}".encode(),
+                    (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
+                     ("frontdesk-imap-uid", str(uid).encode())))

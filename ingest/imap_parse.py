@@ -1,12 +1,13 @@
 """Parsing fetched mail off the IMAP connection: a pool of worker processes shared by all mailboxes.
 
-Parsing is CPU-bound Python (about 0.8 ms a mail), so threads would share one core under the GIL;
+Parsing is CPU-bound Python (about 0.4 ms a mail), so threads would share one core under the GIL;
 worker processes use every core while the connector thread fetches, commits and publishes. A
-worker gets a chunk of ``(uid, raw bytes)`` and returns, per mail, the encoded ``InboundMessage``
-and its blobs (raw mail, attachments) staged in the blob store — appended to one new pack file per
-chunk, neither synced nor indexed (``BlobStore.writer``) — or the reason the mail is rejected. The
-connector commits a whole batch's blobs with one sync and one index transaction and only then
-publishes (``ingest.blobs``); it discards what it does not commit.
+worker (:mod:`ingest.imap_worker`) gets a chunk of ``(uid, raw bytes)`` and returns, per mail, the
+encoded ``InboundMessage`` and its blobs (raw mail, attachments) staged in the blob store —
+appended to one new pack file per chunk, neither synced nor indexed (``BlobStore.writer``) — or
+the reason the mail is rejected. The connector commits a whole batch's blobs with one sync and
+one index transaction and only then publishes (``ingest.blobs``); it discards what it does not
+commit.
 
 Contract of :class:`ParsePool`:
 
@@ -26,110 +27,24 @@ Contract of :class:`ParsePool`:
 
 from __future__ import annotations
 
-import base64
-import functools
 import logging
 import math
 import multiprocessing
 import os
 import signal
 import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Literal
 
-from frontdesk.bus.base import Outgoing, Topics
-from frontdesk.codec import encode
-from frontdesk.messages import DeadLetter
-from ingest.blobs import BlobStore, BlobWriteFailed, PackWriter, Staged
-from ingest.mail.parse import MailLimits, MailRejected, normalise_mail
+from ingest.imap_worker import ParseJob, Parsed, parse_chunk
 
 log = logging.getLogger(__name__)
 MAX_DEFAULT_WORKERS = 8  # a worker costs ~60 MB; 8 parse several thousand mails a second
 CHUNKS_PER_WORKER = 4  # per batch: small enough to balance the workers, large enough to amortise the IPC
 _DIED = "the parser process died on this mail (crash or out-of-memory kill)"
-
-
-@dataclass(frozen=True)
-class ParseJob:
-    """How a connector wants its mail parsed (sent to the workers with every chunk)."""
-
-    connector: str
-    channel: Literal["email", "social"]
-    limits: MailLimits
-    blob_root: str | None  # where to stage the blobs; None: no blob store
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """One parsed mail: ``value`` (the encoded InboundMessage) and ``key`` (its id), plus its
-    ``staged`` blobs to commit before publishing; or why it is ``rejected`` (for good: a
-    dead-letter record), or a ``store_error`` (transient: the blob store could not be written)."""
-
-    uid: int
-    value: bytes = b""
-    key: bytes = b""
-    staged: tuple[Staged, ...] = ()
-    rejected: str | None = None
-    store_error: str | None = None
-
-
-def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
-    """The inbound-topic record of a parsed (not rejected) mail."""
-    return Outgoing(topics.inbound, parsed.value, parsed.key,
-                    (("frontdesk-connector", connector.encode()), ("frontdesk-imap-uid", str(parsed.uid).encode())))
-
-
-def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str) -> Outgoing:
-    """The dead-letter record of a rejected mail (``raw``: what of it to keep), keyed by mailbox and UID."""
-    letter = DeadLetter(stage="ingest", reason=reason, error_type="MailRejected",
-                        source_topic=f"{connector}/uid:{uid}", value_b64=base64.b64encode(raw).decode(),
-                        message_id=None, failed_at=datetime.now(UTC))
-    return Outgoing(topics.deadletter, encode(letter), f"{connector}:{uid}".encode(),
-                    (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
-                     ("frontdesk-imap-uid", str(uid).encode())))
-
-
-def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
-    """Worker side: the parsed mails, this process's id and its CPU seconds so far. The chunk's
-    blobs go to one pack (``BlobStore.writer``), so they are committed or discarded together."""
-    writer = _store(job.blob_root).writer() if job.blob_root is not None else None
-    try:
-        parsed = [_parse_one(job, uid, raw, writer) for uid, raw in mails]
-    finally:
-        if writer is not None:
-            writer.close()
-    return parsed, os.getpid(), time.process_time()
-
-
-@functools.lru_cache(maxsize=8)
-def _store(root: str) -> BlobStore:
-    return BlobStore(Path(root))  # one per process and root: it keeps its index connection open
-
-
-def _parse_one(job: ParseJob, uid: int, raw: bytes, writer: PackWriter | None) -> Parsed:
-    try:
-        message, blobs = normalise_mail(raw, connector=job.connector, channel=job.channel,
-                                        store=writer is not None, limits=job.limits)
-    except MailRejected as exc:
-        return Parsed(uid, rejected=exc.reason)
-    except Exception as exc:  # a parser bug must not stop the mailbox: this one mail is dead-lettered
-        log.exception("%s: parser error on UID %s", job.connector, uid)
-        return Parsed(uid, rejected=f"parser error: {type(exc).__name__}: {exc}"[:500])
-    staged: list[Staged] = []
-    if writer is not None:
-        try:
-            for blob in blobs:
-                staged.append(writer.add(blob))
-        except BlobWriteFailed as exc:  # the caller discards the whole batch's packs
-            return Parsed(uid, staged=tuple(staged), store_error=str(exc))
-    return Parsed(uid, encode(message), message.id.encode(), tuple(staged))
 
 
 _Task = tuple[ProcessPoolExecutor | None, Future[tuple[list[Parsed], int, float]]]

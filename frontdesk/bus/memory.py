@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
-from frontdesk.bus.sqlite import partition_for
+from frontdesk.bus.sqlite_store import partition_for
 
 
 class MemoryBus(Bus):

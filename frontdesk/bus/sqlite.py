@@ -12,6 +12,7 @@ Same semantics as Kafka for what the pipeline relies on (see :mod:`frontdesk.bus
 * Commits are per (group, topic, partition) and only move forward; ``rewind`` re-reads from them.
 
 Several processes may share the file (one-machine multi-process runs); SQLite serialises writers.
+The file itself (schema, connections, transactions): :mod:`frontdesk.bus.sqlite_store`.
 """
 
 from __future__ import annotations
@@ -19,84 +20,14 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from kafka.partitioner.default import murmur2
-
 from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
-from frontdesk.errors import BusError, BusUnavailable
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS log (
-    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
-    key BLOB, value BLOB NOT NULL, headers BLOB, ts INTEGER NOT NULL,
-    PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS offsets (
-    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS members (
-    grp TEXT NOT NULL, member TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL,
-    PRIMARY KEY (grp, member)) WITHOUT ROWID;
-"""
-
-
-def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
-    """Kafka's default partitioner for keyed records; ``fallback`` spreads keyless ones."""
-    if key is None:
-        return fallback % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
-    if not headers:
-        return None
-    return b"\n".join(k.encode().hex().encode() + b":" + v.hex().encode() for k, v in headers)
-
-
-def _decode_headers(blob: bytes | None) -> tuple[tuple[str, bytes], ...]:
-    if not blob:
-        return ()
-    pairs = (line.split(b":", 1) for line in blob.split(b"\n"))
-    return tuple((bytes.fromhex(k.decode()).decode(), bytes.fromhex(v.decode())) for k, v in pairs)
-
-
-class _Db:
-    """One SQLite connection per thread on a shared file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-
-    def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+from frontdesk.bus.sqlite_store import SCHEMA, Db, Tx, decode_headers, encode_headers, partition_for, pid_alive
+from frontdesk.errors import BusUnavailable
 
 
 class SqliteBus(Bus):
@@ -110,11 +41,11 @@ class SqliteBus(Bus):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.default_partitions = partitions
         self.session_timeout = session_timeout
-        self._db = _Db(self.path)
+        self._db = Db(self.path)
         self._spread = itertools.count()
         self._partition_cache: dict[str, int] = {}
         try:
-            self._db.conn().executescript(_SCHEMA)
+            self._db.conn().executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise BusUnavailable(f"cannot open embedded bus {self.path}: {exc}") from exc
 
@@ -150,15 +81,15 @@ class SqliteBus(Bus):
                     next_offsets[tp] = int(row[0])
                 conn.execute(
                     "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (rec.topic, part, next_offsets[tp], rec.key, rec.value, _encode_headers(rec.headers), now),
+                    (rec.topic, part, next_offsets[tp], rec.key, rec.value, encode_headers(rec.headers), now),
                 )
                 next_offsets[tp] += 1
 
     def _place(self, rec: Outgoing) -> int:
         return partition_for(rec.key, self.partitions(rec.topic), next(self._spread))
 
-    def _write(self) -> _Tx:
-        return _Tx(self._db.conn())
+    def _write(self) -> Tx:
+        return Tx(self._db.conn())
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         conn = self._db.conn()
@@ -187,33 +118,6 @@ class SqliteBus(Bus):
         self._db.close()
 
 
-class _Tx:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` with SQLite errors translated at the boundary."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise BusUnavailable(f"embedded bus busy or unavailable: {exc}") from exc
-        return self.conn
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is not None:
-            self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise BusUnavailable(f"embedded bus write failed: {exc}") from exc
-            if isinstance(exc, sqlite3.Error):
-                raise BusError(f"embedded bus write failed: {exc}") from exc
-            return
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise BusUnavailable(f"embedded bus commit failed: {exc}") from exc
-
-
 class SqliteConsumer(Consumer):
     """A group member on the embedded bus (see the module docstring for the assignment rules)."""
 
@@ -222,7 +126,7 @@ class SqliteConsumer(Consumer):
     def __init__(self, bus: SqliteBus, group: str, topics: list[str]) -> None:
         self.bus, self.group, self.topics = bus, group, topics
         self.member = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._db = _Db(bus.path)
+        self._db = Db(bus.path)
         self._positions: dict[tuple[str, int], int] = {}
         self._closed = False
         self._rr = 0
@@ -233,13 +137,13 @@ class SqliteConsumer(Consumer):
         if not force and now - self._last_beat < self.HEARTBEAT_INTERVAL:
             return
         self._last_beat = now
-        with _Tx(self._db.conn()) as conn:
+        with Tx(self._db.conn()) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO members(grp, member, pid, heartbeat) VALUES (?, ?, ?, ?)",
                 (self.group, self.member, os.getpid(), now),
             )
             rows = conn.execute("SELECT member, pid, heartbeat FROM members WHERE grp=?", (self.group,)).fetchall()
-            dead = [m for m, pid, hb in rows if now - hb > self.bus.session_timeout or not _pid_alive(pid)]
+            dead = [m for m, pid, hb in rows if now - hb > self.bus.session_timeout or not pid_alive(pid)]
             conn.executemany("DELETE FROM members WHERE grp=? AND member=?", [(self.group, m) for m in dead])
             live = sorted(m for m, _, _ in rows if m not in dead)
             everything = [(t, p) for t in sorted(self.topics) for p in range(self.bus.partitions(t))]
@@ -280,7 +184,7 @@ class SqliteConsumer(Consumer):
                 " ORDER BY offset LIMIT ?",
                 (t, p, self._positions[(t, p)], max_records - len(out)),
             ).fetchall()
-            out.extend(Record(t, p, o, v, k, _decode_headers(h), ts) for o, k, v, h, ts in rows)
+            out.extend(Record(t, p, o, v, k, decode_headers(h), ts) for o, k, v, h, ts in rows)
             if rows:
                 self._positions[(t, p)] = rows[-1][0] + 1
         return out
@@ -292,7 +196,7 @@ class SqliteConsumer(Consumer):
             highest[tp] = max(highest.get(tp, -1), r.offset + 1)
         if not highest:
             return
-        with _Tx(self._db.conn()) as conn:
+        with Tx(self._db.conn()) as conn:
             conn.executemany(
                 "INSERT INTO offsets(grp, topic, partition, next_offset) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(grp, topic, partition) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
@@ -300,7 +204,7 @@ class SqliteConsumer(Consumer):
             )
 
     def rewind(self) -> None:
-        with _Tx(self._db.conn()) as conn:
+        with Tx(self._db.conn()) as conn:
             self._positions = self._committed(conn, self._positions)
 
     def assignment(self) -> set[tuple[str, int]]:
@@ -308,7 +212,7 @@ class SqliteConsumer(Consumer):
         return set(self._positions)
 
     def lag(self) -> list[Lag]:
-        with _Tx(self._db.conn()) as conn:
+        with Tx(self._db.conn()) as conn:
             committed = self._committed(conn, self._positions)
         ends = {t: self.bus.end_offsets(t) for t in {t for t, _ in committed}}
         return [Lag(t, p, c, ends[t].get(p, 0)) for (t, p), c in sorted(committed.items())]
@@ -318,7 +222,7 @@ class SqliteConsumer(Consumer):
             return
         self._closed = True
         try:
-            with _Tx(self._db.conn()) as conn:
+            with Tx(self._db.conn()) as conn:
                 conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, self.member))
         finally:
             self._db.close()
