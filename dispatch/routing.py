@@ -3,59 +3,33 @@
 Rules live in YAML (``config/routing.yaml``). The first rule whose every condition holds wins;
 ``default`` applies when none does. A file is validated completely when it is loaded, and every
 mistake raises :class:`ConfigError` as ``<file>:<line>: <what is wrong>`` so that whoever edited
-it sees where. Routing itself is pure: no I/O, no clock.
+it sees where. Routing itself is pure: no I/O, no clock; the rules as data and how a rule is
+checked are in :mod:`dispatch.routing_rules`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
-import unicodedata
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from classify.base import CATEGORIES
+from dispatch.routing_rules import Match, Route, Rule, fold, parse_sla
 from frontdesk.errors import ConfigError
 from frontdesk.messages import URGENCY_ORDER, TriagedMessage
+
+__all__ = ["CHANNELS", "Match", "Route", "RoutingTable", "parse_sla"]
 
 CHANNELS = ("email", "social", "chat")
 TOP_FIELDS = ("vip_senders", "rules", "default")
 ACTION_FIELDS = ("queue", "priority", "sla")
 MATCH_FIELDS = ("category", "urgency", "min_urgency", "language", "channel", "connector",
                 "sender_domain", "vip", "keywords", "needs_review")
-_SLA = re.compile(r"\s*(?:\d+\s*[wdhm]\s*)+")
-_SLA_PART = re.compile(r"(\d+)\s*([wdhm])")
-_SLA_UNITS = {"w": timedelta(weeks=1), "d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-_FOLD = str.maketrans({"ı": "i", "ə": "e"})
 _QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a message goes: the rule that decided, the queue, priority (1 = most urgent), SLA."""
-
-    rule: str
-    queue: str
-    priority: int
-    sla: timedelta
-
-
-def parse_sla(text: str) -> timedelta:
-    """Parse a duration such as ``15m``, ``4h``, ``1d`` or ``2d 4h`` (units w, d, h, m).
-
-    Raises ValueError for anything else, and for a zero duration.
-    """
-    if not isinstance(text, str) or not _SLA.fullmatch(text):
-        raise ValueError(f"bad sla {text!r}: use a duration such as '15m', '4h', '1d' or '2d 4h'")
-    total = sum((int(n) * _SLA_UNITS[unit] for n, unit in _SLA_PART.findall(text)), timedelta())
-    if total <= timedelta():
-        raise ValueError(f"bad sla {text!r}: must be longer than zero")
-    return total
 
 
 class _Map(dict[Any, Any]):
@@ -173,7 +147,7 @@ class _Parser:
         except ValueError as exc:
             self.fail(spec.key_lines["sla"], f"{what}: {exc}")
 
-    def rule(self, raw: Any, line: int, default: Route) -> _Rule:
+    def rule(self, raw: Any, line: int, default: Route) -> Rule:
         spec = self.mapping(raw, line, "rule", ("name", "match", "action", *ACTION_FIELDS))
         name = spec.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -186,7 +160,7 @@ class _Parser:
         if "action" in spec:
             action = self.mapping(action, spec.key_lines["action"], f"{what}: action", ACTION_FIELDS)
         match = self.match(spec["match"], spec.key_lines["match"], what) if "match" in spec else Match()
-        return _Rule(name, spec.line, match, self.action(action, what, name, default))
+        return Rule(name, spec.line, match, self.action(action, what, name, default))
 
     def table(self, data: Any) -> RoutingTable:
         top = self.mapping(data, 1, "routing file", TOP_FIELDS)
@@ -200,14 +174,14 @@ class _Parser:
         raw_rules = top.get("rules") or []
         if not isinstance(raw_rules, list):
             self.fail(top.key_lines["rules"], f"rules must be a list, got {type(raw_rules).__name__}")
-        rules: list[_Rule] = []
+        rules: list[Rule] = []
         for raw in raw_rules:
             rule = self.rule(raw, getattr(raw, "line", top.key_lines["rules"]), default)
             self.check_new(rule, rules)
             rules.append(rule)
         return RoutingTable(tuple(rules), default, frozenset(v.lower() for v in vip))
 
-    def check_new(self, rule: _Rule, earlier: list[_Rule]) -> None:
+    def check_new(self, rule: Rule, earlier: list[Rule]) -> None:
         if rule.name == "default":
             self.fail(rule.line, "rule name 'default' is reserved for the top-level default route")
         for other in earlier:
@@ -219,63 +193,10 @@ class _Parser:
 
 
 @dataclass(frozen=True, slots=True)
-class Match:
-    """The conditions of one rule; ``None`` means "any". All given conditions must hold."""
-
-    category: frozenset[str] | None = None
-    urgency: frozenset[str] | None = None
-    min_urgency: int | None = None
-    language: frozenset[str] | None = None
-    channel: frozenset[str] | None = None
-    connector: tuple[str, ...] | None = None
-    sender_domain: frozenset[str] | None = None
-    vip: bool | None = None
-    keywords: tuple[str, ...] | None = None
-    needs_review: bool | None = None
-
-    def holds(self, msg: TriagedMessage, is_vip: bool) -> bool:
-        """True when every given condition holds for ``msg`` (``is_vip``: sender is a VIP)."""
-        triage, inbound = msg.triage, msg.message
-        domain = (inbound.sender.address or "").lower().rpartition("@")[2]
-        checks = (
-            lambda: self.category is None or triage.category in self.category,
-            lambda: self.urgency is None or triage.urgency in self.urgency,
-            lambda: self.min_urgency is None or URGENCY_ORDER[triage.urgency] >= self.min_urgency,
-            lambda: self.language is None or triage.language.lower() in self.language,
-            lambda: self.channel is None or inbound.channel in self.channel,
-            lambda: self.connector is None or any(fnmatch.fnmatchcase(inbound.connector, g) for g in self.connector),
-            lambda: self.sender_domain is None or domain in self.sender_domain,
-            lambda: self.vip is None or self.vip == is_vip,
-            lambda: self.needs_review is None or self.needs_review == triage.needs_review,
-            lambda: self.keywords is None or _has_keyword(f"{inbound.subject}\n{inbound.text}", self.keywords),
-        )
-        return all(check() for check in checks)
-
-
-def fold(text: str) -> str:
-    """Case- and accent-insensitive form: customers often type "odenis" for "ödəniş", "iade" for "İade"."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_FOLD)
-
-
-def _has_keyword(text: str, keywords: tuple[str, ...]) -> bool:
-    folded = fold(text)
-    return any(keyword in folded for keyword in keywords)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    name: str
-    line: int
-    match: Match
-    route: Route
-
-
-@dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Validated routing rules; :meth:`route` is pure and never fails for a valid message."""
 
-    rules: tuple[_Rule, ...]
+    rules: tuple[Rule, ...]
     default: Route
     vip_senders: frozenset[str] = frozenset()
 
