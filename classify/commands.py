@@ -24,11 +24,11 @@ def load_model(settings: ClassifierSettings) -> Any:
 
 
 def train_command(data: list[Path], out: Path, settings: ClassifierSettings, epochs: int,
-                  dev: Path | None) -> dict[str, Any]:
+                  dev: Path | None, augmented: bool = True) -> dict[str, Any]:
     from classify.finetune import LoraConfig
     from classify.train import train
 
-    card = train(data, out, settings, LoraConfig(epochs=epochs))
+    card = train(data, out, settings, LoraConfig(epochs=epochs), augmented)
     if dev is not None:
         scores = eval_report(dev, settings.model_copy(update={"model_dir": out}))
         card["dev"] = {k: v for k, v in scores.items() if not k.startswith("confusion")}

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from classify.augment import augment
 from classify.baseline import fit_baseline
 from classify.data import Example, read_examples
 from classify.finetune import LoraConfig, finetune, merge_adapters, save_adapters
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 TASKS = ("category", "urgency")
 
 
-def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, lora: LoraConfig) -> dict[str, Any]:
-    """Train everything into ``out`` and return the model card."""
+def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, lora: LoraConfig,
+          augmented: bool = True) -> dict[str, Any]:
+    """Train everything into ``out`` and return the model card. ``augmented``: the adapters and
+    heads also learn from plain-letter copies of Azerbaijani examples (:mod:`classify.augment`)."""
     import joblib
 
     from classify.encoder import E5Encoder, resolve_model
@@ -49,6 +52,8 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, lora: L
     started = time.perf_counter()
     examples = [e for path in data for e in read_examples(path)]
     fit, calib = split(examples, seed=lora.seed)
+    real = len(fit)
+    fit = augment(fit) if augmented else fit
     model_path = resolve_model(settings.encoder, settings.cache_dir)
     adapters: dict[str, Any] = {}
     stats: dict[str, float] = {}
@@ -77,6 +82,7 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, lora: L
     joblib.dump(bundle, out / HEADS, compress=3)
     joblib.dump(baseline, out / BASELINE, compress=3)
     card = _card(data, examples, fit, calib, settings, lora if adapters else None, stats, heads, started)
+    card["data"]["augmented"] = {"plain_azerbaijani_copies": len(fit) - real}
     (out / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
 
