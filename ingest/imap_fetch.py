@@ -7,7 +7,9 @@ then reads responses of the usual shape (``n (UID u RFC822.SIZE s INTERNALDATE "
 ``n (UID u BODY[] {s}`` + literal + ``)``) with one regex each. Anything else in the response (an
 unsolicited FLAGS update, another item order, a server that puts UID last) sends the whole
 response through imapclient's parser instead, so the result is always what ``IMAPClient.fetch``
-would return (tests compare both on a real server and on crafted responses).
+would return (tests compare both on a real server and on crafted responses). It reaches into
+imapclient for the connection (``IMAPClient._imap``) and its result check (``_checkok``): the
+version is bounded in ``pyproject.toml`` and the tests fail if they change.
 """
 
 from __future__ import annotations
