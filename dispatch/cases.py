@@ -197,7 +197,7 @@ def _acknowledge(session: Session, case: Case, tm: TriagedMessage, route: Route,
     if not send or address is None:
         _history(session, case, now, "ack_suppressed", msg.id, {"reason": reason})
         return reason
-    due = case.first_response_due or now + route.sla
+    due = aware(case.first_response_due) or now + route.sla
     body = render_ack(case.reference or "", case.language, route.sla, due, msg.sender.name, s.templates_dir,
                       s.fallback_language)
     email = build_ack_email(inbound=msg, case_reference=case.reference or "", body=body, from_address=s.from_address,
@@ -239,7 +239,7 @@ def _chat_ack(session: Session, case: Case, tm: TriagedMessage, route: Route, ct
     if mode == "public_reply":
         body = render_public_ack(case.language, route.sla, s.templates_dir, s.fallback_language)
     else:
-        body = render_ack(case.reference or "", case.language, route.sla, case.first_response_due or now + route.sla,
+        body = render_ack(case.reference or "", case.language, route.sla, aware(case.first_response_due) or now + route.sla,
                           msg.sender.name, s.templates_dir, s.fallback_language)
     mid = ack_message_id(case.reference or "", msg.id, s.message_id_domain)
     payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector,

@@ -366,3 +366,19 @@ def test_a_chat_platform_without_its_replier_falls_back_to_the_webhook_or_fails(
     rel = OutboxRelay(lonely, MemoryBus(), {})
     rel.run_once()
     assert rel.stats.acks_failed == 1 and rel.stats.acks_sent == 0
+
+
+def test_acknowledged_follow_ups_keep_the_due_time_aware_on_sqlite(clock: Clock) -> None:
+    # SQLite hands the stored due time back naive; rendering it raised and dead-lettered the follow-up
+    settings = DispatchSettings(ack_follow_ups=True, our_addresses=("@bet.example",), from_address="support@bet.example",
+                                message_id_domain="bet.example")
+    store = SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
+    first = store.apply(email(1))
+    follow_up = store.apply(email(2, in_reply_to="<m1@mail.az>"))
+    assert (follow_up.case_reference, follow_up.created, follow_up.ack) == (first.case_reference, False, "ok")
+    store.apply(chat(1, "42", "c-1"))
+    assert store.apply(chat(2, "42", "c-1")).ack == "ok"
+    rel, _, replier = relay(store)
+    rel.run_once()
+    assert [s.recipient for s in replier.sent] == ["aysel@mail.az", "aysel@mail.az"]
+    assert all("FD-2026-000001" in s.body for s in replier.sent)
