@@ -1,6 +1,7 @@
 """The SQL case store: SQLite (embedded default, also the in-memory store for tests) and PostgreSQL.
 
-Every method is one transaction. SQLAlchemy errors are translated here: a lost or refused
+Every method is one transaction: SQLAlchemy Core for the per-message paths (apply, claim, mark
+sent), the ORM for the rest. SQLAlchemy errors are translated here: a lost or refused
 connection becomes StoreUnavailable (the stage retries the same records), anything else StoreError.
 """
 
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, or_, select, update
+from sqlalchemy import Connection, create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,7 +22,8 @@ from sqlalchemy.pool import StaticPool
 
 from dispatch.base import ApplyResult, CaseStore, OutboxItem
 from dispatch.cases import Context, apply_message
-from dispatch.store.models import Case, HistoryEntry, OutboxRow
+from dispatch.store.models import HistoryEntry, OutboxRow
+from dispatch.store.rows import CASES, HISTORY, OUTBOX
 from frontdesk.errors import StoreError, StoreUnavailable
 from frontdesk.messages import TriagedMessage
 
@@ -64,6 +66,18 @@ def migrate(engine: Engine) -> None:
         raise StoreUnavailable(f"database unavailable during migration: {exc.orig}") from exc
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, DBAPIError) as exc:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+        raise StoreError(f"database error: {exc.orig}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error: {exc}") from exc
+
+
 class SqlCaseStore(CaseStore):
     """Thread-safe: every call opens its own session."""
 
@@ -75,73 +89,73 @@ class SqlCaseStore(CaseStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One transaction; SQLAlchemy errors translated into the Frontdesk error tree."""
-        try:
+        """One ORM transaction; SQLAlchemy errors translated into the Frontdesk error tree."""
+        with _translated():
             with self._sessions.begin() as session:
                 yield session
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, OperationalError) or exc.connection_invalidated:
-                raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
-            raise StoreError(f"database error: {exc.orig}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc}") from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One Core transaction (the hot paths), errors translated like :meth:`transaction`."""
+        with _translated():
+            with self.engine.begin() as conn:
+                yield conn
 
     def apply(self, triaged: object) -> ApplyResult:
         assert isinstance(triaged, TriagedMessage)
         try:
-            with self.transaction() as session:
-                return apply_message(session, triaged, self.ctx, self.clock())
+            with self.connection() as conn:
+                return apply_message(conn, triaged, self.ctx, self.clock())
         except StoreError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
         # A concurrent dispatcher stored the same message (or thread key) first: re-run sees it.
-        with self.transaction() as session:
-            return apply_message(session, triaged, self.ctx, self.clock())
+        with self.connection() as conn:
+            return apply_message(conn, triaged, self.ctx, self.clock())
 
     def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows in three statements, whatever ``limit`` is: pick the
         candidates, lease those still free (``UPDATE ... RETURNING``: a row another relay leased
         in between is not returned), read them with their case references."""
         now = self.clock()
-        free = or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until < now)
-        with self.transaction() as session:
-            ids = session.scalars(select(OutboxRow.id).where(OutboxRow.status == "pending",
-                                  OutboxRow.next_attempt_at <= now, free).order_by(OutboxRow.id).limit(limit)).all()
+        free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
+        with self.connection() as conn:
+            ids = conn.scalars(select(OUTBOX.c.id).where(OUTBOX.c.status == "pending", OUTBOX.c.next_attempt_at <= now,
+                                                         free).order_by(OUTBOX.c.id).limit(limit)).all()
             if not ids:
                 return []
-            won = set(session.scalars(update(OutboxRow).where(OutboxRow.id.in_(ids), free)
-                                      .values(lease_until=now + timedelta(seconds=lease_seconds))
-                                      .returning(OutboxRow.id)
-                                      .execution_options(synchronize_session=False)).all())
-            rows = session.execute(select(OutboxRow, Case.reference).outerjoin(Case, Case.id == OutboxRow.case_id)
-                                   .where(OutboxRow.id.in_(won)).order_by(OutboxRow.id)).all()
-            return [OutboxItem(row.id, row.kind, reference or "", row.payload, row.attempts, row.created_at)
-                    for row, reference in rows]
+            won = conn.scalars(update(OUTBOX).where(OUTBOX.c.id.in_(ids), free)
+                               .values(lease_until=now + timedelta(seconds=lease_seconds))
+                               .returning(OUTBOX.c.id)).all()
+            if not won:
+                return []
+            found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.kind, CASES.c.reference, OUTBOX.c.payload,
+                                        OUTBOX.c.attempts, OUTBOX.c.created_at)
+                                 .outerjoin(CASES, CASES.c.id == OUTBOX.c.case_id)
+                                 .where(OUTBOX.c.id.in_(won)).order_by(OUTBOX.c.id)).all()
+            return [OutboxItem(r.id, r.kind, r.reference or "", r.payload, r.attempts, r.created_at) for r in found]
 
     def mark_sent(self, item_id: int) -> None:
         self.mark_sent_many([item_id])
 
     def mark_sent_many(self, item_ids: Sequence[int]) -> None:
-        """Mark rows sent in one transaction (idempotent: rows already sent are left alone)."""
+        """Mark rows sent in one transaction (idempotent: rows already sent are left alone); an
+        acknowledgement also marks its case acknowledged and adds that to the case history."""
         now = self.clock()
-        with self.transaction() as session:
-            rows = session.scalars(select(OutboxRow).where(OutboxRow.id.in_(list(item_ids)),
-                                                           OutboxRow.status != "sent")).all()
-            acked = {row.case_id for row in rows if row.kind == "ack"}
-            cases = {case.id: case for case in session.scalars(select(Case).where(Case.id.in_(acked)))} if acked else {}
-            for row in rows:
-                self._mark_row_sent(session, row, now, cases)
-
-    @staticmethod
-    def _mark_row_sent(session: Session, row: OutboxRow, now: datetime, cases: dict[Any, Case]) -> None:
-        row.status, row.sent_at, row.lease_until = "sent", now, None
-        row.attempts += 1
-        if row.kind == "ack":
-            case = cases.get(row.case_id)
-            if case is not None:
-                case.acknowledged = True
-            mid = json.loads(row.payload).get("message_id")
-            session.add(HistoryEntry(case_id=row.case_id, at=now, event="acknowledged", detail={"message_id": mid}))
+        with self.connection() as conn:
+            found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.kind, OUTBOX.c.case_id, OUTBOX.c.payload)
+                                 .where(OUTBOX.c.id.in_(list(item_ids)), OUTBOX.c.status != "sent")
+                                 .order_by(OUTBOX.c.id)).all()
+            if not found:
+                return
+            conn.execute(update(OUTBOX).where(OUTBOX.c.id.in_([r.id for r in found]))
+                         .values(status="sent", sent_at=now, lease_until=None, attempts=OUTBOX.c.attempts + 1))
+            acks = [r for r in found if r.kind == "ack"]
+            if acks:
+                conn.execute(update(CASES).where(CASES.c.id.in_({r.case_id for r in acks})).values(acknowledged=True))
+                conn.execute(insert(HISTORY), [
+                    {"case_id": r.case_id, "at": now, "event": "acknowledged", "message_id": None,
+                     "detail": {"message_id": json.loads(r.payload).get("message_id")}} for r in acks])
 
     def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None:
         now = self.clock()
