@@ -21,7 +21,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from dispatch.ack import ack_message_id, build_ack_email, render_ack, render_public_ack
+from dispatch.ack import ack_message_id, render_ack, render_public_ack
+from dispatch.ack_bytes import ack_email_bytes
 from dispatch.base import ApplyResult
 from dispatch.reply_target import ack_mode, replier_key, reply_target
 from dispatch.routing import Route, RoutingTable
@@ -197,11 +198,11 @@ class _Apply:
         due = aware(case["first_response_due"]) or self.now + route.sla
         body = render_ack(reference, case["language"], route.sla, due, msg.sender.name, s.templates_dir,
                           s.fallback_language)
-        email = build_ack_email(inbound=msg, case_reference=reference, body=body, from_address=s.from_address,
+        email = ack_email_bytes(inbound=msg, case_reference=reference, body=body, from_address=s.from_address,
                                 from_name=s.from_name, message_id_domain=s.message_id_domain)
         mid = ack_message_id(reference, msg.id, s.message_id_domain)
         payload = {"channel": "email", "connector": msg.connector, "recipient": address, "body": body,
-                   "message_id": mid, "raw": email.as_bytes().decode("utf-8", "surrogateescape")}
+                   "message_id": mid, "raw": email.decode("utf-8", "surrogateescape")}
         self._outbox("ack", self._ack_key(follow_up), payload, recipient=address)
         self.writes.thread_keys.setdefault(f"mid:{mid}"[: rows.KEY_MAX], case["id"])
         self._history("ack_queued", {"message_id": mid})

@@ -8,12 +8,14 @@ share one schema and its Alembic migrations. Nothing here commits: the caller's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch.store.models import Case, Customer, HistoryEntry, Identity, Message, OutboxRow, ThreadKey
 
@@ -28,7 +30,8 @@ KEY_MAX = 600
 
 # Built once: a statement built per call costs as much CPU again as executing it.
 _INSERT = {table: insert(table) for table in (CASES, CUSTOMERS, IDENTITIES, MESSAGES, THREAD_KEYS, HISTORY, OUTBOX)}
-_TAKEN_KEYS = select(THREAD_KEYS.c.key).where(THREAD_KEYS.c.key.in_(bindparam("keys", expanding=True)))
+_NEW_THREAD_KEYS = {backend.dialect.name: backend.insert(THREAD_KEYS).on_conflict_do_nothing(index_elements=["key"])
+                    for backend in (postgresql, sqlite)}  # the two databases the store supports
 _KEYED_CASES = select(THREAD_KEYS.c.key, THREAD_KEYS.c.case_id).where(
     THREAD_KEYS.c.key.in_(bindparam("keys", expanding=True)))
 _STORED = (select(MESSAGES.c.case_id, CASES.c.reference).outerjoin(CASES, CASES.c.id == MESSAGES.c.case_id)
@@ -40,6 +43,19 @@ _CASE = select(CASES).where(CASES.c.id == bindparam("case"))
 _CASE_LOCKED = _CASE.with_for_update()
 _CASE_BY_REFERENCE = select(CASES).where(CASES.c.reference == bindparam("reference"))
 _UPDATE_CASE = update(CASES).where(CASES.c.id == bindparam("case_id_"))
+_DUE = (select(OUTBOX.c.id).where(OUTBOX.c.status == "pending", OUTBOX.c.next_attempt_at <= bindparam("now"),
+                                  or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < bindparam("now")))
+        .order_by(OUTBOX.c.id).limit(bindparam("limit")))
+_LEASE = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+                               or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < bindparam("now")))
+          .values(lease_until=bindparam("until")).returning(OUTBOX.c.id))
+_LEASED = (select(OUTBOX.c.id, OUTBOX.c.kind, CASES.c.reference, OUTBOX.c.payload, OUTBOX.c.attempts,
+                  OUTBOX.c.created_at).outerjoin(CASES, CASES.c.id == OUTBOX.c.case_id)
+           .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True))).order_by(OUTBOX.c.id))
+_MARK_SENT = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.status != "sent")
+              .values(status="sent", sent_at=bindparam("now"), lease_until=None, attempts=OUTBOX.c.attempts + 1)
+              .returning(OUTBOX.c.id, OUTBOX.c.kind, OUTBOX.c.case_id, OUTBOX.c.payload))
+_ACKNOWLEDGED = update(CASES).where(CASES.c.id.in_(bindparam("ids", expanding=True))).values(acknowledged=True)
 _RECENT_ACKS = select(func.count()).select_from(OUTBOX).where(
     OUTBOX.c.kind == "ack", OUTBOX.c.recipient == bindparam("recipient"), OUTBOX.c.created_at > bindparam("since"))
 
@@ -66,12 +82,9 @@ class Writes:
         """Insert everything collected, in foreign-key order; thread keys already stored are kept."""
         if self.messages:
             conn.execute(_INSERT[MESSAGES], self.messages)
-        keys = list(self.thread_keys)
-        if keys:
-            taken = set(conn.scalars(_TAKEN_KEYS, {"keys": keys}))
-            new = [{"key": k, "case_id": self.thread_keys[k]} for k in keys if k not in taken]
-            if new:
-                conn.execute(_INSERT[THREAD_KEYS], new)
+        if self.thread_keys:
+            conn.execute(_NEW_THREAD_KEYS[conn.dialect.name],
+                         [{"key": k, "case_id": case_id} for k, case_id in self.thread_keys.items()])
         for table, rows in ((HISTORY, self.history), (OUTBOX, self.outbox)):
             if rows:
                 conn.execute(_INSERT[table], rows)
@@ -132,3 +145,23 @@ def update_case(conn: Connection, case_id: int, values: dict[str, Any]) -> None:
 def recent_acks(conn: Connection, recipient: str, since: datetime) -> int:
     """Acknowledgements queued to ``recipient`` after ``since`` (committed ones: the rate limit)."""
     return int(conn.scalar(_RECENT_ACKS, {"recipient": recipient, "since": since}) or 0)
+
+
+def lease_due(conn: Connection, now: datetime, until: datetime, limit: int) -> list[Row[Any]]:
+    """Lease up to ``limit`` due rows until ``until`` and return them (id order) with their case
+    references. A row another relay leased between the pick and the lease is not returned."""
+    ids = conn.scalars(_DUE, {"now": now, "limit": limit}).all()
+    won = conn.scalars(_LEASE, {"ids": ids, "now": now, "until": until}).all() if ids else []
+    return list(conn.execute(_LEASED, {"ids": won})) if won else []
+
+
+def mark_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+    """Mark rows sent (rows already sent are left alone); a sent acknowledgement marks its case
+    acknowledged and adds that to the case history."""
+    done = sorted(conn.execute(_MARK_SENT, {"ids": list(ids), "now": now}), key=lambda r: r.id)
+    acks = [r for r in done if r.kind == "ack"]
+    if acks:
+        conn.execute(_ACKNOWLEDGED, {"ids": sorted({r.case_id for r in acks})})
+        conn.execute(_INSERT[HISTORY], [{"case_id": r.case_id, "at": now, "event": "acknowledged", "message_id": None,
+                                         "detail": {"message_id": json.loads(r.payload).get("message_id")}}
+                                        for r in acks])

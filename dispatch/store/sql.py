@@ -7,14 +7,13 @@ connection becomes StoreUnavailable (the stage retries the same records), anythi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, event, insert, or_, select, update
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +22,7 @@ from sqlalchemy.pool import StaticPool
 from dispatch.base import ApplyResult, CaseStore, OutboxItem
 from dispatch.cases import Context, apply_message
 from dispatch.store.models import HistoryEntry, OutboxRow
-from dispatch.store.rows import CASES, HISTORY, OUTBOX
+from dispatch.store import rows
 from frontdesk.errors import StoreError, StoreUnavailable
 from frontdesk.messages import TriagedMessage
 
@@ -118,22 +117,9 @@ class SqlCaseStore(CaseStore):
         candidates, lease those still free (``UPDATE ... RETURNING``: a row another relay leased
         in between is not returned), read them with their case references."""
         now = self.clock()
-        free = or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now)
         with self.connection() as conn:
-            ids = conn.scalars(select(OUTBOX.c.id).where(OUTBOX.c.status == "pending", OUTBOX.c.next_attempt_at <= now,
-                                                         free).order_by(OUTBOX.c.id).limit(limit)).all()
-            if not ids:
-                return []
-            won = conn.scalars(update(OUTBOX).where(OUTBOX.c.id.in_(ids), free)
-                               .values(lease_until=now + timedelta(seconds=lease_seconds))
-                               .returning(OUTBOX.c.id)).all()
-            if not won:
-                return []
-            found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.kind, CASES.c.reference, OUTBOX.c.payload,
-                                        OUTBOX.c.attempts, OUTBOX.c.created_at)
-                                 .outerjoin(CASES, CASES.c.id == OUTBOX.c.case_id)
-                                 .where(OUTBOX.c.id.in_(won)).order_by(OUTBOX.c.id)).all()
-            return [OutboxItem(r.id, r.kind, r.reference or "", r.payload, r.attempts, r.created_at) for r in found]
+            leased = rows.lease_due(conn, now, now + timedelta(seconds=lease_seconds), limit)
+        return [OutboxItem(r.id, r.kind, r.reference or "", r.payload, r.attempts, r.created_at) for r in leased]
 
     def mark_sent(self, item_id: int) -> None:
         self.mark_sent_many([item_id])
@@ -143,19 +129,7 @@ class SqlCaseStore(CaseStore):
         acknowledgement also marks its case acknowledged and adds that to the case history."""
         now = self.clock()
         with self.connection() as conn:
-            found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.kind, OUTBOX.c.case_id, OUTBOX.c.payload)
-                                 .where(OUTBOX.c.id.in_(list(item_ids)), OUTBOX.c.status != "sent")
-                                 .order_by(OUTBOX.c.id)).all()
-            if not found:
-                return
-            conn.execute(update(OUTBOX).where(OUTBOX.c.id.in_([r.id for r in found]))
-                         .values(status="sent", sent_at=now, lease_until=None, attempts=OUTBOX.c.attempts + 1))
-            acks = [r for r in found if r.kind == "ack"]
-            if acks:
-                conn.execute(update(CASES).where(CASES.c.id.in_({r.case_id for r in acks})).values(acknowledged=True))
-                conn.execute(insert(HISTORY), [
-                    {"case_id": r.case_id, "at": now, "event": "acknowledged", "message_id": None,
-                     "detail": {"message_id": json.loads(r.payload).get("message_id")}} for r in acks])
+            rows.mark_sent(conn, item_ids, now)
 
     def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None:
         now = self.clock()
