@@ -40,6 +40,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import compat32
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,9 @@ class Outcome:
     complete: bool = False
 
 
+_HEADERS = BytesParser(policy=compat32)  # the header block only, no header objects: cheap
+
+
 class Acks:
     """The acknowledgements the SMTP recorder received, by the Message-ID they answer (In-Reply-To).
     Incremental: each refresh reads only what arrived since the last, so that watching costs the
@@ -257,7 +262,7 @@ class Acks:
 
     def refresh(self) -> None:
         for rec in self.smtp.messages[self.seen:]:
-            key = str(rec.message["In-Reply-To"] or "").strip()
+            key = str(_HEADERS.parsebytes(rec.raw, headersonly=True)["In-Reply-To"] or "").strip()
             self.count[key] += 1
             self.first.setdefault(key, rec.received_at)
             self.seen += 1
@@ -326,7 +331,7 @@ def cpu_sample(services: dict[int, str]) -> CpuSample:
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
     ours: Counter[str] = Counter()
-    todo = [(os.getpid(), "servers + bench")]
+    todo = [(os.getpid(), "bench + SMTP")]
     while todo:
         pid, label = todo.pop()
         label = services.get(pid, label)  # a stage's own children (e.g. parse workers) count as the stage
@@ -336,8 +341,11 @@ def cpu_sample(services: dict[int, str]) -> CpuSample:
     return CpuSample(time.monotonic(), machine_busy(), dict(ours))
 
 
-def stage_pids(topo: Any) -> dict[int, str]:
-    return {p.pid: name for name, ps in topo.processes.items() for p in ps if p.pid}
+def labelled(srv: Servers, topo: Any) -> dict[int, str]:
+    """pid -> group: the stages, and each server but the SMTP recorder (a thread of this process)."""
+    found = {srv.kafka.pid: "Kafka", srv.postgres.pid: "PostgreSQL", srv.dovecot.pid: "Dovecot"}
+    found.update({p.pid: name for name, ps in topo.processes.items() for p in ps})
+    return {pid: name for pid, name in found.items() if pid}
 
 
 def cpu_used(before: CpuSample, after: CpuSample) -> dict[str, float]:
@@ -407,20 +415,20 @@ def run_pipeline(srv: Servers, topo: Any, engine: Engine, args: argparse.Namespa
     res["ready_s"] = time.monotonic() - started
 
     print(f"throughput: {args.n} mails ...", file=sys.stderr)
-    burst, before = mails(args.n, run, "burst"), cpu_sample(stage_pids(topo))
+    burst, before = mails(args.n, run, "burst"), cpu_sample(labelled(srv, topo))
     first = append_burst(srv, burst)
     res["appended_s"], res["first_append"] = time.time() - first, first
     res["burst"] = wait_for(burst, acks, engine, topo, args.timeout)
     res["burst_s"] = max(res["burst"].acked.values(), default=first) - first
-    after = cpu_sample(stage_pids(topo))
+    after = cpu_sample(labelled(srv, topo))
     res["cpu_burst"], res["cpu_burst_msg"] = cpu_text(before, after), cpu_per_message(before, after, args.n)
     res["load_burst"] = loadavg()
 
     print(f"latency: {args.latency_n} mails at {args.rate}/s ...", file=sys.stderr)
-    paced, before = mails(args.latency_n, run, "paced"), cpu_sample(stage_pids(topo))
+    paced, before = mails(args.latency_n, run, "paced"), cpu_sample(labelled(srv, topo))
     res["issued"] = append_paced(srv, paced, args.rate)
     res["paced"] = wait_for(paced, acks, engine, topo, args.timeout)
-    res["cpu_paced"], res["load_paced"] = cpu_text(before, cpu_sample(stage_pids(topo))), loadavg()
+    res["cpu_paced"], res["load_paced"] = cpu_text(before, cpu_sample(labelled(srv, topo))), loadavg()
     with engine.connect() as conn:
         res["cases"] = conn.execute(text("select count(*) from messages")).scalar()
 

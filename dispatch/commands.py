@@ -69,11 +69,13 @@ def run_dispatch(bus: Bus, store: SqlCaseStore, settings: DispatchSettings, repl
     if probes is not None:
         probes.watch_thread(relay_thread)
     relay_thread.start()
-    runner = StageRunner("dispatch", bus, bus.consumer(settings.group, [bus.topics.triaged]), DispatchProcessor(store))
+    runner = StageRunner("dispatch", bus, bus.consumer(settings.group, [bus.topics.triaged]),
+                         DispatchProcessor(store, on_applied=relay.wake))
     try:
         runner.run(stop)
     finally:
         stop.set()
+        relay.wake()
         relay_thread.join()
         for replier in repliers.values():
             replier.close()

@@ -13,7 +13,7 @@ acknowledgements are the relay's (``OutboxRelay.stats``, exported at scrape time
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dispatch.base import ApplyResult, CaseStore
 from frontdesk.bus.base import Record
@@ -28,9 +28,13 @@ _NOT_SUPPRESSED = frozenset({"ok", "none"})
 
 
 class DispatchProcessor:
-    def __init__(self, store: CaseStore, metrics: Metrics | None = None) -> None:
+    """``on_applied`` is called after each message's transaction committed (the relay's ``wake``)."""
+
+    def __init__(self, store: CaseStore, metrics: Metrics | None = None,
+                 on_applied: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.metrics = metrics or default_metrics()
+        self.on_applied = on_applied
 
     def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes = []
@@ -38,6 +42,7 @@ class DispatchProcessor:
             triaged = decode(record.value, TriagedMessage)
             result = self.store.apply(triaged)
             crashpoint("dispatch.after_db_commit")
+            self.on_applied()
             self._count(result)
             outcomes.append(Outcome(record))
         return outcomes

@@ -382,3 +382,31 @@ def test_acknowledged_follow_ups_keep_the_due_time_aware_on_sqlite(clock: Clock)
     rel.run_once()
     assert [s.recipient for s in replier.sent] == ["aysel@mail.az", "aysel@mail.az"]
     assert all("FD-2026-000001" in s.body for s in replier.sent)
+
+
+def test_a_woken_relay_delivers_at_once_not_at_its_next_poll(store: SqlCaseStore) -> None:
+    import threading
+    import time
+
+    from dispatch.stage import DispatchProcessor
+    from frontdesk.bus.base import Record
+    from frontdesk.codec import encode
+
+    rel, _, replier = relay(store)
+    stop = threading.Event()
+    worker = threading.Thread(target=rel.run, args=(stop, 60.0))
+    worker.start()
+    try:
+        time.sleep(0.2)  # the relay found nothing and waits for its next poll, a minute away
+        woken: list[int] = []
+        processor = DispatchProcessor(store, on_applied=lambda: (woken.append(1), rel.wake()))
+        processor.process([Record("triaged", 0, 0, encode(email(1)), b"k")])
+        deadline = time.monotonic() + 5
+        while not replier.sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(replier.sent) == 1 and woken == [1]
+    finally:
+        stop.set()
+        rel.wake()
+        worker.join(timeout=5)
+    assert not worker.is_alive(), "a woken relay stops without waiting out its interval"
