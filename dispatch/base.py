@@ -82,6 +82,11 @@ class CaseStore(ABC):
     @abstractmethod
     def apply(self, triaged: object) -> ApplyResult: ...
 
+    def apply_many(self, batch: Sequence[object]) -> list[ApplyResult]:
+        """``apply`` for each, in order; an implementation may use one transaction for all of them
+        (then all or none are applied)."""
+        return [self.apply(t) for t in batch]
+
     @abstractmethod
     def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
         """Lease up to ``limit`` due outbox rows; a crashed relay's lease expires and they return."""

@@ -112,6 +112,19 @@ class SqlCaseStore(CaseStore):
         with self.connection() as conn:
             return apply_message(conn, triaged, self.ctx, self.clock())
 
+    def apply_many(self, batch: Sequence[object]) -> list[ApplyResult]:
+        """One transaction for the whole batch: all applied, or none. Each message sees the ones
+        before it (a follow-up finds the case its predecessor opened), so the results are those of
+        applying them one by one. After a unique-key race with another dispatcher, one by one."""
+        assert all(isinstance(t, TriagedMessage) for t in batch)
+        try:
+            with self.connection() as conn:
+                return [apply_message(conn, t, self.ctx, self.clock()) for t in batch]  # type: ignore[arg-type]
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+        return [self.apply(t) for t in batch]
+
     def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows in three statements, whatever ``limit`` is: pick the
         candidates, lease those still free (``UPDATE ... RETURNING``: a row another relay leased

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -410,3 +411,60 @@ def test_a_woken_relay_delivers_at_once_not_at_its_next_poll(store: SqlCaseStore
         rel.wake()
         worker.join(timeout=5)
     assert not worker.is_alive(), "a woken relay stops without waiting out its interval"
+
+
+def test_a_batch_in_one_transaction_gives_what_one_by_one_gives(clock: Clock) -> None:
+    from sqlalchemy import text
+
+    def batch() -> list[TriagedMessage]:
+        ack_of_1 = "<ack.placeholder@bet.example>"
+        return [email(1), email(1), email(2, in_reply_to="<m1@mail.az>", urgency="critical"),
+                *[email(10 + i, sender="rate@mail.az", subject=f"q {i}") for i in range(5)],
+                email(3, sender="someone@else.az", in_reply_to="<m1@mail.az>"), chat(1, "42", "c-1"),
+                chat(2, "42", "c-1", urgency="critical"), email(4, in_reply_to=ack_of_1, flags=Flags(bulk=True))]
+
+    def state(store: SqlCaseStore) -> dict[str, list[tuple[object, ...]]]:
+        with store.transaction() as s:
+            return {t: [tuple(r) for r in s.execute(text(f"SELECT * FROM {t} ORDER BY 1"))]
+                    for t in ("customers", "identities", "cases", "messages", "thread_keys", "case_history", "outbox")}
+
+    settings = DispatchSettings(our_addresses=("@bet.example",), from_address="support@bet.example",
+                                message_id_domain="bet.example")
+    one, many = (SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
+                 for _ in range(2))
+    singly = [one.apply(t) for t in batch()]
+    together = many.apply_many(batch())
+    assert together == singly and [r.duplicate for r in together].count(True) == 1
+    assert [r.ack for r in together[3:8]] == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
+    date = re.compile(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}")  # the wall clock
+
+    def masked(tables: dict[str, list[tuple[object, ...]]]) -> dict[str, list[tuple[object, ...]]]:
+        return {t: [tuple(date.sub("Date: -", v) if isinstance(v, str) else v for v in r) for r in rows]
+                for t, rows in tables.items()}
+
+    assert masked(state(many)) == masked(state(one))
+
+
+def test_a_poison_record_in_a_chunk_is_dead_lettered_and_the_rest_applied_once(store: SqlCaseStore) -> None:
+    from dispatch.stage import CHUNK, DispatchProcessor
+    from frontdesk.bus.base import Outgoing
+    from frontdesk.codec import encode
+    from frontdesk.messages import DeadLetter
+    from frontdesk.stage import StageRunner
+
+    bus = MemoryBus()
+    good = [email(i, sender=f"c{i}@mail.az") for i in range(CHUNK + 4)]
+    values = [encode(t) for t in good]
+    values.insert(CHUNK + 2, b'{"not": "a triaged message"}')  # in the second chunk, after a committed one
+    bus.publish([Outgoing(bus.topics.triaged, v, str(i).encode()) for i, v in enumerate(values)])
+    runner = StageRunner("dispatch", bus, bus.consumer("d", [bus.topics.triaged]), DispatchProcessor(store),
+                         poll_timeout=0.01)
+    while runner.run_once():
+        pass
+    assert sorted(c["message_count"] for c in list_cases(store, None, None)) == [1] * len(good)
+    [letter] = [decode(r.value, DeadLetter) for r in bus.records(bus.topics.deadletter)]
+    assert letter.stage == "dispatch" and letter.error_type == "DecodeError"
+    rel, _, replier = relay(store)
+    while rel.run_once():
+        pass
+    assert sorted(s.recipient for s in replier.sent) == sorted(f"c{i}@mail.az" for i in range(len(good)))
