@@ -57,21 +57,25 @@ def identity_of(msg: InboundMessage) -> tuple[str, str] | None:
     return None
 
 
-def apply_message(conn: Connection, tm: TriagedMessage, ctx: Context, now: datetime | None = None) -> ApplyResult:
-    """Apply one triaged message; idempotent per message id. Does not commit."""
+def apply_message(conn: Connection, tm: TriagedMessage, ctx: Context, now: datetime | None = None,
+                  writes: Writes | None = None) -> ApplyResult:
+    """Apply one triaged message; idempotent per message id. Does not commit. Its messages,
+    thread keys, history and outbox rows are written before it returns, or, if ``writes`` is
+    given, collected there for the caller to flush (several messages, fewer round trips)."""
     now = now or datetime.now(UTC)
-    msg = tm.message
-    stored = rows.stored_case_of(conn, msg.id)
+    msg, pending = tm.message, writes if writes is not None else Writes()
+    stored = rows.stored_case_of(conn, msg.id, pending)
     if stored is not None:
         return ApplyResult(stored, created=False, duplicate=True)
     customer = _customer(conn, msg, now)
-    candidate = _thread_candidate(conn, msg)
-    applying = _Apply(conn, tm, ctx, now, customer)
+    candidate = _thread_candidate(conn, msg, pending)
+    applying = _Apply(conn, tm, ctx, now, customer, pending)
     if candidate is not None and candidate["customer_id"] == customer.id:
         result = applying.follow_up(candidate["id"])
     else:
         result = applying.new_case(candidate["reference"] if candidate else None)
-    applying.writes.flush(conn)
+    if writes is None:
+        pending.flush(conn)
     return result
 
 
@@ -85,12 +89,12 @@ def _customer(conn: Connection, msg: InboundMessage, now: datetime) -> CustomerI
     return rows.add_customer(conn, msg.sender.name[:200] if msg.sender.name else None, ident, now)
 
 
-def _thread_candidate(conn: Connection, msg: InboundMessage) -> dict[str, Any] | None:
+def _thread_candidate(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
     keys = []
     if msg.thread.conversation_id:
         keys.append(f"conv:{msg.connector}:{msg.thread.conversation_id}")
     keys += [f"mid:{m}" for m in (msg.thread.in_reply_to, *reversed(msg.thread.references)) if m]
-    found = rows.case_by_thread_key(conn, keys)
+    found = rows.case_by_thread_key(conn, keys, writes)
     if found is not None:
         return found
     match = _REFERENCE.search(msg.subject or "")
@@ -108,9 +112,9 @@ class _Apply:
     """One message being applied: the case as it will be stored (``case``) and the rows to add."""
 
     def __init__(self, conn: Connection, tm: TriagedMessage, ctx: Context, now: datetime,
-                 customer: CustomerInfo) -> None:
+                 customer: CustomerInfo, writes: Writes) -> None:
         self.conn, self.tm, self.ctx, self.now, self.customer = conn, tm, ctx, now, customer
-        self.writes = Writes()
+        self.writes = writes
         self.case: dict[str, Any] = {}
 
     def new_case(self, possible_match: str | None) -> ApplyResult:
@@ -173,6 +177,7 @@ class _Apply:
             subject=(msg.subject or "")[:500], text=msg.text or msg.full_text, received_at=msg.received_at,
             triage=self.tm.triage.model_dump(mode="json")))
         self.case["message_count"] += 1
+        self.writes.references[msg.id] = self.case["reference"] or ""
         if msg.channel == "email":
             self.writes.thread_keys.setdefault(f"mid:{msg.external_id}"[: rows.KEY_MAX], case_id)
         if msg.thread.conversation_id:
@@ -188,7 +193,7 @@ class _Apply:
         if msg.channel != "email":
             return self._chat_ack(route, follow_up)
         address = reply_address(msg)
-        recent = rows.recent_acks(self.conn, address, self._window_start()) if address else 0
+        recent = rows.recent_acks(self.conn, address, self._window_start(), self.writes) if address else 0
         send, reason = ack_decision(msg, self.tm.triage.category, our_addresses=set(s.our_addresses),
                                     is_follow_up=follow_up, ack_follow_ups=s.ack_follow_ups,
                                     recent_acks_to_sender=recent, max_per_window=s.ack_rate_max)
@@ -217,7 +222,7 @@ class _Apply:
         mode = ack_mode(msg.channel, s.public_mentions)
         recipient, target = reply_target(msg, mode) if mode else (None, {})
         rate_key = f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}"
-        recent = rows.recent_acks(self.conn, rate_key, self._window_start())
+        recent = rows.recent_acks(self.conn, rate_key, self._window_start(), self.writes)
         flags = msg.flags
         reason = ("auto_submitted" if flags.auto_submitted or flags.auto_reply or flags.bulk or flags.suppress_autoreply
                   else "public_mention_policy" if mode is None

@@ -71,9 +71,12 @@ class CustomerInfo:
 
 @dataclass
 class Writes:
-    """Rows one message adds, written together by :meth:`flush` (one statement per table)."""
+    """Rows the messages of one transaction add, written together by :meth:`flush` (one statement
+    per table). Until then the lookups below see them too, so each message of a transaction sees
+    the ones before it as if they had been written."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
+    references: dict[str, str] = field(default_factory=dict)  # message id -> its case's reference
     thread_keys: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
@@ -88,10 +91,13 @@ class Writes:
         for table, rows in ((HISTORY, self.history), (OUTBOX, self.outbox)):
             if rows:
                 conn.execute(_INSERT[table], rows)
+        self.messages, self.references, self.thread_keys, self.history, self.outbox = [], {}, {}, [], []
 
 
-def stored_case_of(conn: Connection, message_id: str) -> str | None:
+def stored_case_of(conn: Connection, message_id: str, writes: Writes) -> str | None:
     """The reference of the case holding this message ("" if its case has none), or None if new."""
+    if message_id in writes.references:
+        return writes.references[message_id]
     row = conn.execute(_STORED, {"message_id": message_id}).first()
     return None if row is None else row.reference or ""
 
@@ -112,12 +118,12 @@ def add_customer(conn: Connection, name: str | None, identity: tuple[str, str] |
     return CustomerInfo(customer_id, name, (f"{identity[0]}:{identity[1]}",))
 
 
-def case_by_thread_key(conn: Connection, keys: Sequence[str]) -> dict[str, Any] | None:
-    """The case of the first of ``keys`` (in order) that is stored."""
+def case_by_thread_key(conn: Connection, keys: Sequence[str], writes: Writes) -> dict[str, Any] | None:
+    """The case of the first of ``keys`` (in order) that is stored (or about to be)."""
     keys = [k[:KEY_MAX] for k in keys]
     if not keys:
         return None
-    found = dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())
+    found = {**writes.thread_keys, **dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())}  # stored ones win
     first = next((found[k] for k in keys if k in found), None)
     return None if first is None else load_case(conn, first)
 
@@ -142,9 +148,10 @@ def update_case(conn: Connection, case_id: int, values: dict[str, Any]) -> None:
     conn.execute(_UPDATE_CASE, {**values, "case_id_": case_id})
 
 
-def recent_acks(conn: Connection, recipient: str, since: datetime) -> int:
-    """Acknowledgements queued to ``recipient`` after ``since`` (committed ones: the rate limit)."""
-    return int(conn.scalar(_RECENT_ACKS, {"recipient": recipient, "since": since}) or 0)
+def recent_acks(conn: Connection, recipient: str, since: datetime, writes: Writes) -> int:
+    """Acknowledgements queued to ``recipient`` after ``since`` (the rate limit)."""
+    pending = sum(1 for r in writes.outbox if r["kind"] == "ack" and r["recipient"] == recipient and r["created_at"] > since)
+    return int(conn.scalar(_RECENT_ACKS, {"recipient": recipient, "since": since}) or 0) + pending
 
 
 def lease_due(conn: Connection, now: datetime, until: datetime, limit: int) -> list[Row[Any]]:

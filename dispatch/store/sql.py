@@ -119,7 +119,10 @@ class SqlCaseStore(CaseStore):
         assert all(isinstance(t, TriagedMessage) for t in batch)
         try:
             with self.connection() as conn:
-                return [apply_message(conn, t, self.ctx, self.clock()) for t in batch]  # type: ignore[arg-type]
+                writes = rows.Writes()
+                results = [apply_message(conn, t, self.ctx, self.clock(), writes) for t in batch]  # type: ignore[arg-type]
+                writes.flush(conn)
+                return results
         except StoreError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
