@@ -70,8 +70,8 @@ def test_small_run_acknowledges_every_mail_and_prints_sane_numbers(servers_avail
     assert ratio == pytest.approx(rate / alone, rel=0.05, abs=0.01)
     assert math.isclose(rate, N / seconds, rel_tol=0.05)
 
-    ingested, triaged, acknowledged = numbers(rows["throughput: each stage done after"])[:3]
-    assert 0 < ingested <= triaged <= acknowledged == pytest.approx(seconds, abs=0.1), rows
+    ingested, triaged, stored, acknowledged = numbers(rows["throughput: each stage done after"])[:4]
+    assert 0 < ingested <= triaged <= stored <= acknowledged == pytest.approx(seconds, abs=0.1), rows
 
     p50, p95, p99, worst = numbers(rows["latency p50 / p95 / p99 / max"])[:4]
     assert 0 < p50 <= p95 <= p99 <= worst < 1_800_000
