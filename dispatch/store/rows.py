@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch.store.models import Case, Customer, HistoryEntry, Identity, Message, OutboxRow, ThreadKey
@@ -36,6 +37,16 @@ _KEYED_CASES = select(THREAD_KEYS.c.key, THREAD_KEYS.c.case_id).where(
     THREAD_KEYS.c.key.in_(bindparam("keys", expanding=True)))
 _STORED = (select(MESSAGES.c.case_id, CASES.c.reference).outerjoin(CASES, CASES.c.id == MESSAGES.c.case_id)
            .where(MESSAGES.c.id == bindparam("message_id")))
+_STORED_MANY = (select(MESSAGES.c.id, CASES.c.reference).outerjoin(CASES, CASES.c.id == MESSAGES.c.case_id)
+                .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True))))
+_FOUND, _ALL = IDENTITIES.alias("found"), IDENTITIES.alias("all_")
+_CUSTOMERS = (select(_FOUND.c.kind, _FOUND.c.value, CUSTOMERS.c.id, CUSTOMERS.c.display_name, _ALL.c.kind.label("k"),
+                     _ALL.c.value.label("v"))
+              .join(CUSTOMERS, CUSTOMERS.c.id == _FOUND.c.customer_id).join(_ALL, _ALL.c.customer_id == CUSTOMERS.c.id)
+              .where(tuple_(_FOUND.c.kind, _FOUND.c.value).in_(bindparam("pairs", expanding=True))))
+_ACK_TIMES = select(OUTBOX.c.recipient, OUTBOX.c.created_at).where(
+    OUTBOX.c.kind == "ack", OUTBOX.c.recipient.in_(bindparam("recipients", expanding=True)),
+    OUTBOX.c.created_at > bindparam("since"))
 _CUSTOMER = (select(CUSTOMERS.c.id, CUSTOMERS.c.display_name).join(IDENTITIES, IDENTITIES.c.customer_id == CUSTOMERS.c.id)
              .where(IDENTITIES.c.kind == bindparam("kind"), IDENTITIES.c.value == bindparam("value")))
 _IDENTITIES = select(IDENTITIES.c.kind, IDENTITIES.c.value).where(IDENTITIES.c.customer_id == bindparam("customer"))
@@ -71,38 +82,77 @@ class CustomerInfo:
 
 @dataclass
 class Writes:
-    """Rows the messages of one transaction add, written together by :meth:`flush` (one statement
-    per table). Until then the lookups below see them too, so each message of a transaction sees
-    the ones before it as if they had been written."""
+    """One transaction's view beyond the database: the rows and case updates its messages add,
+    written together by :meth:`flush` (one statement per table), and what :func:`prefetch` read
+    for them. The lookups below see both, so each message of a transaction sees the ones before
+    it as if they had been written, and a prefetched lookup costs no round trip."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     references: dict[str, str] = field(default_factory=dict)  # message id -> its case's reference
     thread_keys: dict[str, int] = field(default_factory=dict)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    cases: dict[int, dict[str, Any]] = field(default_factory=dict)  # case id -> columns to set
     history: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    # Read by prefetch, kept up to date by the writes above:
+    checked: set[str] = field(default_factory=set)  # message ids not stored unless in ``references``
+    customers: dict[tuple[str, str], CustomerInfo | None] = field(default_factory=dict)
+    ack_times: dict[str, list[datetime]] = field(default_factory=dict)  # recipient -> stored acks' times
 
     def flush(self, conn: Connection) -> None:
-        """Insert everything collected, in foreign-key order; thread keys already stored are kept."""
+        """Write everything collected, in foreign-key order; thread keys already stored are kept.
+        Called once, last in the transaction: what was read before is not valid after it."""
+        if self.identities:
+            conn.execute(_INSERT[IDENTITIES], self.identities)
         if self.messages:
             conn.execute(_INSERT[MESSAGES], self.messages)
         if self.thread_keys:
             conn.execute(_NEW_THREAD_KEYS[conn.dialect.name],
                          [{"key": k, "case_id": case_id} for k, case_id in self.thread_keys.items()])
+        updates = sorted(({**v, "case_id_": k} for k, v in self.cases.items()), key=lambda u: sorted(u))
+        for _, same_columns in groupby(updates, key=lambda u: sorted(u)):
+            conn.execute(_UPDATE_CASE, list(same_columns))
         for table, rows in ((HISTORY, self.history), (OUTBOX, self.outbox)):
             if rows:
                 conn.execute(_INSERT[table], rows)
-        self.messages, self.references, self.thread_keys, self.history, self.outbox = [], {}, {}, [], []
+
+
+def prefetch(conn: Connection, writes: Writes, message_ids: Sequence[str], identities: Sequence[tuple[str, str]],
+             recipients: Sequence[str], since: datetime) -> None:
+    """Read in three statements what the lookups of several messages would read one by one:
+    which are stored, the customers of their identities, and the acknowledgements queued to
+    their recipients after ``since`` (the earliest rate-limit window among them)."""
+    if message_ids:
+        for message_id, reference in conn.execute(_STORED_MANY, {"ids": list(message_ids)}):
+            writes.references[message_id] = reference or ""
+        writes.checked.update(message_ids)
+    if identities:
+        found: dict[tuple[str, str], tuple[int, str | None, list[str]]] = {}
+        for r in conn.execute(_CUSTOMERS, {"pairs": list(identities)}):
+            found.setdefault((r.kind, r.value), (r.id, r.display_name, []))[2].append(f"{r.k}:{r.v}")
+        for ident in identities:
+            hit = found.get(ident)
+            writes.customers[ident] = CustomerInfo(hit[0], hit[1], tuple(sorted(hit[2]))) if hit else None
+    if recipients:
+        times: dict[str, list[datetime]] = {r: [] for r in recipients}
+        for recipient, created_at in conn.execute(_ACK_TIMES, {"recipients": list(recipients), "since": since}):
+            times[recipient].append(created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC))
+        writes.ack_times.update(times)
 
 
 def stored_case_of(conn: Connection, message_id: str, writes: Writes) -> str | None:
     """The reference of the case holding this message ("" if its case has none), or None if new."""
     if message_id in writes.references:
         return writes.references[message_id]
+    if message_id in writes.checked:
+        return None
     row = conn.execute(_STORED, {"message_id": message_id}).first()
     return None if row is None else row.reference or ""
 
 
-def find_customer(conn: Connection, kind: str, value: str) -> CustomerInfo | None:
+def find_customer(conn: Connection, kind: str, value: str, writes: Writes) -> CustomerInfo | None:
+    if (kind, value) in writes.customers:
+        return writes.customers[kind, value]
     row = conn.execute(_CUSTOMER, {"kind": kind, "value": value}).first()
     if row is None:
         return None
@@ -110,12 +160,15 @@ def find_customer(conn: Connection, kind: str, value: str) -> CustomerInfo | Non
     return CustomerInfo(row.id, row.display_name, tuple(sorted(f"{k}:{v}" for k, v in found)))
 
 
-def add_customer(conn: Connection, name: str | None, identity: tuple[str, str] | None, now: datetime) -> CustomerInfo:
+def add_customer(conn: Connection, name: str | None, identity: tuple[str, str] | None, now: datetime,
+                 writes: Writes) -> CustomerInfo:
+    """Insert the customer now (its id is needed); its identity row waits for the flush."""
     customer_id = conn.execute(_INSERT[CUSTOMERS], {"display_name": name, "created_at": now}).inserted_primary_key[0]
     if identity is None:
         return CustomerInfo(customer_id, name, ())
-    conn.execute(_INSERT[IDENTITIES], {"customer_id": customer_id, "kind": identity[0], "value": identity[1]})
-    return CustomerInfo(customer_id, name, (f"{identity[0]}:{identity[1]}",))
+    writes.identities.append({"customer_id": customer_id, "kind": identity[0], "value": identity[1]})
+    info = writes.customers[identity] = CustomerInfo(customer_id, name, (f"{identity[0]}:{identity[1]}",))
+    return info
 
 
 def case_by_thread_key(conn: Connection, keys: Sequence[str], writes: Writes) -> dict[str, Any] | None:
@@ -125,32 +178,38 @@ def case_by_thread_key(conn: Connection, keys: Sequence[str], writes: Writes) ->
         return None
     found = {**writes.thread_keys, **dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())}  # stored ones win
     first = next((found[k] for k in keys if k in found), None)
-    return None if first is None else load_case(conn, first)
+    return None if first is None else load_case(conn, first, writes)
 
 
-def case_by_reference(conn: Connection, reference: str) -> dict[str, Any] | None:
+def case_by_reference(conn: Connection, reference: str, writes: Writes) -> dict[str, Any] | None:
+    pending = next((case_id for case_id, v in writes.cases.items() if v.get("reference") == reference), None)
+    if pending is not None:
+        return load_case(conn, pending, writes)
     row = conn.execute(_CASE_BY_REFERENCE, {"reference": reference}).mappings().first()
     return dict(row) if row is not None else None
 
 
-def load_case(conn: Connection, case_id: int, *, lock: bool = False) -> dict[str, Any] | None:
-    """The case row as a dict; ``lock``: ``SELECT ... FOR UPDATE`` (no-op on SQLite)."""
+def load_case(conn: Connection, case_id: int, writes: Writes, *, lock: bool = False) -> dict[str, Any] | None:
+    """The case row as a dict, with this transaction's pending updates; ``lock``: ``SELECT ...
+    FOR UPDATE`` (no-op on SQLite)."""
     row = conn.execute(_CASE_LOCKED if lock else _CASE, {"case": case_id}).mappings().first()
-    return dict(row) if row is not None else None
+    return {**row, **writes.cases.get(case_id, {})} if row is not None else None
 
 
 def add_case(conn: Connection, values: dict[str, Any]) -> int:
     return int(conn.execute(_INSERT[CASES], values).inserted_primary_key[0])
 
 
-def update_case(conn: Connection, case_id: int, values: dict[str, Any]) -> None:
-    """Set the columns named in ``values``."""
-    conn.execute(_UPDATE_CASE, {**values, "case_id_": case_id})
+def update_case(case_id: int, values: dict[str, Any], writes: Writes) -> None:
+    """Set the columns named in ``values`` (at the flush; lookups see them before)."""
+    writes.cases.setdefault(case_id, {}).update(values)
 
 
 def recent_acks(conn: Connection, recipient: str, since: datetime, writes: Writes) -> int:
     """Acknowledgements queued to ``recipient`` after ``since`` (the rate limit)."""
     pending = sum(1 for r in writes.outbox if r["kind"] == "ack" and r["recipient"] == recipient and r["created_at"] > since)
+    if recipient in writes.ack_times:
+        return sum(1 for t in writes.ack_times[recipient] if t > since) + pending
     return int(conn.scalar(_RECENT_ACKS, {"recipient": recipient, "since": since}) or 0) + pending
 
 

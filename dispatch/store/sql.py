@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from dispatch.base import ApplyResult, CaseStore, OutboxItem
-from dispatch.cases import Context, apply_message
+from dispatch.cases import Context, apply_message, prefetch
 from dispatch.store.models import HistoryEntry, OutboxRow
 from dispatch.store import rows
 from frontdesk.errors import StoreError, StoreUnavailable
@@ -113,14 +113,16 @@ class SqlCaseStore(CaseStore):
             return apply_message(conn, triaged, self.ctx, self.clock())
 
     def apply_many(self, batch: Sequence[object]) -> list[ApplyResult]:
-        """One transaction for the whole batch: all applied, or none. Each message sees the ones
-        before it (a follow-up finds the case its predecessor opened), so the results are those of
-        applying them one by one. After a unique-key race with another dispatcher, one by one."""
+        """One transaction for the whole batch, at one time: all applied, or none. Each message sees
+        the ones before it (a follow-up finds the case its predecessor opened), so the results are
+        those of applying them one by one. What the messages look up is read for all of them at
+        once first. After a unique-key race with another dispatcher, one by one."""
         assert all(isinstance(t, TriagedMessage) for t in batch)
         try:
             with self.connection() as conn:
-                writes = rows.Writes()
-                results = [apply_message(conn, t, self.ctx, self.clock(), writes) for t in batch]  # type: ignore[arg-type]
+                writes, now = rows.Writes(), self.clock()
+                prefetch(conn, batch, self.ctx, writes, now)  # type: ignore[arg-type]
+                results = [apply_message(conn, t, self.ctx, now, writes) for t in batch]  # type: ignore[arg-type]
                 writes.flush(conn)
                 return results
         except StoreError as exc:

@@ -413,36 +413,66 @@ def test_a_woken_relay_delivers_at_once_not_at_its_next_poll(store: SqlCaseStore
     assert not worker.is_alive(), "a woken relay stops without waiting out its interval"
 
 
-def test_a_batch_in_one_transaction_gives_what_one_by_one_gives(clock: Clock) -> None:
+_DATE = re.compile(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}")  # the wall clock
+
+
+def _tables(store: SqlCaseStore) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the case store, the acknowledgements' Date headers masked."""
     from sqlalchemy import text
 
+    with store.transaction() as s:
+        return {t: [tuple(_DATE.sub("Date: -", v) if isinstance(v, str) else v for v in r)
+                    for r in s.execute(text(f"SELECT * FROM {t} ORDER BY 1"))]
+                for t in ("customers", "identities", "cases", "messages", "thread_keys", "case_history", "outbox")}
+
+
+def _two_stores(clock: Clock) -> tuple[SqlCaseStore, SqlCaseStore]:
+    settings = DispatchSettings(our_addresses=("@bet.example",), from_address="support@bet.example",
+                                message_id_domain="bet.example")
+    one, many = (SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
+                 for _ in range(2))
+    return one, many
+
+
+def test_a_batch_in_one_transaction_gives_what_one_by_one_gives(clock: Clock) -> None:
     def batch() -> list[TriagedMessage]:
         ack_of_1 = "<ack.placeholder@bet.example>"
         return [email(1), email(1), email(2, in_reply_to="<m1@mail.az>", urgency="critical"),
                 *[email(10 + i, sender="rate@mail.az", subject=f"q {i}") for i in range(5)],
                 email(3, sender="someone@else.az", in_reply_to="<m1@mail.az>"), chat(1, "42", "c-1"),
-                chat(2, "42", "c-1", urgency="critical"), email(4, in_reply_to=ack_of_1, flags=Flags(bulk=True))]
+                chat(2, "42", "c-1", urgency="critical"), email(4, in_reply_to=ack_of_1, flags=Flags(bulk=True)),
+                email(5, subject="Re: FD-2026-000001 still waiting")]  # the reference of the case email(1) opens
 
-    def state(store: SqlCaseStore) -> dict[str, list[tuple[object, ...]]]:
-        with store.transaction() as s:
-            return {t: [tuple(r) for r in s.execute(text(f"SELECT * FROM {t} ORDER BY 1"))]
-                    for t in ("customers", "identities", "cases", "messages", "thread_keys", "case_history", "outbox")}
-
-    settings = DispatchSettings(our_addresses=("@bet.example",), from_address="support@bet.example",
-                                message_id_domain="bet.example")
-    one, many = (SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)
-                 for _ in range(2))
+    one, many = _two_stores(clock)
     singly = [one.apply(t) for t in batch()]
     together = many.apply_many(batch())
     assert together == singly and [r.duplicate for r in together].count(True) == 1
     assert [r.ack for r in together[3:8]] == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
-    date = re.compile(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}")  # the wall clock
+    assert together[-1].case_reference == together[0].case_reference and not together[-1].created
+    assert _tables(many) == _tables(one)
 
-    def masked(tables: dict[str, list[tuple[object, ...]]]) -> dict[str, list[tuple[object, ...]]]:
-        return {t: [tuple(date.sub("Date: -", v) if isinstance(v, str) else v for v in r) for r in rows]
-                for t, rows in tables.items()}
 
-    assert masked(state(many)) == masked(state(one))
+def test_a_batch_after_earlier_ones_reads_what_they_stored(clock: Clock) -> None:
+    """What a batch reads at once (stored message ids, customers, acknowledgements in the rate
+    window) gives what reading it message by message gives."""
+    earlier = [email(1), email(2, sender="rate@mail.az", subject="a"), email(3, sender="rate@mail.az", subject="b"),
+               chat(1, "42", "c-1"), chat(2, "43", "c-2")]
+    later = [email(1), email(4, name="Aysel Q."), email(5, sender="rate@mail.az", subject="c"),
+             email(6, sender="rate@mail.az", subject="d"), chat(3, "42", "c-9"), chat(4, "43", "c-2", urgency="critical"),
+             email(7, sender="new@mail.az"), email(8, sender="new@mail.az", subject="again")]
+    one, many = _two_stores(clock)
+    for store in (one, many):
+        for t in earlier:
+            store.apply(t)
+    clock.now += timedelta(minutes=1)
+    singly = [one.apply(t) for t in later]
+    many.apply = lambda t: pytest.fail("the batch fell back to one by one")  # type: ignore[method-assign]
+    together = many.apply_many(later)
+    assert together == singly
+    assert together[0].duplicate and [r.ack for r in together[2:4]] == ["ok", "rate_limited"]
+    assert _tables(many) == _tables(one)
+    assert len(_tables(many)["customers"]) == 5  # aysel, rate, new, telegram users 42 and 43
+    assert together[4].created and not together[5].created and together[5].rerouted
 
 
 def test_a_poison_record_in_a_chunk_is_dead_lettered_and_the_rest_applied_once(store: SqlCaseStore) -> None:
