@@ -18,6 +18,7 @@ bench: setup
 	.venv/bin/python -m bench.classify
 	.venv/bin/python -m bench.intake
 	.venv/bin/python -m bench.http
+	.venv/bin/python -m bench.dispatch
 	.venv/bin/python -m bench.pipeline
 
 docs: setup

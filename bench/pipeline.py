@@ -1,9 +1,10 @@
 """Benchmark of the whole pipeline: ``python -m bench.pipeline [--n 2000] [--rate 10] [--latency-n 200]``.
 
 One command, everything on this machine, private servers from ``tests.harness`` (a Kafka broker,
-PostgreSQL, Dovecot and an SMTP recorder in this process), and the multi-process topology of
-``docker-compose.yml`` run by ``frontdesk.topology`` (ingest-imap with IDLE on INBOX, classify,
-dispatch with its outbox relay; the compose settings, SMTP without TLS as for its Mailpit):
+PostgreSQL with fsync as in production, Dovecot and an SMTP recorder in this process), and the
+multi-process topology of ``docker-compose.yml`` run by ``frontdesk.topology`` (ingest-imap with
+IDLE on INBOX, classify, dispatch with its outbox relay; the compose settings, SMTP without TLS as
+for its Mailpit):
 
 1. classifier alone: the classify stage topic to topic (``bench.classify.bench_stage``, less the
    consumer-group join) on the same broker, same texts as email messages, same settings (threads,
@@ -50,6 +51,7 @@ from imapclient import IMAPClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from bench.cpu import cpu_per_message, cpu_sample, cpu_text, machine_busy
 from classify.data import DEV_FILE, read_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +60,6 @@ USER, PASSWORD = "bench", "bench-secret"
 PARTITIONS = 6  # docker-compose.yml FRONTDESK_BUS_PARTITIONS
 WARMUP = 5
 APPEND_BATCH = 100
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the mails --------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def servers(tmp: Path) -> Iterator[Servers]:
     """Private Kafka, PostgreSQL, Dovecot (one user) and SMTP recorder (no TLS, no AUTH: Mailpit's)."""
     from tests.harness.dovecot import DovecotServer, find_dovecot
     from tests.harness.kafka import KafkaBroker, find_kafka_libs
-    from tests.harness.postgres import PostgresServer, find_postgres
+    from tests.harness.postgres import DURABLE, PostgresServer, find_postgres
     from tests.harness.smtp import RecordingSMTPServer
 
     libs, why_kafka = find_kafka_libs()
@@ -184,7 +185,7 @@ def servers(tmp: Path) -> Iterator[Servers]:
             raise SystemExit(f"{what} is not available: {why} (run scripts/setup.sh)")
     dovecot = DovecotServer(tmp / "dovecot")
     dovecot.add_user(USER, PASSWORD)
-    found = Servers(KafkaBroker(libs, tmp / "kafka"), PostgresServer(pg_bin, tmp / "pg"), dovecot,
+    found = Servers(KafkaBroker(libs, tmp / "kafka"), PostgresServer(pg_bin, tmp / "pg", extra_conf=DURABLE), dovecot,
                     RecordingSMTPServer(starttls=False))
     with ExitStack() as stack:
         for server in (found.kafka, found.postgres, found.dovecot, found.smtp):
@@ -298,76 +299,11 @@ def wait_for(batch: Sequence[Mail], acks: Acks, engine: Engine, topo: Any, timeo
     return out
 
 
-# --- CPU accounting ---------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int | str) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a live process, from /proc/<pid>/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / TICK  # less idle and iowait
-
-
-@dataclass
-class CpuSample:
-    at: float
-    machine: float
-    ours: dict[str, float]  # group -> CPU seconds of its live processes
-
-
-def cpu_sample(services: dict[int, str]) -> CpuSample:
-    """CPU seconds so far: per labelled process (``services``: pid -> label) with its descendants,
-    the rest of this bench's process tree (servers, recorder, load generator), and the machine."""
-    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _proc_stat(p)) is not None}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    ours: Counter[str] = Counter()
-    todo = [(os.getpid(), "bench + SMTP")]
-    while todo:
-        pid, label = todo.pop()
-        label = services.get(pid, label)  # a stage's own children (e.g. parse workers) count as the stage
-        if pid in stats:
-            ours[label] += stats[pid][1]
-        todo.extend((child, label) for child in children.get(pid, ()))
-    return CpuSample(time.monotonic(), machine_busy(), dict(ours))
-
-
 def labelled(srv: Servers, topo: Any) -> dict[int, str]:
     """pid -> group: the stages, and each server but the SMTP recorder (a thread of this process)."""
     found = {srv.kafka.pid: "Kafka", srv.postgres.pid: "PostgreSQL", srv.dovecot.pid: "Dovecot"}
     found.update({p.pid: name for name, ps in topo.processes.items() for p in ps})
     return {pid: name for pid, name in found.items() if pid}
-
-
-def cpu_used(before: CpuSample, after: CpuSample) -> dict[str, float]:
-    """CPU seconds per group between two samples, largest first."""
-    used = {k: after.ours.get(k, 0.0) - before.ours.get(k, 0.0) for k in after.ours}
-    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
-
-
-def cpu_text(before: CpuSample, after: CpuSample) -> str:
-    """Average cores busy between two samples: the machine, each group of ours, everybody else."""
-    wall = after.at - before.at
-    machine = (after.machine - before.machine) / wall
-    used = {k: v / wall for k, v in cpu_used(before, after).items()}
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
-    others = max(0.0, machine - sum(used.values()))
-    return f"machine {machine:.2f} of {os.cpu_count()} cores busy: {parts}; other users {others:.2f}"
-
-
-def cpu_per_message(before: CpuSample, after: CpuSample, n: int) -> str:
-    used = cpu_used(before, after)
-    parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in used.items())
-    return f"{parts}; total {sum(used.values()) / n * 1000:.1f}"
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -501,7 +437,7 @@ def header(args: argparse.Namespace) -> list[str]:
     variant = "fp32" if args.quantize == "none" else args.quantize
     return [f"pipeline benchmark: Dovecot → ingest-imap (IDLE) → Kafka → classify ({args.classify_replicas} "
             f"replica × {args.classify_threads} torch threads, {variant}, poll_records {args.poll_records}) → "
-            f"dispatch (PostgreSQL, outbox relay idle poll {relay} s) → SMTP recorder (no TLS, as compose's Mailpit)",
+            f"dispatch (PostgreSQL with fsync, outbox relay idle poll {relay} s) → SMTP recorder (no TLS, as compose's Mailpit)",
             f"topology: docker-compose.yml as local processes (frontdesk.topology), {PARTITIONS} partitions; private "
             f"Kafka, PostgreSQL, Dovecot; {os.cpu_count()} cores shared with whatever else runs on this machine"]
 

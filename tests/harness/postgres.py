@@ -58,6 +58,8 @@ from .process import HOST, ServerProcess, escalate, free_port, kill_group, read_
 
 __all__ = ["PostgresServer", "find_postgres", "free_port"]
 
+# ``extra_conf`` for a server as durable as in production (the harness default is not: see above).
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 _SOCKET_PATH_BUDGET = 90  # sun_path is 108 bytes incl. "/.s.PGSQL.65535" + NUL
 
 
