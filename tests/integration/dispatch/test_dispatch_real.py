@@ -127,6 +127,62 @@ def test_concurrent_relays_never_claim_the_same_row(database_url: str) -> None:
         store.close()
 
 
+@pytest.mark.postgres
+def test_two_replicas_applying_the_same_chunks_at_once_store_everything_once(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    """Two dispatch replicas (two stores) apply the same 64 messages at once (as after a consumer-group
+    rebalance), in chunks, in opposite orders; a chunk that fails transiently is retried one by one,
+    as the stage does. Whatever interleaving happens: each message stored once, one customer per
+    sender, case counters that match their messages, one creation event and at most one
+    acknowledgement per case."""
+    from sqlalchemy import text
+
+    from frontdesk.errors import StoreUnavailable
+
+    url = postgres_server.create_database(f"replicas_{os.getpid()}_{time.monotonic_ns() % 10**9}")
+    ctx = Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file))
+    stores = [SqlCaseStore(url, ctx) for _ in range(2)]
+    messages = [triaged(16 * k + s, f"sender{s}@mail.ru", in_reply_to=f"<c{s}@mail.ru>" if k else None)
+                for k in range(4) for s in range(16)]  # per sender: a first mail and three replies to it
+    chunks = [messages[i:i + 16] for i in range(0, 64, 16)]
+    failures: list[BaseException] = []
+
+    def replica(k: int) -> None:
+        try:
+            for chunk in chunks if k == 0 else [c[::-1] for c in reversed(chunks)]:
+                try:
+                    stores[k].apply_many(chunk)
+                except StoreUnavailable:  # e.g. a deadlock between the two: the stage retries one by one
+                    for t in chunk:
+                        stores[k].apply(t)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures
+
+    def rows(sql: str) -> list[tuple[object, ...]]:
+        return stores[0].read(lambda session: [tuple(r) for r in session.execute(text(sql))])
+
+    assert rows("SELECT count(*), count(DISTINCT id) FROM messages") == [(64, 64)]
+    assert rows("SELECT count(*) FROM customers") == [(16,)] == rows("SELECT count(*) FROM identities")
+    assert rows("SELECT count(*) FROM cases c WHERE message_count <> "
+                "(SELECT count(*) FROM messages m WHERE m.case_id = c.id)") == [(0,)]
+    assert rows("SELECT count(*) FROM messages m JOIN cases c ON c.id = m.case_id JOIN identities i "
+                "ON i.customer_id = c.customer_id WHERE i.value <> m.sender") == [(0,)]
+    created = rows("SELECT count(*) FROM case_history WHERE event = 'created'")
+    assert created == rows("SELECT count(*) FROM cases") == rows("SELECT count(DISTINCT case_id) FROM outbox "
+                                                                 "WHERE kind = 'event'")
+    assert rows("SELECT count(*) FROM cases WHERE reference IS NULL") == [(0,)]
+    assert rows("SELECT max(n) FROM (SELECT count(*) AS n FROM outbox WHERE kind = 'ack' "
+                "GROUP BY case_id) AS acks")[0][0] == 1
+    for store in stores:
+        store.close()
+
+
 def _dispatch_env(tmp: Path, database_url: str, smtp_server) -> dict[str, str]:  # type: ignore[no-untyped-def]
     s = smtp_settings(smtp_server)
     return {**os.environ, "FRONTDESK_STORAGE_DATA_DIR": str(tmp), "FRONTDESK_DISPATCH_DATABASE_URL": database_url,
