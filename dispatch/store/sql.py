@@ -101,16 +101,15 @@ class SqlCaseStore(CaseStore):
                 yield conn
 
     def apply(self, triaged: object) -> ApplyResult:
+        """:meth:`apply_many` of one message (the same reads and writes)."""
         assert isinstance(triaged, TriagedMessage)
         try:
-            with self.connection() as conn:
-                return apply_message(conn, triaged, self.ctx, self.clock())
+            return self._apply_chunk([triaged])[0]
         except StoreError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
         # A concurrent dispatcher stored the same message (or thread key) first: re-run sees it.
-        with self.connection() as conn:
-            return apply_message(conn, triaged, self.ctx, self.clock())
+        return self._apply_chunk([triaged])[0]
 
     def apply_many(self, batch: Sequence[object]) -> list[ApplyResult]:
         """One transaction for the whole batch, at one time: all applied, or none. Each message sees
@@ -119,16 +118,19 @@ class SqlCaseStore(CaseStore):
         once first. After a unique-key race with another dispatcher, one by one."""
         assert all(isinstance(t, TriagedMessage) for t in batch)
         try:
-            with self.connection() as conn:
-                writes, now = rows.Writes(), self.clock()
-                prefetch(conn, batch, self.ctx, writes, now)  # type: ignore[arg-type]
-                results = [apply_message(conn, t, self.ctx, now, writes) for t in batch]  # type: ignore[arg-type]
-                writes.flush(conn)
-                return results
+            return self._apply_chunk(batch)  # type: ignore[arg-type]
         except StoreError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
         return [self.apply(t) for t in batch]
+
+    def _apply_chunk(self, batch: Sequence[TriagedMessage]) -> list[ApplyResult]:
+        with self.connection() as conn:
+            writes, now = rows.Writes(), self.clock()
+            prefetch(conn, batch, self.ctx, writes, now)
+            results = [apply_message(conn, t, self.ctx, now, writes) for t in batch]
+            writes.flush(conn)
+            return results
 
     def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
         """Lease up to ``limit`` due rows in three statements, whatever ``limit`` is: pick the
