@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,6 +38,35 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+Respond = Callable[[str, dict[str, str], bytes], tuple[int, Any, dict[str, str]]]
+
+
+def serve_json(respond: Respond, *, name: str) -> tuple[ThreadingHTTPServer, str]:
+    """Serve POSTs on a free 127.0.0.1 port in a daemon thread: ``respond(path, headers, raw body)``
+    gives the status, the JSON body and extra headers. Returns the server (``shutdown`` it) and its
+    base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, body, extra = respond(self.path, dict(self.headers.items()), raw)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for header, value in {"Content-Type": "application/json", **extra}.items():
+                self.send_header(header, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class Recorder:
     """Answers POSTs with ``script`` (in order, then 200), recording every request in ``requests``."""
 
@@ -44,29 +74,13 @@ class Recorder:
         self.requests: list[Seen] = []
         self.script: list[Answer] = []
         self.lock = threading.Lock()
-        rec = self
+        self.server, self.base = serve_json(self._respond, name="recorder")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with rec.lock:
-                    rec.requests.append(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, raw))
-                    answer = rec.script.pop(0) if rec.script else Answer()
-                data = json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="recorder", daemon=True).start()
+    def _respond(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            self.requests.append(Seen("POST", path, {k.lower(): v for k, v in headers.items()}, raw))
+            answer = self.script.pop(0) if self.script else Answer()
+        return answer.status, answer.body, answer.headers
 
     def seen(self) -> list[Seen]:
         with self.lock:

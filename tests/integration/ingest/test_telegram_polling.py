@@ -1,6 +1,6 @@
 """The Telegram long-polling connector against a local stand-in for the Bot API (real HTTP, real SQLite bus).
 
-The stand-in keeps Telegram's getUpdates semantics: it returns updates with ``update_id >= offset``
+The stand-in (:mod:`tests.harness.bot_api`) keeps Telegram's getUpdates semantics: it returns updates with ``update_id >= offset``
 (at most ``limit``), forgets everything below the offset it is called with (that is how Telegram
 confirms updates: a poller that advanced its offset too early would lose them here), long-polls for
 ``timeout`` seconds when nothing is pending, and records every request.
@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from frontdesk.errors import SourceAuthError, SourceError
 from frontdesk.messages import InboundMessage
 from ingest.http.normalise import telegram_update
 from ingest.telegram import OffsetStore, TelegramPoller, TelegramSettings
+from tests.harness.bot_api import BotApiStandIn
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "webhooks" / "telegram"
@@ -40,70 +40,9 @@ def fixture_updates() -> list[dict[str, Any]]:
     return sorted((json.loads(p.read_text()) for p in FIXTURES.glob("*.json")), key=lambda u: u["update_id"])
 
 
-class FakeBotApi:
-    """Bot API stand-in on a free 127.0.0.1 port, in a thread."""
-
-    def __init__(self, token: str = TOKEN) -> None:
-        self.token = token
-        self.pending: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
-        self.fail: list[tuple[int, dict[str, Any]]] = []  # answers to give before serving again
-        self.cond = threading.Condition()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, answer = api.handle(self.path, json.loads(raw or b"{}"))
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def add(self, *updates: dict[str, Any]) -> None:
-        with self.cond:
-            self.pending.extend(updates)
-            self.pending.sort(key=lambda u: u["update_id"])
-            self.cond.notify_all()
-
-    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        with self.cond:
-            self.requests.append({"path": path, **body})
-            if path != f"/bot{self.token}/getUpdates":
-                return 401 if path.endswith("/getUpdates") else 404, {
-                    "ok": False, "error_code": 401, "description": "Unauthorized"}
-            if self.fail:
-                return self.fail.pop(0)
-            offset = body.get("offset")
-            if offset is not None:  # confirms everything below it: Telegram forgets those updates
-                self.pending = [u for u in self.pending if u["update_id"] >= offset]
-            deadline = time.monotonic() + float(body.get("timeout", 0))
-            while not self.pending and time.monotonic() < deadline:
-                self.cond.wait(deadline - time.monotonic())
-            return 200, {"ok": True, "result": self.pending[: int(body.get("limit", 100))]}
-
-    def offsets(self) -> list[int | None]:
-        return [r.get("offset") for r in self.requests]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture()
-def api() -> Iterator[FakeBotApi]:
-    server = FakeBotApi()
+def api() -> Iterator[BotApiStandIn]:
+    server = BotApiStandIn(TOKEN)
     yield server
     server.close()
 
@@ -116,7 +55,7 @@ def bus(tmp_path: Path) -> Iterator[SqliteBus]:
     b.close()
 
 
-def settings(api: FakeBotApi, **over: object) -> TelegramSettings:
+def settings(api: BotApiStandIn, **over: object) -> TelegramSettings:
     fields: dict[str, object] = dict(bot_token=SecretStr(TOKEN), api_base=api.base, poll_timeout_s=1,
                                      backoff_initial_s=0.05, backoff_max_s=0.2)
     fields.update(over)
@@ -143,7 +82,7 @@ def time_now():  # type: ignore[no-untyped-def]
     return datetime.now(UTC)
 
 
-def test_updates_reach_the_bus_with_their_identities(api: FakeBotApi, bus: SqliteBus, tmp_path: Path) -> None:
+def test_updates_reach_the_bus_with_their_identities(api: BotApiStandIn, bus: SqliteBus, tmp_path: Path) -> None:
     api.add(*fixture_updates())
     poller = TelegramPoller(settings(api), bus, tmp_path / "tg")
     assert poller.run_once() == 10
@@ -164,7 +103,7 @@ def test_updates_reach_the_bus_with_their_identities(api: FakeBotApi, bus: Sqlit
     assert api.offsets()[1] == 874512313
 
 
-def test_restart_resumes_at_the_stored_offset(api: FakeBotApi, bus: SqliteBus, tmp_path: Path) -> None:
+def test_restart_resumes_at_the_stored_offset(api: BotApiStandIn, bus: SqliteBus, tmp_path: Path) -> None:
     updates = fixture_updates()
     api.add(*updates[:4])
     TelegramPoller(settings(api), bus, tmp_path / "tg").run_once()
@@ -176,7 +115,7 @@ def test_restart_resumes_at_the_stored_offset(api: FakeBotApi, bus: SqliteBus, t
     assert len(ids) == len(set(ids)) == 10
 
 
-def test_long_poll_delivers_a_new_update_promptly(api: FakeBotApi, bus: SqliteBus, tmp_path: Path) -> None:
+def test_long_poll_delivers_a_new_update_promptly(api: BotApiStandIn, bus: SqliteBus, tmp_path: Path) -> None:
     poller = TelegramPoller(settings(api, poll_timeout_s=5), bus, tmp_path / "tg")
     stop = threading.Event()
     runner = threading.Thread(target=poller.run, args=(stop,), daemon=True)
@@ -194,7 +133,7 @@ def test_long_poll_delivers_a_new_update_promptly(api: FakeBotApi, bus: SqliteBu
     assert not runner.is_alive()
 
 
-def test_server_errors_back_off_and_recover(api: FakeBotApi, bus: SqliteBus, tmp_path: Path) -> None:
+def test_server_errors_back_off_and_recover(api: BotApiStandIn, bus: SqliteBus, tmp_path: Path) -> None:
     api.add(*fixture_updates()[:3])
     api.fail = [(502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}),
                 (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 0",
@@ -221,7 +160,7 @@ def test_connection_refused_is_a_source_error(bus: SqliteBus, tmp_path: Path) ->
     assert TOKEN not in str(info.value)
 
 
-def test_rejected_token_stops_fast(api: FakeBotApi, bus: SqliteBus, tmp_path: Path) -> None:
+def test_rejected_token_stops_fast(api: BotApiStandIn, bus: SqliteBus, tmp_path: Path) -> None:
     wrong = "123456789:wrong_token"
     poller = TelegramPoller(settings(api, bot_token=SecretStr(wrong)), bus, tmp_path / "tg")
     with pytest.raises(SourceAuthError) as info:
@@ -255,7 +194,7 @@ print("done", poller.offsets.load())
 """
 
 
-def test_kill_between_publish_and_offset_write_loses_nothing(api: FakeBotApi, tmp_path: Path) -> None:
+def test_kill_between_publish_and_offset_write_loses_nothing(api: BotApiStandIn, tmp_path: Path) -> None:
     api.add(*fixture_updates())
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(token=TOKEN))

@@ -1,23 +1,18 @@
-"""The far side of the end-to-end test (``test_end_to_end.py``): customers' messages and the Bot API.
+"""The far side of the end-to-end test (``test_end_to_end.py``): customers' messages.
 
 :class:`Inputs` are the run's messages, one per source, in four languages, with what their cases
-must look like. :class:`BotApiStandIn` keeps Telegram's getUpdates semantics, like the one in
-``tests/integration/ingest/test_telegram_polling.py``: updates with ``update_id >= offset`` (at
-most ``limit``), everything below the offset it is called with is forgotten (that confirms them),
-and an empty queue is long-polled for ``timeout`` seconds. Other methods get 404: acknowledgements
-go to the recording server (``tests/harness/recorder.py``), configured as the repliers' base URL.
+must look like. The Bot API is :class:`tests.harness.bot_api.BotApiStandIn` (getUpdates only);
+acknowledgements go to the recording server (``tests/harness/recorder.py``), configured as the
+repliers' base URL.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from dispatch.settings import CONFIG_DIR
@@ -115,57 +110,3 @@ class Inputs:
         }
 
 
-class BotApiStandIn:
-    """getUpdates on a free 127.0.0.1 port, in a thread; ``offsets`` records every call's offset."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.pending: list[dict[str, Any]] = []
-        self.offsets: list[int | None] = []
-        self.cond = threading.Condition()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, answer = api.handle(self.path, json.loads(raw or b"{}"))
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="bot-api", daemon=True).start()
-
-    def add(self, *updates: dict[str, Any]) -> None:
-        """Queue updates for the next getUpdates (wakes a pending long poll)."""
-        with self.cond:
-            self.pending.extend(updates)
-            self.pending.sort(key=lambda u: u["update_id"])
-            self.cond.notify_all()
-
-    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if path != f"/bot{self.token}/getUpdates":
-            return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
-        with self.cond:
-            offset = body.get("offset")
-            self.offsets.append(offset)
-            if offset is not None:
-                self.pending = [u for u in self.pending if u["update_id"] >= offset]
-            deadline = time.monotonic() + float(body.get("timeout", 0))
-            while not self.pending and time.monotonic() < deadline:
-                self.cond.wait(deadline - time.monotonic())
-            return 200, {"ok": True, "result": self.pending[: int(body.get("limit", 100))]}
-
-    def close(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
-        self.server.shutdown()
-        self.server.server_close()

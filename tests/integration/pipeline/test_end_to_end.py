@@ -47,6 +47,7 @@ from frontdesk.messages import DeadLetter, Triage, TriagedMessage
 from frontdesk.settings import KafkaSettings
 from frontdesk.topology import Topology
 from tests.conftest import DOVECOT_PASSWORD, SMTP_USERS
+from tests.harness.bot_api import BotApiStandIn
 from tests.harness.recorder import Recorder, Seen
 from tests.integration.pipeline.far_side import (
     TG_CHAT,
@@ -54,7 +55,6 @@ from tests.integration.pipeline.far_side import (
     VISITOR,
     WA_ID,
     WA_PHONE_ID,
-    BotApiStandIn,
     Inputs,
     address,
     closing_line,
@@ -275,7 +275,7 @@ def test_every_source_becomes_a_routed_acknowledged_case(  # type: ignore[no-unt
     check_events(cases, cases[inputs.ru["Message-ID"]].reference, bus)
     check_email_acks(inputs, cases, our_acks())
     check_platform_acks(inputs, cases, far.seen())
-    assert inputs.telegram["update_id"] + 1 in bot_api.offsets, "the update was confirmed to the Bot API"
+    assert inputs.telegram["update_id"] + 1 in bot_api.offsets(), "the update was confirmed to the Bot API"
     assert all(p.starts == 1 for ps in topo.processes.values() for p in ps), "no process crashed"
     assert exit_codes == {name: 0 for name in exit_codes}, f"not a clean stop: {exit_codes}"
     print(f"\nend to end: 6 cases and 5 acknowledgements {first_wave:.0f}s after start (model load included), "
