@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,14 +55,6 @@ def box(server, folder: str, **over: object) -> MailboxSettings:  # type: ignore
 @pytest.fixture()
 def folder() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture()
-def bus(tmp_path: Path) -> Iterator[SqliteBus]:
-    b = SqliteBus(tmp_path / "bus.sqlite3")
-    b.ensure_topics()
-    yield b
-    b.close()
 
 
 def connector(server, bus: SqliteBus, tmp_path: Path, folder: str, **over: object) -> MailboxConnector:  # type: ignore[no-untyped-def]

@@ -103,14 +103,6 @@ def tls_dovecot(tmp_path_factory: pytest.TempPathFactory, pki: Pki, introspectio
     server.stop()
 
 
-@pytest.fixture()
-def bus(tmp_path: Path) -> Iterator[SqliteBus]:
-    b = SqliteBus(tmp_path / "bus.sqlite3")
-    b.ensure_topics()
-    yield b
-    b.close()
-
-
 def fill(server, pki: Pki, count: int) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
     """A new folder with ``count`` mails (appended over implicit TLS); its name and the subjects."""
     folder, subjects = f"tls{uuid.uuid4().hex[:8]}", [f"TLS test {n} çağ" for n in range(count)]

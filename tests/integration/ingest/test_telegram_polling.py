@@ -47,14 +47,6 @@ def api() -> Iterator[BotApiStandIn]:
     server.close()
 
 
-@pytest.fixture()
-def bus(tmp_path: Path) -> Iterator[SqliteBus]:
-    b = SqliteBus(tmp_path / "bus.sqlite3")
-    b.ensure_topics()
-    yield b
-    b.close()
-
-
 def settings(api: BotApiStandIn, **over: object) -> TelegramSettings:
     fields: dict[str, object] = dict(bot_token=SecretStr(TOKEN), api_base=api.base, poll_timeout_s=1,
                                      backoff_initial_s=0.05, backoff_max_s=0.2)
