@@ -42,106 +42,20 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from imapclient import IMAPClient
 
 import ingest.blob_files as blob_files
+from bench.intake_mails import PASSWORD, USER, bench_mails, fill, folder_uids, unseen
+from bench.intake_report import MB, Row, print_table, summarise
 from frontdesk.bus.base import Bus, Topics
 from ingest.blobs import BlobStore
 from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_parse import ParsePool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
-from tests.fixtures.mail.corpus import build_corpus
 from tests.harness.dovecot import DovecotServer, find_dovecot
 from tests.harness.mbsync import find_mbsync, mbsync_config
 
-USER, PASSWORD = "bench", "bench-secret"
-MAX_MAIL = 1024 * 1024
-APPEND_BATCH = 200
-MB = 1e6
-
-
-# --- the mails --------------------------------------------------------------------------------
-
-_HEADER_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_MESSAGE_ID = re.compile(rb"(?i)(?:^|(?<=[\r\n]))message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?")
-
-
-def unique_copy(raw: bytes, tag: str) -> bytes:
-    """``raw`` with ``tag`` prefixed to its top-level Message-ID (a Message-ID added if it has none)."""
-    end = _HEADER_END.search(raw)
-    header_end = end.start() if end else len(raw)
-    match = _MESSAGE_ID.search(raw, 0, header_end)
-    if match is not None:  # "<id>" -> "<tag.id>", a bare "id" -> "tag.id"
-        at = match.end() + (raw[match.end() : match.end() + 1] == b"<")
-        return raw[:at] + tag.encode() + b"." + raw[at:]
-    head = raw[: header_end + 2]
-    eol = b"\r\n" if b"\r\n" in head else b"\n" if b"\n" in head else b"\r"
-    return b"Message-ID: <" + tag.encode() + b"@bench.frontdesk.invalid>" + eol + raw
-
-
-def bench_mails(n: int) -> list[bytes]:
-    corpus = [m.raw for m in build_corpus()
-              if not m.limits and not m.rejected and m.raw.strip() and len(m.raw) <= MAX_MAIL]
-    return [unique_copy(corpus[i % len(corpus)], f"b{i:07d}") for i in range(n)]
-
-
-def fill(server: DovecotServer, folder: str, mails: list[bytes]) -> int:
-    """Create ``folder`` with ``mails``; returns their total size as the server serves them."""
-    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
-        imap.login(USER, PASSWORD)
-        imap.create_folder(folder)
-        for start in range(0, len(mails), APPEND_BATCH):
-            imap.multiappend(folder, mails[start : start + APPEND_BATCH])
-        exists = imap.select_folder(folder, readonly=True)[b"EXISTS"]
-        if exists != len(mails):
-            raise RuntimeError(f"{folder}: {exists} mails stored, {len(mails)} appended")
-        sizes = imap.fetch(imap.search(["ALL"]), ["RFC822.SIZE"])
-        return sum(item[b"RFC822.SIZE"] for item in sizes.values())
-
-
-def folder_uids(server: DovecotServer, folder: str) -> set[int]:
-    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
-        imap.login(USER, PASSWORD)
-        imap.select_folder(folder, readonly=True)
-        return set(imap.search(["ALL"]))
-
-
-def unseen(server: DovecotServer, folder: str) -> int:
-    with IMAPClient(server.host, server.port, ssl=False, timeout=120) as imap:
-        imap.login(USER, PASSWORD)
-        imap.select_folder(folder, readonly=True)
-        return len(imap.search(["UNSEEN"]))
-
-
-# --- results ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    tool: str
-    messages: int
-    seconds: float
-    nbytes: int
-    check: str
-    cpu: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
-
-    @property
-    def cpu_per_1000(self) -> float:
-        return self.cpu / self.messages * 1000
-
-    @property
-    def mbps(self) -> float:
-        return self.nbytes / MB / self.seconds
 
 
 # --- mbsync -----------------------------------------------------------------------------------
@@ -255,38 +169,6 @@ def run_frontdesk(server: DovecotServer, folder: str, work: Path, nbytes: int, k
 
 
 # --- main -------------------------------------------------------------------------------------
-
-
-def summarise(runs: list[Row]) -> Row:
-    """One row per tool: the median run by seconds, with the median CPU; the check names every run
-    that did not match."""
-    ordered = sorted(runs, key=lambda r: r.seconds)
-    median = ordered[len(ordered) // 2]
-    cpu = sorted(r.cpu for r in runs)[len(runs) // 2]
-    bad = [r.check for r in runs if "MISMATCH" in r.check]
-    return Row(median.tool, median.messages, median.seconds, median.nbytes, bad[0] if bad else median.check, cpu,
-               {"all": [r.seconds for r in runs], "cpu": [r.cpu for r in runs]})
-
-
-def print_table(rows: list[Row], n: int, rounds: int, notes: list[str]) -> None:
-    print(f"\nintake benchmark: {n} messages per folder (MIME corpus cycled, every copy its own Message-ID), "
-          f"{rounds} round(s), median run shown")
-    for line in notes:
-        print(line)
-    print(f"{'tool':26} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'MB/s':>5} {'CPU s':>6} {'CPU s/1k':>8}"
-          f"   runs: seconds | CPU s   check")
-    for r in rows:
-        spread = "/".join(f"{v:.2f}" for v in r.extra["all"]) + " | " + "/".join(f"{v:.2f}" for v in r.extra["cpu"])
-        print(f"{r.tool:26} {r.messages:>8} {r.seconds:>8.2f} {r.rate:>7.0f} {r.mbps:>5.2f} {r.cpu:>6.2f} "
-              f"{r.cpu_per_1000:>8.2f}   {spread}   {r.check}")
-    base = next((r for r in rows if r.tool.startswith("mbsync")), None)
-    for r in rows:
-        if base is not None and r is not base:
-            ratio = base.seconds / r.seconds
-            print(f"{r.tool} vs mbsync: {ratio:.2f}x its speed ({r.seconds:.2f} s vs {base.seconds:.2f} s wall) -- "
-                  f"goal {'met' if ratio >= 1.0 else 'NOT met'}; CPU {r.cpu_per_1000:.2f} vs "
-                  f"{base.cpu_per_1000:.2f} s per 1,000 mails ({r.cpu_per_1000 / base.cpu_per_1000:.1f}x)")
-    print("goal: Frontdesk at least as fast as mbsync while also parsing and publishing")
 
 
 def main() -> None:
