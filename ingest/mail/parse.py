@@ -1,6 +1,7 @@
 """One raw RFC 5322 message → one :class:`InboundMessage`, or :class:`MailRejected` with the reason.
 
-The MIME tree comes from the stdlib ``email`` parser (``compat32``, the one mail-parser wraps);
+The MIME tree is the stdlib ``email`` parser's (``compat32``, the one mail-parser wraps; for
+well-formed mail built faster by :mod:`ingest.mail.quickparse`, the same tree);
 charsets, encoded-words, names and HTML are decoded by :mod:`ingest.mail.text` and
 :mod:`ingest.mail.flags` (why: see the package docstring); limits and repairs of damaged structure
 are :mod:`ingest.mail.bounds`.
