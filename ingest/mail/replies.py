@@ -122,18 +122,20 @@ class _LineAnchored:
 class _ReplyMessage(EmailMessage):
     """mail-parser-reply's message with our extra languages and a conservative signature list.
 
-    The library builds and compiles its three regexes per message; ours never change (same
-    languages, same flags), so they are built once per process and shared."""
+    The library builds and compiles its three regexes per message; they depend only on the
+    languages, the fallback language and ``keep_hyphen_lists``, so they are built once per process
+    for each such setting and shared."""
 
-    _shared: ClassVar[tuple[Pattern[str], Pattern[str], Pattern[str]] | None] = None
+    _shared: ClassVar[dict[tuple[object, ...], tuple[Pattern[str], Pattern[str], Pattern[str]]]] = {}
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        cls = type(self)
-        if cls._shared is None:
-            cls._shared = (_LineAnchored(self.HEADER_REGEX), self.DISCLAIMERS_REGEX,
-                           _LineAnchored(self.SIGNATURE_REGEX))
-        self._header_regex, self._disclaimers_regex, self._signature_regex = cls._shared  # type: ignore[assignment]
+        super().__post_init__()  # adds "en" to the languages (include_english)
+        key = (tuple(self.languages), self.default_language, self.keep_hyphen_lists)
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = (_LineAnchored(self.HEADER_REGEX), self.DISCLAIMERS_REGEX,  # type: ignore[assignment]
+                                          _LineAnchored(self.SIGNATURE_REGEX))
+        self._header_regex, self._disclaimers_regex, self._signature_regex = shared  # type: ignore[assignment]
 
     def _get_language_regex(self, language: str, regex_key: str) -> str:
         override = _EXTRA_LANGUAGES.get(language, {})

@@ -23,7 +23,7 @@ from ingest.mail import flags
 from ingest.mail.flags import addresses, attachment_filename, raw_headers
 from ingest.mail.message import parse_bytes
 from ingest.mail.parse import MailLimits, MailRejected
-from ingest.mail.replies import _LineAnchored, _ReplyMessage, _prepare
+from ingest.mail.replies import _LANGUAGES, _LineAnchored, _ReplyMessage, _prepare
 from tests.fixtures.hostile.mail import build_hostile_mails
 from tests.fixtures.mail.corpus import build_corpus
 
@@ -97,9 +97,7 @@ def texts() -> list[str]:
 
 
 def test_line_anchored_findall_equals_findall_on_every_corpus_text() -> None:
-    _ReplyMessage(text="x", languages=["en"])  # builds the shared patterns
-    assert _ReplyMessage._shared is not None
-    anchored = _ReplyMessage._shared[0]
+    anchored = _ReplyMessage(text="x", languages=list(_LANGUAGES))._header_regex  # the production patterns
     assert isinstance(anchored, _LineAnchored)
     cases = texts()
     assert len(cases) > 600
@@ -114,9 +112,7 @@ def test_line_anchored_findall_equals_findall_on_every_corpus_text() -> None:
 
 
 def test_line_anchored_search_equals_search_on_every_corpus_text() -> None:
-    _ReplyMessage(text="x", languages=["en"])
-    assert _ReplyMessage._shared is not None
-    anchored = _ReplyMessage._shared[2]
+    anchored = _ReplyMessage(text="x", languages=list(_LANGUAGES))._signature_regex
     assert isinstance(anchored, _LineAnchored)
     found = 0
     extra = ["Thanks\nBest regards", "hi \nSent from my iPhone", "a\t\nRegards,", "x\n\n" + "_" * 40, "-- \nJohn",
@@ -207,3 +203,28 @@ def test_attachment_names_are_the_same_without_the_may_name_shortcut(monkeypatch
     assert sum(1 for name in fast if name) > 40 and len(skipped) > 500
     monkeypatch.setattr(flags, "_may_name", lambda part, header: True)
     assert [attachment_filename(part) for part in parts] == fast
+
+
+def test_delimiter_count_equals_the_regex_count() -> None:
+    """``bounds._delimiters`` (find-based) counts what the compiled alternation counts."""
+    from ingest.mail.bounds import _BOUNDARY_PARAM, _delimiters, _delimiters_by_regex
+
+    cases = [(raw, sorted({q or b for q, b in _BOUNDARY_PARAM.findall(raw)})) for raw in RAWS]
+    lines = [b"--b", b"--b--", b"--b \t", b"--b\r", b"--b--\r", b"--b -- ", b"--bx", b"--b---", b"x--b", b" --b",
+             b"--b--x", b"--b\r\r", b"--bb", b"--bb--", b"----b", b"--", b"--b\t--"]
+    rng = random.Random(5)
+    for _ in range(300):
+        data = b"\n".join(rng.choice(lines) for _ in range(rng.randint(0, 12)))
+        cases.append((data + rng.choice([b"", b"\n", b"\r\n"]), rng.choice([[b"b"], [b"b", b"bb"], [b"b--"], [b"b", b"b--"]])))
+    for data, boundaries in cases:
+        if boundaries:
+            assert _delimiters(data, boundaries, 10**9) == _delimiters_by_regex(data, boundaries), (data[:200], boundaries)
+    assert _delimiters(b"\n".join([b"--b"] * 1000), [b"b"], 402) == 403  # stops counting past the limit
+
+
+def test_shared_reply_patterns_follow_the_languages_asked_for() -> None:
+    """An English-only message built first must not give clean_text English-only patterns."""
+    english = _ReplyMessage(text="x", languages=["en"])
+    full = _ReplyMessage(text="x", languages=list(_LANGUAGES))
+    assert english._header_regex is not full._header_regex
+    assert "yazdı" in full._header_regex.pattern.pattern and "yazdı" not in english._header_regex.pattern.pattern
