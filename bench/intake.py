@@ -5,7 +5,8 @@ One command, everything on this machine:
 * a private Dovecot (``tests.harness.dovecot``) with one user and, for every measured run, a folder
   of its own holding the same N distinct mails: the MIME corpus (``tests.fixtures.mail.corpus``, less
   the mails built for non-default limits or expected to be rejected, and mails over 1 MiB) cycled to
-  N, every copy with a Message-ID of its own (prefixed in the top-level header; added where missing);
+  N, every copy with a Message-ID of its own (prefixed in the top-level header; added where missing)
+  and MIME boundaries of its own, as real mail has (``bench.intake_mails``);
 * ``mbsync`` (``Sync Pull``: it never changes anything on the server; ``Create Near``; FSync at its
   default, ``yes``) copies its folder into a local Maildir; wall clock of the subprocess; the files it
   wrote are counted (mbsync skips mails whose header it finds incomplete, and says so);

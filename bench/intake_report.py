@@ -43,7 +43,7 @@ def summarise(runs: list[Row]) -> Row:
 
 
 def print_table(rows: list[Row], n: int, rounds: int, notes: list[str]) -> None:
-    print(f"\nintake benchmark: {n} messages per folder (MIME corpus cycled, every copy its own Message-ID), "
+    print(f"\nintake benchmark: {n} messages per folder (MIME corpus cycled, every copy its own Message-ID and MIME boundaries), "
           f"{rounds} round(s), median run shown")
     for line in notes:
         print(line)
