@@ -54,7 +54,7 @@ def quick_parse(raw: bytes, factory: type[M]) -> M | None:
         return None
     try:
         return _part(factory, text, 0, len(text), 0)
-    except _Decline:
+    except Exception:  # _Decline, or a header the stdlib chokes on: its own parse says what happens
         return None
 
 
