@@ -119,6 +119,7 @@ def open_bus(kind: str, work: Path, bootstrap: str | None) -> Bus:
 
         bus = SqliteBus(work / "bus.sqlite3")
     bus.ensure_topics()
+    bus.connect()  # as frontdesk.bus.open_bus does when a daemon starts
     return bus
 
 

@@ -14,7 +14,7 @@ from frontdesk.settings import BusSettings, KafkaSettings, StorageSettings
 
 
 def open_bus(bus: BusSettings, storage: StorageSettings, kafka: KafkaSettings | None = None) -> Bus:
-    """Build the configured bus and make sure the pipeline topics exist."""
+    """Build the configured bus, make sure the pipeline topics exist and connect it (blocking)."""
     topics = Topics(bus.topic_prefix)
     impl: Bus
     if bus.kind == "kafka":
@@ -27,6 +27,7 @@ def open_bus(bus: BusSettings, storage: StorageSettings, kafka: KafkaSettings | 
         path = bus.embedded_path or storage.data_dir / "bus.sqlite3"
         impl = SqliteBus(path, topics, partitions=bus.partitions, session_timeout=bus.embedded_session_timeout_s)
     impl.ensure_topics()
+    impl.connect()
     return impl
 
 

@@ -164,6 +164,11 @@ class Bus(ABC):
     def close(self) -> None:
         """Release connections. Idempotent."""
 
+    def connect(self) -> None:
+        """Get ready to publish now (blocking; idempotent): the first ``publish`` of a process then
+        costs no more than the next ones (Kafka: the producer's connection and the topics'
+        partition metadata, ~0.2-0.5 s). Raises BusUnavailable. Nothing to do by default."""
+
     def publish_one(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
         self.publish([Outgoing(topic, value, key, headers)])
 

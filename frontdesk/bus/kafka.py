@@ -102,6 +102,14 @@ class KafkaBus(Bus):
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"publishing {len(records)} records") from exc
 
+    def connect(self) -> None:
+        producer = self._get_producer()
+        try:
+            for topic in self.topics.all():
+                producer.partitions_for(topic)  # blocks until the topic's metadata is known
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, "fetching the topics' metadata") from exc
+
     def ensure_topics(self, topics: Sequence[str] | None = None) -> None:
         names = list(topics or self.topics.all())
         try:

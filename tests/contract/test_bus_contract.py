@@ -87,6 +87,14 @@ def test_roundtrip_keeps_key_value_headers(under_test: BusUnderTest) -> None:
     assert rec.header("h") == b"v" and rec.header("x") == b""
 
 
+def test_connect_is_idempotent_and_publishing_works_after_it(under_test: BusUnderTest) -> None:
+    under_test.bus.connect()
+    under_test.bus.connect()
+    topic = under_test.topic()
+    under_test.bus.publish([Outgoing(topic, b"after connect", b"k")])
+    assert sum(under_test.bus.end_offsets(topic).values()) == 1
+
+
 def test_first_join_after_ensure_topics_is_assigned_every_partition(under_test: BusUnderTest) -> None:
     """ensure_topics returns only once the topics are consumable: the first assignment is complete.
 
