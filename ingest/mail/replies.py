@@ -170,7 +170,9 @@ def _prepare(text: str) -> str:
     """Collapse whitespace runs and split very long lines: the library's regexes backtrack on them."""
     lines = []
     for line in normalise_text(text).split("\n"):
-        line = _QUOTE_PREFIX.sub("> ", " ".join(line.split()))
+        line = " ".join(line.split())
+        if line.startswith(">"):  # the only lines _QUOTE_PREFIX can change (no leading blanks left)
+            line = _QUOTE_PREFIX.sub("> ", line)
         while len(line) > _MAX_LINE:
             cut = line.rfind(" ", 0, _MAX_LINE)
             cut = cut if cut > 0 else _MAX_LINE
