@@ -69,6 +69,7 @@ _EXTRA_LANGUAGES: dict[str, dict[str, str]] = {
 _LANGUAGES = ["en", "ru", "tr", "az", "x-generic"]
 _MAX_LINE = 1000
 _QUOTE_PREFIX = re.compile(r"^(?:> ?)+")
+_HEADER_NEEDS = (":", "--")
 _UNUSUAL_SPACE = re.compile(r"[^\S \n]| (?=\s)| \Z")  # where \s*^ could start mid-line
 
 
@@ -81,12 +82,23 @@ class _LineAnchored:
 
     ``\\s*^`` can also match from a space that only whitespace separates from the next line; text
     with such a space (or with whitespace other than single spaces and newlines) is searched the
-    slow way. ``clean_text`` prepares its text so that this does not happen."""
+    slow way. ``clean_text`` prepares its text so that this does not happen.
 
-    def __init__(self, pattern: Pattern[str]) -> None:
+    ``needs``: strings of which every match holds at least one; a text holding none has no match,
+    and is not tried at all. The header pattern's alternatives all end in a colon ("... wrote:",
+    "From: ...") or are dashed separators ("-----Original Message-----"), so it needs ":" or "--";
+    four customer mails in ten have neither."""
+
+    def __init__(self, pattern: Pattern[str], needs: tuple[str, ...] = ()) -> None:
         self.pattern = pattern
+        self.needs = needs
+
+    def _hopeless(self, text: str) -> bool:
+        return bool(self.needs) and not any(need in text for need in self.needs)
 
     def search(self, text: str) -> re.Match[str] | None:
+        if self._hopeless(text):
+            return None
         if _UNUSUAL_SPACE.search(text) is not None:
             return self.pattern.search(text)
         pos, end = 0, len(text)
@@ -104,6 +116,8 @@ class _LineAnchored:
 
     def findall(self, text: str) -> list[tuple[str, ...]]:
         found: list[tuple[str, ...]] = []
+        if self._hopeless(text):
+            return found
         pos, end = 0, len(text)
         while pos <= end:
             match = self.pattern.match(text, pos)
@@ -133,7 +147,9 @@ class _ReplyMessage(EmailMessage):
         key = (tuple(self.languages), self.default_language, self.keep_hyphen_lists)
         shared = self._shared.get(key)
         if shared is None:
-            shared = self._shared[key] = (_LineAnchored(self.HEADER_REGEX), self.DISCLAIMERS_REGEX,  # type: ignore[assignment]
+            needs = _HEADER_NEEDS if set(self.languages) <= set(_LANGUAGES) else ()  # proven for ours only
+            shared = self._shared[key] = (_LineAnchored(self.HEADER_REGEX, needs),  # type: ignore[assignment]
+                                          self.DISCLAIMERS_REGEX,
                                           _LineAnchored(self.SIGNATURE_REGEX))
         self._header_regex, self._disclaimers_regex, self._signature_regex = shared  # type: ignore[assignment]
 

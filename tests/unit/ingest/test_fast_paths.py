@@ -93,6 +93,13 @@ def texts() -> list[str]:
     out += ["\n".join(rng.choice(lines) for _ in range(rng.randint(1, 40))) for _ in range(300)]
     out += ["", "\n", "\n\n", "From: a\nSent: b\n", "\nFrom: a\nTo: b", "> On Mon, X wrote:\n> hi",
             "text\n-----Original Message-----\nold", "x\n\n" + "-" * 40]
+    # the same without colons and double dashes: the header pattern must find nothing in them
+    # (the line-anchored search skips such texts), whatever headers they otherwise resemble
+    out += [t.replace(":", " ").replace("--", "- ") for t in out if ":" in t or "--" in t]
+    out += ["On Mon, 1 Jan 2024 at 10 00, Elvin <e@mail.az> wrote\n> hi", "From x\nSent y\nTo z\nSubject w",
+            "Kimden x\nKime y\nKonu z", "От x\nОтправлено y\nКому z", "Kimdən x\nKimə y\nMövzu z",
+            "— Original Message —", "- - Original Message - -", "Begin forwarded message", "12.03.2024, Ali yazdı",
+            "Пн, 12 мар. 2024 г. в 10 00, Иван <i@mail.ru>\n> пишет"]
     return out
 
 
