@@ -133,6 +133,17 @@ class _LineAnchored:
         return found
 
 
+class _NoMatch:
+    """A pattern whose required group is ``(?!)`` (it can never match), answering at once: the
+    library's disclaimer pattern once our languages' entries are all "no disclaimers"."""
+
+    def __init__(self, pattern: Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def findall(self, text: str) -> list[str]:
+        return []
+
+
 class _ReplyMessage(EmailMessage):
     """mail-parser-reply's message with our extra languages and a conservative signature list.
 
@@ -148,8 +159,12 @@ class _ReplyMessage(EmailMessage):
         shared = self._shared.get(key)
         if shared is None:
             needs = _HEADER_NEEDS if set(self.languages) <= set(_LANGUAGES) else ()  # proven for ours only
+            disclaimers = self.DISCLAIMERS_REGEX
+            wanted = [self._get_language_regex(language, "disclaimers") for language in self.languages]
+            if "|".join(w for w in wanted if w) == "(?!)":  # nothing but our "no disclaimers" entry
+                disclaimers = _NoMatch(disclaimers)
             shared = self._shared[key] = (_LineAnchored(self.HEADER_REGEX, needs),  # type: ignore[assignment]
-                                          self.DISCLAIMERS_REGEX,
+                                          disclaimers,
                                           _LineAnchored(self.SIGNATURE_REGEX))
         self._header_regex, self._disclaimers_regex, self._signature_regex = shared  # type: ignore[assignment]
 

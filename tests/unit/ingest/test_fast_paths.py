@@ -235,3 +235,12 @@ def test_shared_reply_patterns_follow_the_languages_asked_for() -> None:
     full = _ReplyMessage(text="x", languages=list(_LANGUAGES))
     assert english._header_regex is not full._header_regex
     assert "yazdı" in full._header_regex.pattern.pattern and "yazdı" not in english._header_regex.pattern.pattern
+
+
+def test_the_disclaimer_pattern_never_matches_and_is_not_run() -> None:
+    from ingest.mail.replies import _NoMatch
+
+    disclaimers = _ReplyMessage(text="x", languages=list(_LANGUAGES))._disclaimers_regex
+    assert isinstance(disclaimers, _NoMatch)
+    for text in texts() + ["CAUTION: this email is external", "Disclaimer: mail", "x.\nWarning: mail"]:
+        assert disclaimers.pattern.findall(_prepare(text)) == [] and disclaimers.pattern.findall(text) == []
