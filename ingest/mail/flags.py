@@ -99,7 +99,10 @@ def _header_view(part: Message, header: str) -> Message:
 
 def attachment_filename(part: Message) -> str:
     """A safe display name: RFC 2047 decoded, one line, no directories, at most 255 characters."""
-    name = single_line(decode_header_value(_raw_filename(part)), 4 * FILENAME_MAX)
+    raw = _raw_filename(part)
+    if not raw:  # most parts: nothing to decode
+        return ""
+    name = single_line(decode_header_value(raw), 4 * FILENAME_MAX)
     name = re.split(r"[/\\]", name)[-1].strip(" .")
     if len(name) > FILENAME_MAX:
         stem, dot, ext = name.rpartition(".")
