@@ -66,6 +66,12 @@ _LEASED = (select(OUTBOX.c.id, OUTBOX.c.kind, CASES.c.reference, OUTBOX.c.payloa
 _MARK_SENT = (update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.status != "sent")
               .values(status="sent", sent_at=bindparam("now"), lease_until=None, attempts=OUTBOX.c.attempts + 1)
               .returning(OUTBOX.c.id, OUTBOX.c.kind, OUTBOX.c.case_id, OUTBOX.c.payload))
+_RETRY_VALUES = {"attempts": OUTBOX.c.attempts + 1, "last_error": bindparam("error_text"), "lease_until": None,
+                 "next_attempt_at": bindparam("retry_at")}
+_RETRY = {permanent: (update(OUTBOX).where(OUTBOX.c.id == bindparam("item_id"), OUTBOX.c.status != "sent")
+                      .values(**_RETRY_VALUES, **({"status": "failed"} if permanent else {}))
+                      .returning(OUTBOX.c.case_id, OUTBOX.c.kind))
+          for permanent in (False, True)}
 _ACKNOWLEDGED = update(CASES).where(CASES.c.id.in_(bindparam("ids", expanding=True))).values(acknowledged=True)
 _RECENT_ACKS = select(func.count()).select_from(OUTBOX).where(
     OUTBOX.c.kind == "ack", OUTBOX.c.recipient == bindparam("recipient"), OUTBOX.c.created_at > bindparam("since"))
@@ -231,3 +237,13 @@ def mark_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
         conn.execute(_INSERT[HISTORY], [{"case_id": r.case_id, "at": now, "event": "acknowledged", "message_id": None,
                                          "detail": {"message_id": json.loads(r.payload).get("message_id")}}
                                         for r in acks])
+
+
+def mark_retry(conn: Connection, item_id: int, error: str, retry_at: datetime, permanent: bool, now: datetime) -> None:
+    """Count a failed attempt and schedule the next one (a row already sent is left alone); a
+    permanent failure marks the row failed and adds ``<kind>_failed`` to the case history."""
+    failed = conn.execute(_RETRY[permanent], {"item_id": item_id, "error_text": error[:2000],
+                                              "retry_at": retry_at}).first()
+    if failed is not None and permanent:
+        conn.execute(_INSERT[HISTORY], {"case_id": failed.case_id, "at": now, "event": f"{failed.kind}_failed",
+                                        "message_id": None, "detail": {"error": error[:500]}})

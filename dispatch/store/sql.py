@@ -21,7 +21,6 @@ from sqlalchemy.pool import StaticPool
 
 from dispatch.base import ApplyResult, CaseStore, OutboxItem
 from dispatch.cases import Context, apply_message, prefetch
-from dispatch.store.models import HistoryEntry, OutboxRow
 from dispatch.store import rows
 from frontdesk.errors import StoreError, StoreUnavailable
 from frontdesk.messages import TriagedMessage
@@ -153,17 +152,8 @@ class SqlCaseStore(CaseStore):
 
     def mark_retry(self, item_id: int, error: str, delay_seconds: float, permanent: bool = False) -> None:
         now = self.clock()
-        with self.transaction() as session:
-            row = session.get(OutboxRow, item_id)
-            if row is None or row.status == "sent":
-                return
-            row.attempts += 1
-            row.last_error, row.lease_until = error[:2000], None
-            row.next_attempt_at = now + timedelta(seconds=delay_seconds)
-            if permanent:
-                row.status = "failed"
-                session.add(HistoryEntry(case_id=row.case_id, at=now, event=f"{row.kind}_failed",
-                                         detail={"error": error[:500]}))
+        with self.connection() as conn:
+            rows.mark_retry(conn, item_id, error, now + timedelta(seconds=delay_seconds), permanent, now)
 
     def read(self, fn: Callable[[Session], T]) -> T:
         """Run a read-only query function in a transaction (used by the CLI and tests)."""

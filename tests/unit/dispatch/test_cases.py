@@ -498,3 +498,30 @@ def test_a_poison_record_in_a_chunk_is_dead_lettered_and_the_rest_applied_once(s
     while rel.run_once():
         pass
     assert sorted(s.recipient for s in replier.sent) == sorted(f"c{i}@mail.az" for i in range(len(good)))
+
+
+def test_mark_retry_counts_the_attempt_and_a_permanent_failure_is_recorded(store: SqlCaseStore, clock: Clock) -> None:
+    from dispatch.store.models import HistoryEntry, OutboxRow
+    from sqlalchemy import select
+
+    store.apply(email(1))
+    items = store.claim_outbox(10, 30)
+    ack = next(i for i in items if i.kind == "ack")
+    event = next(i for i in items if i.kind != "ack")
+    store.mark_retry(ack.id, "451 try later " + "x" * 3000, 8)
+    store.mark_retry(event.id, "bus down", 0, permanent=True)
+    store.mark_sent(ack.id)
+    store.mark_retry(ack.id, "late failure report", 8, permanent=True)  # a sent row stays sent
+
+    def rows(session):  # type: ignore[no-untyped-def]
+        outbox = {r.id: (r.status, r.attempts, r.last_error, r.next_attempt_at, r.lease_until)
+                  for r in session.scalars(select(OutboxRow))}
+        return outbox, [(h.event, h.detail) for h in session.scalars(select(HistoryEntry)) if h.event.endswith("_failed")]
+
+    outbox, failures = store.read(rows)
+    status, attempts, error, _, lease = outbox[ack.id]
+    assert (status, attempts, lease) == ("sent", 2, None) and error.startswith("451 try later") and len(error) == 2000
+    status, attempts, error, next_at, lease = outbox[event.id]
+    assert (status, attempts, error, lease) == ("failed", 1, "bus down", None)
+    assert next_at.replace(tzinfo=UTC) == NOW
+    assert failures == [(f"{event.kind}_failed", {"error": "bus down"})]
