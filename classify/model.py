@@ -82,10 +82,10 @@ class EnsembleHead:
         return self.weight * self.encoder.proba(x) + (1.0 - self.weight) * ngram
 
 
-def same_features(a: Head, b: Head) -> bool:
-    """True if two n-gram heads were fitted with identical feature extractors (same texts)."""
+def same_features(a: Any, b: Any) -> bool:
+    """True if two n-gram pipelines were fitted with identical feature extractors (same texts)."""
     try:
-        fa, fb = a.estimator[:-1][0], b.estimator[:-1][0]
+        fa, fb = a[:-1][0], b[:-1][0]
         return all(
             ta.vocabulary_ == tb.vocabulary_ and np.array_equal(ta.idf_, tb.idf_)
             for (_, ta), (_, tb) in zip(fa.transformer_list, fb.transformer_list, strict=True)
@@ -148,7 +148,9 @@ class TriageModel(Classifier):
         heads = load_heads(settings.model_dir)
         self.heads: dict[str, EnsembleHead] = {"category": heads["category"], "urgency": heads["urgency"]}
         # Both n-gram heads are fitted on the same texts, so one feature pass can serve both.
-        self._shared_features = same_features(self.heads["category"].ngram, self.heads["urgency"].ngram)
+        ngrams = self.heads["category"].ngram.estimator
+        self._shared_features = same_features(ngrams, self.heads["urgency"].ngram.estimator)
+        self._language_shares = self._shared_features and same_features(ngrams, heads.get("language"))
         self.language = LanguageIdentifier(settings.languages, heads.get("language"),
                                            lingua_accuracy=settings.lingua_accuracy)
         self.language.load()  # at start-up, not inside the first batch's latency
@@ -179,7 +181,7 @@ class TriageModel(Classifier):
         ngram_texts = encoded if self._transliterated_ngrams else plain
         feats = self.heads["category"].ngram.estimator[:-1].transform(ngram_texts) if self._shared_features else None
         probs = {task: head.proba(x, ngram_texts, feats) for task, head in self.heads.items()}
-        languages = self.language.identify(plain)
+        languages = self.language.identify(plain, feats if self._language_shares else None)
         return [self._triage(n, plain[n], probs, languages[n]) for n in range(len(items))]
 
     def _triage(self, n: int, text: str, probs: dict[str, np.ndarray], lang: tuple[str, float]) -> Triage:

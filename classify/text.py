@@ -26,7 +26,7 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 
 def is_azerbaijani_cyrillic(text: str) -> bool:
     """True if the text uses a letter only Azerbaijani Cyrillic has (ә ғ ҝ ј ө ү һ ҹ)."""
-    return any(ch in AZ_CYRILLIC_LETTERS for ch in text)
+    return not AZ_CYRILLIC_LETTERS.isdisjoint(text)
 
 
 def transliterate_az_cyrillic(text: str) -> str:

@@ -10,7 +10,8 @@ Steps (all on CPU, deterministic for a given seed):
 4. on *calibration*: each head's softmax temperature (minimum negative log-likelihood) and, if
    asked, the encoder's share in their probability mix (default: an even mix); then both heads
    are fitted again on *fit* + *calibration*, keeping those temperatures and that mix;
-5. fit the character n-gram language model and the TF-IDF baseline on all training data;
+5. fit the n-gram language model on the heads' n-gram features, and the TF-IDF baseline on all
+   training data as given;
 6. write the encoder's delta (or adapters), ``heads.joblib``, ``baseline.joblib`` and ``card.json``
    (last).
 """
@@ -82,8 +83,10 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, tune: T
                              mix) for t in TASKS}
     for task, head in heads.items():  # temperatures and mix chosen: the estimators now learn from every example
         refit_on_all(head, np.vstack([x_fit, x_cal]), t_fit + t_cal, [getattr(e, task) for e in [*fit, *calib]])
+    features = heads["category"].ngram.estimator[0]  # one feature pass serves the heads and the language
+    language = fit_ngram_model(features, t_fit + t_cal, [e.language for e in [*fit, *calib]])
+    bundle = {**heads, "language": language}
     plain = [compose(e.subject, e.text) for e in examples]
-    bundle = {**heads, "language": fit_ngram_model(plain, [e.language for e in examples])}
     baseline = fit_baseline(plain, {t: [getattr(e, t) for e in examples] for t in TASKS})
     out.mkdir(parents=True, exist_ok=True)
     save_tuning(out, state, tune.method)
