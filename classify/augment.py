@@ -5,7 +5,7 @@ character n-grams of the baseline and of the n-gram head overlap a lot between t
 the encoder's sub-word pieces do not, and on the dev and held-out sets the shipped encoder did
 worse than the n-gram baseline on exactly those messages. :func:`augment` therefore adds, for
 every Azerbaijani Latin-script training example that has those letters, a copy spelled without
-them. Used by ``frontdesk train`` for the model's own heads and adapters (``--augment``, on by
+them. Used by ``frontdesk train`` for the model's own encoder and heads (``--augment``, on by
 default); the TF-IDF baseline is trained on the data as given. Pure, deterministic.
 """
 

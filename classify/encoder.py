@@ -176,7 +176,7 @@ class E5Encoder:
     def _own_weights(self) -> None:
         """Copy the parameters out of the memory-mapped checkpoint (fp32 word embeddings stay).
 
-        ``from_pretrained`` maps ``model.safetensors``; weights changed in place there (adapter
+        ``from_pretrained`` maps ``model.safetensors``; weights changed in place there (a tuning
         merge) become copy-on-write pages, and weights replaced later (int8) would keep their
         pages resident while the mapping lives. Once nothing references it, it is unmapped.
         """

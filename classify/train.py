@@ -1,4 +1,4 @@
-"""``frontdesk train``: fine-tune adapters, fit calibrated heads, the language model and the baseline.
+"""``frontdesk train``: fine-tune the encoder, fit calibrated heads, the language model and the baseline.
 
 Steps (all on CPU, deterministic for a given seed):
 

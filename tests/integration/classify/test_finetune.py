@@ -16,7 +16,7 @@ import pytest
 from classify.base import TextItem
 from classify.delta import apply_delta, load_delta, roundtrip, save_delta
 from classify.encoder import E5Encoder, resolve_model
-from classify.finetune import ADAPTERS, DELTA, TuneConfig, load_tuning
+from classify.finetune import ADAPTERS, DELTA, TuneConfig, apply_tuning, load_tuning
 from classify.model import CARD, TriageModel, tuning_of
 from classify.settings import ClassifierSettings
 from classify.text import model_input, transliterate_az_cyrillic
@@ -58,26 +58,30 @@ def test_a_saved_delta_loads_as_its_roundtrip_and_only_fits_its_own_encoder(tmp_
         load_delta(tmp_path / "broken")
 
 
-def test_full_fine_tuning_ships_the_encoder_its_heads_were_fitted_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "shipped", "stale", "tensors"),
+                         [("full", DELTA, ADAPTERS, 16 * 12),  # every weight and bias of the 12 layers
+                          ("lora", ADAPTERS, DELTA, 6 * 12)])  # 6 projections a layer
+def test_fine_tuning_ships_the_encoder_its_heads_were_fitted_on(tmp_path: Path, method: str, shipped: str,
+                                                                 stale: str, tensors: int) -> None:
     from classify.train import train
 
     out = tmp_path / "model"
     settings = ClassifierSettings(model_dir=out, quantize="none")  # type: ignore[call-arg]
     out.mkdir()
-    (out / ADAPTERS).write_bytes(b"left over from an earlier LoRA run")
-    card = train([sample(tmp_path / "train.jsonl", per_group=1)], out, settings, TuneConfig(epochs=1))
-    assert card["tuning"]["method"] == "full" and card["version"].startswith("e5s-full-")
-    assert card["finetune"]["tuned_tensors"] == 16 * 12  # every weight and bias of the 12 layers
-    assert (out / DELTA).is_file() and not (out / ADAPTERS).exists()
+    (out / stale).write_bytes(b"left over from an earlier run with the other method")
+    card = train([sample(tmp_path / "train.jsonl", per_group=1)], out, settings, TuneConfig(method=method, epochs=1))
+    assert card["tuning"]["method"] == method and card["version"].startswith(f"e5s-{method}-")
+    assert card["finetune"]["tuned_tensors"] == tensors
+    assert (out / shipped).is_file() and not (out / stale).exists()
     assert json.loads((out / CARD).read_text(encoding="utf-8"))["ngram_input"] == "transliterated"
 
     model = TriageModel(settings)
     base = E5Encoder(resolve_model(settings.encoder, settings.cache_dir), embeddings=settings.embeddings)
-    apply_delta(base.model, load_tuning(out, card["tuning"]))
+    apply_tuning(base.model, load_tuning(out, card["tuning"]), card["tuning"])
     texts = [model_input(i.subject, i.text) for i in ITEMS]
     assert np.allclose(model.embed(ITEMS), base.encode(texts), atol=1e-5)
     untuned = E5Encoder(resolve_model(settings.encoder, settings.cache_dir), embeddings=settings.embeddings)
-    assert not np.allclose(model.embed(ITEMS), untuned.encode(texts), atol=1e-3), "the delta changed nothing"
+    assert not np.allclose(model.embed(ITEMS), untuned.encode(texts), atol=1e-3), "the tuning changed nothing"
 
 
 def test_azerbaijani_cyrillic_is_scored_as_its_latin_transliteration(tmp_path: Path) -> None:
