@@ -52,9 +52,11 @@ def roundtrip(delta: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_delta(path: Path, delta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    """Written like the directory's other files (mode from the umask; safetensors' own
+    ``save_file`` makes it 0600, unreadable to a service running as another user)."""
+    from safetensors.torch import save
 
-    save_file(_encode(delta), str(path))
+    path.write_bytes(save(_encode(delta)))
 
 
 def load_delta(path: Path) -> dict[str, Any]:

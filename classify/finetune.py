@@ -254,9 +254,9 @@ def apply_tuning(model: Any, state: dict[str, Any], tuning: dict[str, Any]) -> i
 
 
 def save_adapters(path: Path, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file({k: v.half() for k, v in state.items()}, str(path))
+    path.write_bytes(save({k: v.half().contiguous() for k, v in state.items()}))  # mode from the umask, as save_delta
 
 
 def load_adapters(path: Path) -> dict[str, Any]:

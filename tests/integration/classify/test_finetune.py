@@ -73,6 +73,7 @@ def test_fine_tuning_ships_the_encoder_its_heads_were_fitted_on(tmp_path: Path, 
     assert card["tuning"]["method"] == method and card["version"].startswith(f"e5s-{method}-")
     assert card["finetune"]["tuned_tensors"] == tensors
     assert (out / shipped).is_file() and not (out / stale).exists()
+    assert (out / shipped).stat().st_mode & 0o777 == (out / CARD).stat().st_mode & 0o777, "readable like the card"
     assert json.loads((out / CARD).read_text(encoding="utf-8"))["ngram_input"] == "transliterated"
 
     model = TriageModel(settings)
