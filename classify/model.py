@@ -22,6 +22,7 @@ import numpy as np
 
 from classify.base import Classifier, TextItem
 from classify.language import LanguageIdentifier
+from classify.ngrams import NgramFeatures
 from classify.rules import apply_rules
 from classify.settings import ClassifierSettings
 from classify.text import compose, model_input, transliterate_az_cyrillic
@@ -151,6 +152,8 @@ class TriageModel(Classifier):
         ngrams = self.heads["category"].ngram.estimator
         self._shared_features = same_features(ngrams, self.heads["urgency"].ngram.estimator)
         self._language_shares = self._shared_features and same_features(ngrams, heads.get("language"))
+        self._features = NgramFeatures(ngrams[:-1][0]) if self._shared_features else None
+        self._classes = {task: head.classes for task, head in self.heads.items()}
         self.language = LanguageIdentifier(settings.languages, heads.get("language"),
                                            lingua_accuracy=settings.lingua_accuracy)
         self.language.load()  # at start-up, not inside the first batch's latency
@@ -179,22 +182,22 @@ class TriageModel(Classifier):
         encoded = [transliterate_az_cyrillic(p) for p in plain]  # = model_input(subject, text)
         x = self.encoder.encode(encoded)
         ngram_texts = encoded if self._transliterated_ngrams else plain
-        feats = self.heads["category"].ngram.estimator[:-1].transform(ngram_texts) if self._shared_features else None
-        probs = {task: head.proba(x, ngram_texts, feats) for task, head in self.heads.items()}
+        feats = self._features.transform(ngram_texts) if self._features is not None else None
+        probs = {task: head.proba(x, ngram_texts, feats).tolist() for task, head in self.heads.items()}
         languages = self.language.identify(plain, feats if self._language_shares else None)
-        return [self._triage(n, plain[n], probs, languages[n]) for n in range(len(items))]
+        return [self._triage(plain[n], {t: p[n] for t, p in probs.items()}, languages[n]) for n in range(len(items))]
 
-    def _triage(self, n: int, text: str, probs: dict[str, np.ndarray], lang: tuple[str, float]) -> Triage:
-        best = {t: int(p[n].argmax()) for t, p in probs.items()}
-        category = self.heads["category"].classes[best["category"]]
-        urgency = self.heads["urgency"].classes[best["urgency"]]
+    def _triage(self, text: str, probs: dict[str, list[float]], lang: tuple[str, float]) -> Triage:
+        """One message's labels from its rows of class probabilities (in ``self._classes`` order)."""
+        best = {t: max(range(len(p)), key=p.__getitem__) for t, p in probs.items()}  # first maximum, as argmax
+        category = self._classes["category"][best["category"]]
+        urgency = self._classes["urgency"][best["urgency"]]
         reasons: tuple[str, ...] = ()
         if self.settings.use_rules:
             urgency, reasons = apply_rules(text, category, urgency)
-        confidence = {t: round(float(probs[t][n, best[t]]), 4) for t in probs}
+        confidence = {t: round(probs[t][best[t]], 4) for t in probs}
         confidence["language"] = round(lang[1], 4)
-        scores = {t: {c: round(float(v), 4) for c, v in zip(self.heads[t].classes, probs[t][n], strict=True)}
-                  for t in probs}
+        scores = {t: {c: round(v, 4) for c, v in zip(self._classes[t], probs[t], strict=True)} for t in probs}
         review = min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
         return Triage(category=category, urgency=urgency, language=lang[0], confidence=confidence, scores=scores,
                       model_version=self.model_version, needs_review=review, reasons=reasons)
