@@ -114,16 +114,23 @@ def render(report: dict[str, Any]) -> str:
         f"{'category_accuracy':22}{report['category_accuracy']:>10.3f}",
         f"{'urgency_accuracy':22}{report['urgency_accuracy']:>10.3f}",
         f"{'language_accuracy':22}{report['language_accuracy']:>10.3f}",
-        f"urgency macro-F1 without rules: {report['urgency_macro_f1_without_rules']}",
+        f"urgency macro-F1 without rules: {_or_no_rule(report['urgency_macro_f1_without_rules'])}",
         f"category ECE: {report['category_ece']}   needs review: {report['needs_review_share']:.1%}",
         "",
         f"{'language':10}{'n':>6}{'category F1':>14}{'urgency F1':>12}",
     ]
     for lang, row in report["per_language"].items():
         lines.append(f"{lang:10}{row['n']:>6}{row['category_macro_f1']:>14.3f}{row['urgency_macro_f1']:>12.3f}")
-    lines += ["", "category confusion (rows: gold, columns: predicted)"]
-    labels = list(report["confusion_category"])
-    lines.append(" " * 22 + "".join(f"{lab[:6]:>7}" for lab in labels))
-    for gold, row in report["confusion_category"].items():
-        lines.append(f"{gold:22}" + "".join(f"{row[lab]:>7}" for lab in labels))
+    for task in ("category", "urgency"):
+        lines += ["", f"{task} confusion (rows: gold, columns: predicted)", *_table(report[f"confusion_{task}"])]
     return "\n".join(lines)
+
+
+def _or_no_rule(score: float | None) -> str:
+    return "same (no rule fired)" if score is None else f"{score:.3f}"
+
+
+def _table(matrix: dict[str, dict[str, int]]) -> list[str]:
+    labels = list(matrix)
+    rows = [" " * 22 + "".join(f"{lab[:6]:>7}" for lab in labels)]
+    return rows + [f"{gold:22}" + "".join(f"{row[lab]:>7}" for lab in labels) for gold, row in matrix.items()]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from classify.base import KeywordClassifier
-from classify.evaluate import evaluate, expected_calibration_error, macro_f1
+from classify.evaluate import evaluate, expected_calibration_error, macro_f1, render
 from classify.data import Example
 from classify.stage import ClassifyProcessor
 from frontdesk.bus.base import Outgoing
@@ -47,6 +47,11 @@ def test_evaluate_reports_the_contract_fields() -> None:
     assert report["n"] == 3 and report["category_macro_f1"] == 1.0 and report["language_accuracy"] == 1.0
     assert set(report["per_language"]) == {"en", "ru"} and report["per_language"]["ru"]["n"] == 1
     assert report["messages_per_second"] > 0
+    text = render(report)
+    assert "urgency macro-F1 without rules: same (no rule fired)" in text
+    assert "category confusion" in text and "urgency confusion" in text
+    critical_row = next(line for line in text.splitlines() if line.startswith("critical "))
+    assert critical_row.split()[1:] == ["1", "0", "0", "0"]  # gold critical, predicted critical
 
 
 def test_metrics() -> None:
