@@ -66,3 +66,18 @@ def test_no_evaluation_text_is_in_the_training_data_not_even_paraphrased(held_ou
             for i, n in shared.items():
                 similarity = n / (len(shingles) + len(dev[i]) - n)
                 assert similarity <= NEAR_DUPLICATE, (path.name, example.text[:120], round(similarity, 2))
+
+
+def test_the_extra_data_is_labelled_and_no_evaluation_text_either() -> None:
+    """``classify/data/extra/`` holds labelled data the shipped model was not trained on (README:
+    Triage model); it must be ready to train on: valid labels, no dev or holdout paraphrase."""
+    extra = sorted((DEV_FILE.parent / "extra").glob("*.jsonl"))
+    assert extra
+    examples = [e for path in extra for e in read_examples(path)]
+    assert {e.category for e in examples} == set(CATEGORIES) and {e.urgency for e in examples} == set(URGENCIES)
+    held = [grams(e.text) for path in (DEV_FILE, HOLDOUT_FILE) for e in read_examples(path)]
+    for example in examples:
+        shingles = grams(example.text)
+        for other in held:
+            shared = len(shingles & other)
+            assert shared / (len(shingles) + len(other) - shared) <= NEAR_DUPLICATE, example.text[:120]
