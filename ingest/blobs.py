@@ -9,13 +9,15 @@ reference and storing them again is a no-op. Layout below ``root``::
 
 Why packs: creating a file cost 0.03-1 ms of kernel CPU on the 2-core VM (ext4, and it varies by
 the minute), and a mail has 1.15 blobs on average, so one file per blob cost as much CPU as
-parsing the mail (``bench.intake``). A parser process now writes one pack per chunk of mails.
+parsing the mail (``bench.intake``). A parser process appends the blobs of all its chunks of mail
+to one pack of its own (a *shared* writer, :meth:`BlobStore.writer`), flushed once per chunk and
+replaced by a new one every ``ROTATE_AFTER_S`` or ``PACK_MAX_BYTES``.
 
 Visibility and durability: a blob exists once its index row is committed, never before. Writing
-is :meth:`BlobStore.writer` / :meth:`BlobStore.stage` (any process: bytes appended to a new pack,
-neither synced nor indexed) followed by :meth:`BlobStore.commit` (in the process that then
-publishes): one filesystem sync makes the packs' bytes and directory entries durable, then one
-SQLite transaction (``synchronous=FULL``: durable when it returns) indexes them. So when
+is :meth:`BlobStore.writer` / :meth:`BlobStore.stage` (any process: bytes appended to a pack,
+neither synced nor indexed; a byte once written is never changed) followed by
+:meth:`BlobStore.commit` (in the process that then publishes): one filesystem sync makes the
+packs' bytes and directory entries durable, then one SQLite transaction (``synchronous=FULL``: durable when it returns) indexes them. So when
 ``commit``, :meth:`BlobStore.put` or :meth:`BlobStore.put_many` returns, every blob given survives
 a crash or power loss — also those that were stored already (the sync covers them too) — and a
 record published after the call never references a blob that a crash could take away.
@@ -23,114 +25,39 @@ record published after the call never references a blob that a crash could take 
 "Synced" is one ``syncfs(2)`` where available, else an ``fsync`` per pack and directory
 (:mod:`ingest.blob_files`, which also creates the index).
 
-A crash before ``commit`` returns leaves at most an unindexed pack: invisible and harmless (the
-next write of the same bytes writes them again); :meth:`BlobStore.sweep` deletes such packs once
-they are old enough that no writer can still be committing them. Duplicate bytes in two packs
-(two writers racing) cost space, never correctness: the first indexed copy is the blob.
+A crash before ``commit`` returns leaves at most unindexed bytes: invisible and harmless (the
+next write of the same bytes writes them again); :meth:`BlobStore.sweep` deletes packs with no
+committed blob once they are old enough that no writer can still be committing them (a shared
+writer stops appending to a pack ``ROTATE_AFTER_S`` after creating it, long before). Discarded
+blobs of a shared pack stay in it as unindexed bytes; duplicate bytes in two packs (two writers
+racing) likewise: they cost space, never correctness: the first indexed copy is the blob.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from frontdesk.errors import FrontdeskError, TransientError
 from ingest import blob_files
 from ingest.blob_files import create_index
+from ingest.blob_packs import (PACK_MAX_BYTES, PACKS, REF_PREFIX, ROTATE_AFTER_S, BlobError, BlobNotFound,
+                               BlobWriteFailed, PackWriter, Staged, blob_ref)
+
+__all__ = ["INDEX", "PACKS", "PACK_MAX_BYTES", "REF_PREFIX", "ROTATE_AFTER_S", "SWEEP_AFTER_S", "BlobError",
+           "BlobNotFound", "BlobStore", "BlobWriteFailed", "PackWriter", "Staged", "blob_ref"]
 
 log = logging.getLogger(__name__)
 
-REF_PREFIX = "sha256:"
-PACKS, INDEX = "packs", "index.sqlite"
+INDEX = "index.sqlite"
 SWEEP_AFTER_S = 3600.0  # an unindexed pack this old is no writer's: staging to commit takes seconds
 _REF_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-
-
-class BlobError(FrontdeskError):
-    """A blob reference is malformed, or a stored blob is missing or corrupt."""
-
-
-class BlobNotFound(BlobError, KeyError):
-    """No blob is stored under this reference."""
-
-
-class BlobWriteFailed(BlobError, TransientError):
-    """The blob could not be written (disk full, permissions); retrying later may succeed."""
-
-
-def blob_ref(data: bytes) -> str:
-    """The reference ``sha256:<hex>`` that ``data`` has (or would have) in any blob store."""
-    return REF_PREFIX + hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Staged:
-    """A blob written but not yet committed; ``pack`` is None when the blob was stored already.
-    Plain values, so it crosses process boundaries cheaply."""
-
-    ref: str
-    pack: str | None = None
-    offset: int = 0
-    length: int = 0
-
-
-class PackWriter:
-    """Appends staged blobs to one new pack file (created on the first new blob). Not thread-safe;
-    one per chunk of work. All blobs of a pack are committed or discarded together."""
-
-    def __init__(self, store: BlobStore) -> None:
-        self.store = store
-        self.name = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:12]}.pack"
-        self._file: object | None = None
-        self._size = 0
-        self._written: dict[str, Staged] = {}
-        self._failed: str | None = None
-
-    def add(self, data: bytes) -> Staged:
-        """Stage ``data`` (nothing written if it is stored already). Raises BlobWriteFailed."""
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in self._written:
-            return self._written[digest]
-        try:
-            if self.store._stored(digest):
-                return Staged(REF_PREFIX + digest)
-        except sqlite3.Error as exc:
-            raise BlobWriteFailed(f"cannot read the blob index: {exc}") from exc
-        if self._failed is not None:  # the pack's tail is unknown after a failed write: no more appends
-            raise BlobWriteFailed(f"cannot store blob sha256:{digest}: {self._failed}")
-        try:
-            if self._file is None:
-                os.makedirs(os.path.join(self.store.root, PACKS), exist_ok=True)
-                self._file = open(os.path.join(self.store.root, PACKS, self.name), "xb")  # noqa: SIM115
-            self._file.write(data)  # type: ignore[attr-defined]
-            self._file.flush()  # type: ignore[attr-defined]
-        except OSError as exc:
-            self._failed = str(exc)
-            raise BlobWriteFailed(f"cannot store blob sha256:{digest}: {exc}") from exc
-        staged = Staged(REF_PREFIX + digest, self.name, self._size, len(data))
-        self._size += len(data)
-        self._written[digest] = staged
-        return staged
-
-    def close(self) -> None:
-        """Close the pack file (its staged blobs stay valid); a pack with nothing in it is removed."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()  # type: ignore[attr-defined]
-            if not self._written:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.store.root, PACKS, self.name))
-            self._file = None
 
 
 class BlobStore:
@@ -164,9 +91,10 @@ class BlobStore:
         self.commit(staged)
         return [s.ref for s in staged]
 
-    def writer(self) -> PackWriter:
-        """A writer that stages blobs into one new pack; :meth:`commit` or :meth:`discard` them."""
-        return PackWriter(self)
+    def writer(self, *, shared: bool = False) -> PackWriter:
+        """A writer that stages blobs into one new pack (``shared``: a long-lived one, see
+        :class:`PackWriter`); :meth:`commit` or :meth:`discard` what it staged."""
+        return PackWriter(self, shared=shared)
 
     def stage(self, data: bytes) -> Staged:
         """Stage one blob in a pack of its own (see :meth:`writer` for many). Raises BlobWriteFailed."""
@@ -196,8 +124,9 @@ class BlobStore:
             raise BlobWriteFailed(f"cannot store {len(staged)} blob(s) ({staged[0].ref} ...): {exc}") from exc
 
     def discard(self, staged: Iterable[Staged]) -> None:
-        """Remove the packs of staged blobs that were not committed (best effort, never raises)."""
-        for pack in {s.pack for s in staged if s.pack is not None}:
+        """Remove the packs of staged blobs that were not committed (best effort, never raises);
+        a shared writer's pack stays (other chunks' blobs are in it): its bytes are just not indexed."""
+        for pack in {s.pack for s in staged if s.pack is not None and not s.shared}:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.root, PACKS, pack))
 

@@ -4,7 +4,7 @@ Parsing is CPU-bound Python (about 0.4 ms a mail), so threads would share one co
 worker processes use every core while the connector thread fetches, commits and publishes. A
 worker (:mod:`ingest.imap_worker`) gets a chunk of ``(uid, raw bytes)`` and returns, per mail, the
 encoded ``InboundMessage`` and its blobs (raw mail, attachments) staged in the blob store —
-appended to one new pack file per chunk, neither synced nor indexed (``BlobStore.writer``) — or
+appended to the worker's own pack file, neither synced nor indexed (``BlobStore.writer(shared=True)``) — or
 the reason the mail is rejected. The connector commits a whole batch's blobs with one sync and
 one index transaction and only then publishes (``ingest.blobs``); it discards what it does not
 commit.

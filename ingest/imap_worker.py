@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,20 +46,27 @@ class Parsed:
 
 
 def parse_chunk(job: ParseJob, mails: list[tuple[int, bytes]]) -> tuple[list[Parsed], int, float]:
-    """Worker side: the parsed mails, this process's id and its CPU seconds so far. The chunk's
-    blobs go to one pack (``BlobStore.writer``), so they are committed or discarded together."""
-    writer = _store(job.blob_root).writer() if job.blob_root is not None else None
-    try:
+    """Worker side: the parsed mails, this process's id and its CPU seconds so far. The blobs go
+    to this process's shared pack (``BlobStore.writer(shared=True)``: one file for many chunks),
+    written out before the chunk is returned; if that fails, every mail that staged a blob in it
+    carries the ``store_error``."""
+    if job.blob_root is None:
+        return [_parse_one(job, uid, raw, None) for uid, raw in mails], os.getpid(), time.process_time()
+    writer, lock = _writer(job.blob_root)
+    with lock:  # a chunk's blobs are flushed (or failed) together: one chunk at a time per writer
         parsed = [_parse_one(job, uid, raw, writer) for uid, raw in mails]
-    finally:
-        if writer is not None:
-            writer.close()
+        try:
+            writer.flush()
+        except BlobWriteFailed as exc:
+            parsed = [replace(p, store_error=str(exc)) if any(s.pack for s in p.staged) else p for p in parsed]
     return parsed, os.getpid(), time.process_time()
 
 
 @functools.lru_cache(maxsize=8)
-def _store(root: str) -> BlobStore:
-    return BlobStore(Path(root))  # one per process and root: it keeps its index connection open
+def _writer(root: str) -> tuple[PackWriter, threading.Lock]:
+    """One per process and root: its store keeps the index connection open, its pack takes many
+    chunks. The lock matters only where connector threads parse themselves (``workers=0``)."""
+    return BlobStore(Path(root)).writer(shared=True), threading.Lock()
 
 
 def _parse_one(job: ParseJob, uid: int, raw: bytes, writer: PackWriter | None) -> Parsed:
@@ -75,6 +83,6 @@ def _parse_one(job: ParseJob, uid: int, raw: bytes, writer: PackWriter | None) -
         try:
             for blob in blobs:
                 staged.append(writer.add(blob))
-        except BlobWriteFailed as exc:  # the caller discards the whole batch's packs
+        except BlobWriteFailed as exc:  # the caller discards the whole batch's blobs
             return Parsed(uid, staged=tuple(staged), store_error=str(exc))
     return Parsed(uid, encode(message), message.id.encode(), tuple(staged))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import ingest.blob_files as blob_files
+import ingest.blob_packs as blob_packs
 import ingest.blobs as blobs_module
 from frontdesk.errors import TransientError
 from ingest.blobs import INDEX, PACKS, BlobError, BlobNotFound, BlobStore, BlobWriteFailed, Staged, blob_ref
@@ -361,3 +362,73 @@ def test_a_fresh_store_opened_by_many_writers_and_readers_at_once(tmp_path: Path
         assert all(BlobStore(root).get(ref) for ref in refs) and len(refs) == 8
         with sqlite3.connect(root / INDEX) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_shared_writer_puts_many_chunks_in_one_pack_written_out_at_each_flush(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    writer = store.writer(shared=True)
+    first = [writer.add(b"chunk 1 mail"), writer.add(b"chunk 1 attachment")]
+    writer.flush()
+    [pack] = packs(tmp_path)
+    assert pack.stat().st_size == len(b"chunk 1 mail") + len(b"chunk 1 attachment"), "flushed, not synced"
+    second = [writer.add(b"chunk 2 mail"), writer.add(b"chunk 1 mail")]
+    assert second[1] == first[0], "the same bytes are staged once per pack"
+    writer.flush()
+    assert {s.pack for s in first + second} == {pack.name} and all(s.shared for s in first + second)
+    store.commit(first)
+    store.discard(second)
+    assert packs(tmp_path) == [pack], "discarding a shared writer's blobs leaves its pack: other chunks are in it"
+    assert store.get(first[0].ref) == b"chunk 1 mail" and not store.exists(second[0].ref)
+    store.commit([writer.add(b"chunk 3")])
+    writer.flush()
+    assert store.get(blob_ref(b"chunk 3")) == b"chunk 3" and packs(tmp_path) == [pack]
+
+
+def test_a_shared_writer_starts_a_new_pack_when_old_or_full_never_mid_chunk(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert blob_packs.ROTATE_AFTER_S * 4 <= blobs_module.SWEEP_AFTER_S, "a pack taking blobs is never sweepable"
+    store = BlobStore(tmp_path)
+    writer = store.writer(shared=True)
+    now = [1000.0]
+    monkeypatch.setattr(blob_packs.time, "monotonic", lambda: now[0])
+    writer._opened_at = now[0]
+    one = writer.add(b"one")
+    now[0] += blob_packs.ROTATE_AFTER_S
+    two = writer.add(b"two")
+    assert two.pack == one.pack, "a chunk's blobs stay together"
+    writer.flush()
+    three = writer.add(b"three")
+    writer.flush()
+    assert three.pack != one.pack, "the next chunk after ROTATE_AFTER_S starts a new pack"
+    monkeypatch.setattr(blob_packs, "PACK_MAX_BYTES", 10)
+    four = [writer.add(b"four, over ten bytes"), writer.add(b"five")]
+    writer.flush()
+    six = writer.add(b"six")
+    writer.flush()
+    assert four[0].pack == four[1].pack == three.pack != six.pack
+    store.commit([one, two, three, *four, six])
+    assert [store.get(s.ref) for s in (one, two, three, *four, six)] == [
+        b"one", b"two", b"three", b"four, over ten bytes", b"five", b"six"]
+    assert len(packs(tmp_path)) == 3
+
+
+def test_a_shared_writer_whose_flush_fails_goes_on_in_a_new_pack(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    writer = store.writer(shared=True)
+    kept = writer.add(b"kept")
+    writer.flush()
+    lost = writer.add(b"lost")
+
+    def full(self: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(blob_packs.PackWriter, "_flush", full)
+    with pytest.raises(BlobWriteFailed, match="No space"):
+        writer.flush()
+    monkeypatch.undo()
+    again = writer.add(b"lost")
+    writer.flush()
+    assert again.pack not in (None, lost.pack) and kept.pack == lost.pack
+    store.commit([kept, again])
+    assert store.get(kept.ref) == b"kept" and store.get(again.ref) == b"lost"

@@ -14,8 +14,8 @@ import pytest
 
 from frontdesk.codec import decode
 from frontdesk.messages import InboundMessage
-from ingest.blobs import PACKS, BlobStore, blob_ref
-from ingest.imap_parse import CHUNKS_PER_WORKER, ParseJob, Parsed, ParsePool, parse_chunk
+from ingest.blobs import PACKS, SWEEP_AFTER_S, BlobStore, PackWriter, blob_ref
+from ingest.imap_parse import ParseJob, Parsed, ParsePool, parse_chunk
 from ingest.mail.parse import MailLimits, normalise_mail
 from tests.fixtures.mail.corpus import build_corpus
 
@@ -47,7 +47,8 @@ def test_the_pool_parses_like_parse_mail_in_order_and_stages_the_blobs(mails: li
                                                                       job: ParseJob) -> None:
     pool = ParsePool(workers)
     try:
-        parsed = pool.finish(pool.start(job, mails))
+        pending = pool.start(job, mails)
+        parsed = pool.finish(pending)
     finally:
         pool.close()
     store = BlobStore(Path(job.blob_root or ""))
@@ -68,7 +69,8 @@ def test_the_pool_parses_like_parse_mail_in_order_and_stages_the_blobs(mails: li
         assert item.rejected is not None or store.get(blob_ref(raw)) == raw
     written = {s.pack for p in parsed for s in p.staged if s.pack}
     assert {p.name for p in (Path(job.blob_root or "") / PACKS).iterdir()} == written
-    assert (len(written) == 1) if not workers else (1 < len(written) <= workers * CHUNKS_PER_WORKER), "a pack a chunk"
+    assert (len(written) == 1) if not workers else (1 <= len(written) <= workers < len(pending.chunks)), \
+        "one pack per parsing process, however many chunks it parsed"
     assert (pool.cpu_seconds() > 0) == bool(workers)
 
 
@@ -106,11 +108,37 @@ def test_abandoned_mails_are_not_all_parsed_and_what_was_is_returned(mails: list
         parsed = pool.abandon(pending)
         assert any(future.cancelled() for _, future in pending.tasks)
         assert len(parsed) < len(mails) * 5 and all(p.staged or p.rejected for p in parsed)
-        BlobStore(Path(job.blob_root or "")).discard(s for p in parsed for s in p.staged)
-        packs = Path(job.blob_root or "") / PACKS
-        assert not packs.exists() or not list(packs.iterdir()), "the caller can discard what was staged"
+        store = BlobStore(Path(job.blob_root or ""))
+        store.discard(s for p in parsed for s in p.staged)
+        assert not any(store.exists(s.ref) for p in parsed for s in p.staged), "the caller can discard what was staged"
     finally:
         pool.close()
+    folder = Path(job.blob_root or "") / PACKS
+    packs = list(folder.iterdir()) if folder.exists() else []  # none if no chunk had started
+    old = time.time() - 2 * SWEEP_AFTER_S
+    for pack in packs:
+        os.utime(pack, (old, old))
+    assert store.sweep() == len(packs) and not (folder.exists() and list(folder.iterdir())), \
+        "the discarded bytes go with the next sweep"
+
+
+def test_a_chunk_whose_pack_cannot_be_written_out_is_a_store_error(mails: list[tuple[int, bytes]], job: ParseJob,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: PackWriter) -> None:
+        raise OSError(28, "No space left on device")
+
+    first, _, _ = parse_chunk(job, mails[:4])
+    monkeypatch.setattr(PackWriter, "_flush", full)
+    failed, _, _ = parse_chunk(job, mails[4:8])
+    monkeypatch.undo()
+    after, _, _ = parse_chunk(job, mails[8:12])
+    assert not any(p.store_error for p in first + after)
+    assert all(p.store_error and "No space" in p.store_error for p in failed if p.rejected is None)
+    assert {s.pack for p in after for s in p.staged if s.pack}.isdisjoint(
+        {s.pack for p in failed for s in p.staged if s.pack}), "after a failed write, a new pack"
+    store = BlobStore(Path(job.blob_root or ""))
+    store.commit([s for p in first + after for s in p.staged])
+    assert all(store.get(s.ref) for p in first + after for s in p.staged)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
