@@ -16,6 +16,7 @@ class Row:
     nbytes: int
     check: str
     cpu: float = 0.0
+    machine: float = 0.0  # busy CPU seconds of the whole machine during the run (servers included)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,7 +40,7 @@ def summarise(runs: list[Row]) -> Row:
     cpu = sorted(r.cpu for r in runs)[len(runs) // 2]
     bad = [r.check for r in runs if "MISMATCH" in r.check]
     return Row(median.tool, median.messages, median.seconds, median.nbytes, bad[0] if bad else median.check, cpu,
-               {"all": [r.seconds for r in runs], "cpu": [r.cpu for r in runs]})
+               median.machine, {"all": [r.seconds for r in runs], "cpu": [r.cpu for r in runs]})
 
 
 def print_table(rows: list[Row], n: int, rounds: int, notes: list[str]) -> None:
@@ -48,11 +49,11 @@ def print_table(rows: list[Row], n: int, rounds: int, notes: list[str]) -> None:
     for line in notes:
         print(line)
     print(f"{'tool':26} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'MB/s':>5} {'CPU s':>6} {'CPU s/1k':>8}"
-          f"   runs: seconds | CPU s   check")
+          f" {'machine':>7}   runs: seconds | CPU s   check")
     for r in rows:
         spread = "/".join(f"{v:.2f}" for v in r.extra["all"]) + " | " + "/".join(f"{v:.2f}" for v in r.extra["cpu"])
         print(f"{r.tool:26} {r.messages:>8} {r.seconds:>8.2f} {r.rate:>7.0f} {r.mbps:>5.2f} {r.cpu:>6.2f} "
-              f"{r.cpu_per_1000:>8.2f}   {spread}   {r.check}")
+              f"{r.cpu_per_1000:>8.2f} {r.machine / r.seconds:>6.2f}c   {spread}   {r.check}")
     base = next((r for r in rows if r.tool.startswith("mbsync")), None)
     for r in rows:
         if base is not None and r is not base:

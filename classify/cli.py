@@ -56,6 +56,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Model directory (default: the configured one)")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs; 0 keeps the encoder frozen")] = 6,
     method: Annotated[str, typer.Option(help="Fine-tuning: full (the layers' weights) or lora (adapters)")] = "full",
+    layer_decay: Annotated[float, typer.Option(help="Learning rate of each lower layer, as a share of the one "
+                                                    "above it (1: the same rate for every layer)")] = 1.0,
     mix: Annotated[str, typer.Option(help="The encoder head's share in the heads' mix (0-1), or 'auto': "
                                           "best on the calibration split")] = "0.5",
     dev: Annotated[Optional[Path], typer.Option(help="Evaluate on this file and record it in the card")] = None,
@@ -67,7 +69,8 @@ def train(
 
     settings = classifier_settings()
     target = out or settings.model_dir
-    card = guard(lambda: train_command(data, target, settings, epochs, dev, augment, method, mix))
+    card = guard(lambda: train_command(data, target, settings, epochs, dev, augment, method, mix,
+                                                layer_decay))
     typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
     if "dev" in card:
         d = card["dev"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,12 +56,15 @@ class TuneConfig:
     head_lr: float = 2e-3
     max_tokens: int = 128
     seed: int = 13
+    layer_decay: float = 1.0  # layer k of n trains at lr * layer_decay ** (n - 1 - k); 1: one rate for all
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown fine-tuning method {self.method!r} (one of {', '.join(METHODS)})")
         if not self.lr:
             object.__setattr__(self, "lr", _DEFAULT_LR[self.method])
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay must be in (0, 1], not {self.layer_decay}")
 
 
 def _lora_module() -> Any:
@@ -172,10 +176,9 @@ def _train_loop(model: Any, batch_of: Any, batches: list[list[int]], labels: dic
     targets = {t: torch.tensor([classes[t].index(y) for y in ys]) for t, ys in labels.items()}
     heads = nn.ModuleDict({t: nn.Linear(model.config.hidden_size, len(c)) for t, c in classes.items()})
     weights = {t: _balanced_weights(targets[t], len(classes[t])) for t in classes}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr}, {"params": heads.parameters(), "lr": cfg.head_lr}],
-                            weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr],
+    groups = [*layer_groups(model, cfg), {"params": list(heads.parameters()), "lr": cfg.head_lr}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=cfg.epochs * len(batches), pct_start=0.1)
     model.train()
     started, step, loss_sum = time.perf_counter(), 0, 0.0
@@ -196,6 +199,19 @@ def _train_loop(model: Any, batch_of: Any, batches: list[list[int]], labels: dic
             loss_sum += float(loss.detach())
         log.info("epoch %d/%d loss %.3f (%.0fs)", epoch + 1, cfg.epochs, loss_sum / step, time.perf_counter() - started)
     return {"seconds": time.perf_counter() - started, "final_loss": loss_sum / max(step, 1)}
+
+
+def layer_groups(model: Any, cfg: TuneConfig) -> list[dict[str, Any]]:
+    """The encoder's trainable parameters as optimiser groups: one per transformer layer with its
+    decayed learning rate (``cfg.layer_decay``), the rest (LoRA outside the layers) at ``cfg.lr``."""
+    by_layer: dict[int, list[Any]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            match = re.search(r"\.layer\.(\d+)\.", name)
+            by_layer.setdefault(int(match[1]) if match else -1, []).append(param)
+    top = max(by_layer, default=0)
+    return [{"params": params, "lr": cfg.lr * (cfg.layer_decay ** (top - layer) if layer >= 0 else 1.0)}
+            for layer, params in sorted(by_layer.items())]
 
 
 def _balanced_weights(y: Any, n: int) -> Any:

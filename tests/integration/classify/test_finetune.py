@@ -111,3 +111,22 @@ def test_cards_from_before_full_fine_tuning_still_name_their_lora_settings() -> 
     assert tuning_of({"tuning": None, "lora": None}) is None
     assert tuning_of({"tuning": {"method": "full", "epochs": 6}})["method"] == "full"
     assert TuneConfig().lr == 8e-5 and TuneConfig(method="lora").lr == 5e-4
+
+
+def test_layer_decay_gives_each_lower_layer_a_smaller_share_of_the_learning_rate() -> None:
+    from transformers import BertConfig, BertModel
+
+    from classify.finetune import layer_groups
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                 intermediate_size=32))
+    trainable = {id(p) for n, p in model.named_parameters() if p.requires_grad_(".layer." in n).requires_grad}
+    flat = layer_groups(model, TuneConfig(lr=1e-4))
+    decayed = layer_groups(model, TuneConfig(lr=1e-4, layer_decay=0.5))
+    for groups in (flat, decayed):
+        assert sorted(id(p) for g in groups for p in g["params"]) == sorted(trainable), "every trainable weight once"
+    assert [g["lr"] for g in flat] == [1e-4] * 3
+    assert [g["lr"] for g in decayed] == pytest.approx([0.25e-4, 0.5e-4, 1e-4]), "bottom layer first"
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="layer_decay"):
+            TuneConfig(layer_decay=bad)
