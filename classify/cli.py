@@ -56,6 +56,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Model directory (default: the configured one)")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs; 0 keeps the encoder frozen")] = 6,
     method: Annotated[str, typer.Option(help="Fine-tuning: full (the layers' weights) or lora (adapters)")] = "full",
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the encoder (of its top layer with "
+                                            "--layer-decay); 0: the method's default")] = 0.0,
     layer_decay: Annotated[float, typer.Option(help="Learning rate of each lower layer, as a share of the one "
                                                     "above it (1: the same rate for every layer)")] = 1.0,
     mix: Annotated[str, typer.Option(help="The encoder head's share in the heads' mix (0-1), or 'auto': "
@@ -70,7 +72,7 @@ def train(
     settings = classifier_settings()
     target = out or settings.model_dir
     card = guard(lambda: train_command(data, target, settings, epochs, dev, augment, method, mix,
-                                                layer_decay))
+                                                layer_decay, lr))
     typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
     if "dev" in card:
         d = card["dev"]
