@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import resource
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
@@ -25,8 +27,9 @@ from ingest.imap import MailboxConnector
 
 _STEPS = ("IMAP connect + login", "IMAP select", "IMAP search", "IMAP fetch RFC822.SIZE INTERNALDATE",
           "IMAP fetch BODY.PEEK[]", "hand mails to the parser processes", "wait for the parser processes",
-          "wait for the publisher thread", "IMAP flag \\Seen", "checkpoint save")
-_PUBLISHER_STEPS = ("blob commit (sync + index)", "bus publish (durable)")
+          "wait for the publisher thread", "IMAP flag \\Seen")
+_TICK = os.sysconf("SC_CLK_TCK")
+_OTHER_STEPS = ("blob commit (sync + index)", "bus publish (durable)", "checkpoint save")
 
 
 class Phases:
@@ -76,9 +79,51 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class ThreadCpu:
+    """CPU seconds per thread of this process while it runs (Linux /proc), sampled every 5 ms
+    so that threads which end before the run does (the publisher) are counted too. Threads are
+    named by ``threading`` (kafka-python's sender, the pool's feeder and manager included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._last: dict[int, tuple[str, float]] = {}
+        self._start: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bench-thread-cpu", daemon=True)
+
+    def __enter__(self) -> ThreadCpu:
+        self._sample()
+        self._start = {tid: cpu for tid, (_, cpu) in self._last.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        for tid, (name, cpu) in self._last.items():
+            if name != self._thread.name:
+                self.seconds[name] += cpu - self._start.get(tid, 0.0)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self._sample()
+
+    def _sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / _TICK
+            known = self._last.get(int(tid))
+            self._last[int(tid)] = (names.get(int(tid)) or (known[0] if known else f"thread {tid}"), cpu)
+
+
 def phases(conn: MailboxConnector, bus_name: str = "embedded bus") -> list[str]:
     """One timed ``run_once``: a table of the connector thread's steps (they add up to the wall time),
-    then the publisher thread's."""
+    then the publisher's and the checkpoint saver's, then CPU by thread."""
     phases = Phases()
     _instrument(conn, phases)
     fetch = imap_fetch.fetch
@@ -91,7 +136,8 @@ def phases(conn: MailboxConnector, bus_name: str = "embedded bus") -> list[str]:
     workers = conn.pool.cpu_seconds()
     cpu, started = _cpu(), time.perf_counter()
     try:
-        count = conn.run_once()
+        with ThreadCpu() as threads:
+            count = conn.run_once()
     finally:
         imap_fetch.fetch = fetch
     total, cpu = time.perf_counter() - started, _cpu() - cpu
@@ -105,9 +151,13 @@ def phases(conn: MailboxConnector, bus_name: str = "embedded bus") -> list[str]:
     for name in (*_STEPS, "records, loop, the rest"):
         seconds = s[name] if name in _STEPS else rest
         lines.append(f"  {name:46} {seconds:>8.3f} {100 * seconds / total:>5.1f}% {phases.calls.get(name, 0):>6}")
-    lines.append(f"  {'publisher thread (overlaps the fetches)':46}")
-    for name in _PUBLISHER_STEPS:
+    lines.append(f"  {'publisher and checkpoint threads (overlap it)':46}")
+    for name in _OTHER_STEPS:
         lines.append(f"  {name:46} {s[name]:>8.3f} {100 * s[name] / total:>5.1f}% {phases.calls.get(name, 0):>6}")
+    lines.append(f"  {'CPU of the connector process by thread':46} {'CPU s':>8} {'ms/mail':>7}")
+    for name, seconds in sorted(threads.seconds.items(), key=lambda item: -item[1]):
+        if seconds > 0:
+            lines.append(f"  {name[:46]:46} {seconds:>8.3f} {1000 * seconds / max(count, 1):>7.3f}")
     return lines
 
 

@@ -15,7 +15,9 @@ Per folder, one pass:
    fetched, the batch's blobs are committed (one sync, one index transaction) and the batch is
    published — messages to the inbound topic, unparseable or oversized mail as dead-letter records;
 4. only once the bus has acknowledged it, mark the batch Seen / move it / delete it, and then
-   advance the checkpoint. A pass that fails waits for the publisher thread before it returns.
+   advance the checkpoint (saved on a thread of its own: its fsync does not hold up the next
+   fetch; a pass returns once its last checkpoint is durable). A pass that fails waits for the
+   publisher thread before it returns.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
 same ids (the Message-ID, or a hash of the bytes): no-ops downstream. A UIDVALIDITY change
@@ -46,7 +48,8 @@ from frontdesk.faults import crashpoint
 from ingest import imap_fetch
 from ingest.blobs import BlobStore, Staged
 from ingest.imap_batch import Delivery, batch_records, batches
-from ingest.imap_state import Checkpoint, CheckpointStore, Health, PendingMail, aware, oldest_from
+from ingest.imap_state import (Checkpoint, CheckpointSaver, CheckpointStore, Health, PendingMail, aware,
+                               oldest_from)
 from ingest.imap_connect import connect, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
@@ -56,6 +59,7 @@ __all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
 
 log = logging.getLogger(__name__)
 
+_Where = tuple[str, int, CheckpointSaver]  # folder, UIDVALIDITY, its checkpoint saver
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
 DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
 
@@ -140,6 +144,7 @@ class MailboxConnector:
         published = 0
         window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]] = deque()
         publisher = ThreadPoolExecutor(1, thread_name_prefix=f"{self.connector}-publish")
+        saver = CheckpointSaver(self.checkpoints, self.box.name, folder)
         inflight: Delivery | None = None
         try:
             head = self._describe(client, uids[: self.box.batch])
@@ -153,23 +158,25 @@ class MailboxConnector:
             for end, batch in batches(mails[start:], self.box.batch, self.limits):
                 window.append((start + end, batch, *self._fetch(client, batch)))
                 while len(window) > PREFETCH:
-                    inflight, settled = self._advance(client, folder, uidvalidity, window.popleft(), inflight,
-                                                      publisher, oldest)
+                    inflight, settled = self._advance(client, (folder, uidvalidity, saver), window.popleft(),
+                                                      inflight, publisher, oldest)
                     published += settled
             while window:
-                inflight, settled = self._advance(client, folder, uidvalidity, window.popleft(), inflight,
+                inflight, settled = self._advance(client, (folder, uidvalidity, saver), window.popleft(), inflight,
                                                   publisher, oldest)
                 published += settled
             if inflight is not None:
-                published += self._settle(client, folder, uidvalidity, inflight, oldest)
+                published += self._settle(client, (folder, uidvalidity, saver), inflight, oldest)
+            saver.close()
         finally:
             publisher.shutdown(wait=True)  # a failed pass leaves no write behind; unflagged batches come again
+            saver.close(check=False)
             for *_, pending in window:
                 if self.blobs is not None:
                     self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
         return published
 
-    def _advance(self, client: IMAPClient, folder: str, uidvalidity: int,
+    def _advance(self, client: IMAPClient, where: _Where,
                  entry: tuple[int, list[PendingMail], dict[int, bytes], Pending], inflight: Delivery | None,
                  publisher: ThreadPoolExecutor, oldest: list[datetime | None]) -> tuple[Delivery, int]:
         """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it."""
@@ -178,7 +185,7 @@ class MailboxConnector:
         records, staged = batch_records(self.job, self.bus.topics, batch, raws, parsed, self.blobs)
         after = inflight.future if inflight is not None else None
         delivery = Delivery(done, batch, records, publisher.submit(self._deliver, staged, records, after))
-        settled = self._settle(client, folder, uidvalidity, inflight, oldest) if inflight is not None else 0
+        settled = self._settle(client, where, inflight, oldest) if inflight is not None else 0
         return delivery, settled
 
     def _fetch(self, client: IMAPClient, batch: list[PendingMail]) -> tuple[dict[int, bytes], Pending]:
@@ -203,13 +210,13 @@ class MailboxConnector:
     def _delivered(future: Future[None]) -> None:
         future.result()  # blocks; raises what the publisher thread raised
 
-    def _settle(self, client: IMAPClient, folder: str, uidvalidity: int, delivery: Delivery,
-                oldest: list[datetime | None]) -> int:
-        """Once ``delivery`` is on the bus: flag its mail, advance the checkpoint; records published."""
+    def _settle(self, client: IMAPClient, where: _Where, delivery: Delivery, oldest: list[datetime | None]) -> int:
+        """Once ``delivery`` is on the bus: flag its mail, queue the checkpoint; records published."""
+        folder, uidvalidity, saver = where
         self._delivered(delivery.future)
         crashpoint("imap.after_publish")
         self._after_import(client, [m.uid for m in delivery.batch])
-        self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, delivery.batch[-1].uid))
+        saver.save(Checkpoint(uidvalidity, delivery.batch[-1].uid))
         dead = sum(1 for r in delivery.records if r.topic == self.bus.topics.deadletter)
         self.health.published += len(delivery.records) - dead
         self.health.dead_lettered += dead

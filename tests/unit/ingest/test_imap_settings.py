@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from frontdesk.errors import SourceAuthError
 from ingest.imap import CheckpointStore
 from ingest.imap_batch import BATCH_BYTES, batches
-from ingest.imap_state import PendingMail, oldest_from
+from ingest.imap_state import Checkpoint, CheckpointSaver, PendingMail, oldest_from
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
 
@@ -84,3 +84,42 @@ def test_the_oldest_unhandled_date_after_each_position() -> None:
     assert oldest == [t + timedelta(days=1), t + timedelta(days=1), t + timedelta(days=2), t + timedelta(days=2),
                       None, None]
 
+
+
+def test_checkpoints_are_saved_in_order_off_the_calling_thread_and_durable_on_close(tmp_path: Path) -> None:
+    import threading
+
+    store = CheckpointStore(tmp_path / "state")
+    saved: list[tuple[int, str]] = []
+    save = store.save
+    release = threading.Event()
+
+    def slow_save(mailbox: str, folder: str, cp: Checkpoint) -> None:
+        release.wait(5)
+        saved.append((cp.last_uid, threading.current_thread().name))
+        save(mailbox, folder, cp)
+
+    store.save = slow_save  # type: ignore[method-assign]
+    saver = CheckpointSaver(store, "support", "INBOX")
+    for uid in (200, 400, 600):
+        saver.save(Checkpoint(7, uid))  # returns at once although the first save is held up
+    assert saved == [] and store.load("support", "INBOX") == Checkpoint()
+    release.set()
+    saver.close()
+    assert [uid for uid, _ in saved] == [200, 400, 600]
+    assert all(name.startswith("checkpoint-support") for _, name in saved)
+    assert store.load("support", "INBOX") == Checkpoint(7, 600)
+
+
+def test_a_failed_checkpoint_save_is_raised_by_the_next_save_or_by_close(tmp_path: Path) -> None:
+    (tmp_path / "state").write_bytes(b"a file where the checkpoint directory should be")
+    saver = CheckpointSaver(CheckpointStore(tmp_path / "state"), "support", "INBOX")
+    saver.save(Checkpoint(7, 200))
+    with pytest.raises(OSError):
+        saver.close()
+    again = CheckpointSaver(CheckpointStore(tmp_path / "state"), "support", "INBOX")
+    again.save(Checkpoint(7, 200))
+    again._last.exception()  # type: ignore[union-attr]  # let it fail first
+    with pytest.raises(OSError):
+        again.save(Checkpoint(7, 400))
+    again.close(check=False)
