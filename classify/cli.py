@@ -63,6 +63,8 @@ def train(
     mix: Annotated[str, typer.Option(help="The encoder head's share in the heads' mix (0-1), or 'auto': "
                                           "best on the calibration split")] = "0.5",
     dev: Annotated[Optional[Path], typer.Option(help="Evaluate on this file and record it in the card")] = None,
+    encoder_from: Annotated[Optional[Path], typer.Option(help="Reuse the fine-tuned encoder of this model directory "
+                                                               "(tuned on the same --data): only the heads are fitted")] = None,
     augment: Annotated[bool, typer.Option(help="Also learn from Azerbaijani examples spelled without ə ş ç ğ ı ö ü "
                                                "(the baseline never does)")] = True,
 ) -> None:
@@ -72,7 +74,7 @@ def train(
     settings = classifier_settings()
     target = out or settings.model_dir
     card = guard(lambda: train_command(data, target, settings, epochs, dev, augment, method, mix,
-                                                layer_decay, lr))
+                                                layer_decay, lr, encoder_from))
     typer.echo(f"trained {card['version']} on {card['data']['examples']} examples in {card['seconds']}s -> {target}")
     if "dev" in card:
         d = card["dev"]

@@ -26,11 +26,13 @@ def load_model(settings: ClassifierSettings) -> Any:
 
 def train_command(data: list[Path], out: Path, settings: ClassifierSettings, epochs: int,
                   dev: Path | None, augmented: bool = True, method: str = "full",
-                  mix: str = "0.5", layer_decay: float = 1.0, lr: float = 0.0) -> dict[str, Any]:
+                  mix: str = "0.5", layer_decay: float = 1.0, lr: float = 0.0,
+                  encoder_from: Path | None = None) -> dict[str, Any]:
     from classify.finetune import TuneConfig
     from classify.train import train
 
-    card = train(data, out, settings, TuneConfig(method=method, epochs=epochs, lr=lr, layer_decay=layer_decay), augmented, parse_mix(mix))
+    card = train(data, out, settings, TuneConfig(method=method, epochs=epochs, lr=lr, layer_decay=layer_decay),
+                 augmented, parse_mix(mix), encoder_from)
     if dev is not None:
         scores = eval_report(dev, settings.model_copy(update={"model_dir": out}))
         card["dev"] = {k: v for k, v in scores.items() if not k.startswith("confusion")}

@@ -190,29 +190,38 @@ class E5Encoder:
                     param.data = param.data.clone()
 
     def quantize_int8(self) -> None:
-        """Dynamic int8 (per-output-channel weight scales) for the Linear layers, in place.
+        """int8 Linear layers (per-output-channel weight scales, a scale per token for the
+        activations: :mod:`classify.int8`), in place; without ``torch._int_mm``, PyTorch's
+        dynamic quantisation (one activation scale per call: batch-dependent).
 
         The feed-forward output projections (input width = ``intermediate_size``) stay fp32:
-        their input, the GELU activation, has outliers that one int8 scale per batch cannot
-        represent. Measured on the dev split (1 thread): everything int8 with per-tensor scales
-        was 1.47× faster than fp32 but cost 1.6 points of category macro-F1 (embedding cosine to
-        fp32 0.89 on average); this scheme is 1.42× faster at the fp32 scores (cosine 0.98).
+        their input, the GELU activation, has outliers. Measured on the dev split (1 thread):
+        everything int8 with per-tensor scales was 1.47× faster than fp32 but cost 1.6 points of
+        category macro-F1 (embedding cosine to fp32 0.89 on average); sparing those projections
+        was 1.42× faster at the fp32 scores (cosine 0.98).
         """
         import warnings
 
         import torch
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+        from classify.int8 import int_mm_available, quantize_linears
+
         ff = getattr(self.model.config, "intermediate_size", None)
+        if int_mm_available():
+            quantize_linears(self.model, ff)
+            self.name = self.name.rsplit(":", 1)[0] + ":int8"
+            return
         spec = {name: per_channel_dynamic_qconfig for name, module in self.model.named_modules()
                 if isinstance(module, torch.nn.Linear) and module.in_features != ff}
         if not int8_available():
             log.warning("this torch build has no int8 engine: the encoder stays fp32")
             return
+        log.warning("this torch build has no torch._int_mm: int8 with one activation scale per batch")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
             quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
-        self.name = self.name.rsplit(":", 1)[0] + ":int8"
+        self.name = self.name.rsplit(":", 1)[0] + ":int8-dynamic"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` → float32 array (len(texts), dim), rows L2-normalised."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ import numpy as np
 from classify.augment import augment
 from classify.baseline import fit_baseline
 from classify.data import Example, read_examples
-from classify.finetune import TuneConfig, apply_tuning, as_shipped, finetune, save_tuning
+from classify.finetune import (ADAPTERS, DELTA, TuneConfig, apply_tuning, as_shipped, finetune, load_tuning,
+                               save_tuning)
 from classify.language import fit_ngram_model
 from classify.evaluate import macro_f1
-from classify.model import BASELINE, CARD, HEADS, NGRAM_INPUT, EnsembleHead, Head
+from classify.model import BASELINE, CARD, HEADS, NGRAM_INPUT, EnsembleHead, Head, read_card, tuning_of
 from classify.settings import ClassifierSettings
+from frontdesk.errors import ConfigError
 from classify.text import compose, model_input
 
 log = logging.getLogger(__name__)
@@ -49,24 +52,27 @@ DEFAULT_MIX = 0.5
 
 
 def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, tune: TuneConfig,
-          augmented: bool = True, mix: float | None = DEFAULT_MIX) -> dict[str, Any]:
+          augmented: bool = True, mix: float | None = DEFAULT_MIX, encoder_from: Path | None = None) -> dict[str, Any]:
     """Train everything into ``out`` and return the model card. ``augmented``: the encoder and
     heads also learn from plain-letter copies of Azerbaijani examples (:mod:`classify.augment`).
     ``mix``: the encoder head's share in each task's probability mix (None: chosen on the
-    calibration split, see :func:`fit_ensemble`)."""
+    calibration split, see :func:`fit_ensemble`). ``encoder_from``: a model directory whose
+    fine-tuned encoder is used as it is (``tune`` is then that card's; only the heads are fitted)."""
     import joblib
 
     from classify.encoder import E5Encoder, resolve_model
 
     started = time.perf_counter()
+    state: dict[str, Any] = {}
+    stats: dict[str, float] = {}
+    if encoder_from is not None:
+        tune, state, stats = _reused_encoder(encoder_from, data)
     examples = [e for path in data for e in read_examples(path)]
     fit, calib = split(examples, seed=tune.seed)
     real = len(fit)
     fit = augment(fit) if augmented else fit
     model_path = resolve_model(settings.encoder, settings.cache_dir)
-    state: dict[str, Any] = {}
-    stats: dict[str, float] = {}
-    if tune.epochs > 0:
+    if encoder_from is None and tune.epochs > 0:
         labels = {t: [getattr(e, t) for e in fit] for t in TASKS}
         state, stats = finetune(model_path, [model_input(e.subject, e.text) for e in fit], labels, tune)
         state = as_shipped(state, tune.method)
@@ -89,15 +95,43 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, tune: T
     plain = [compose(e.subject, e.text) for e in examples]
     baseline = fit_baseline(plain, {t: [getattr(e, t) for e in examples] for t in TASKS})
     out.mkdir(parents=True, exist_ok=True)
-    save_tuning(out, state, tune.method)
+    if encoder_from is None:
+        save_tuning(out, state, tune.method)
+    elif encoder_from.resolve() != out.resolve():
+        _copy_tuning(encoder_from, out)
     joblib.dump(bundle, out / HEADS, compress=3)
     joblib.dump(baseline, out / BASELINE, compress=3)
     card = _card(data, examples, fit, calib, settings, tune if state else None, stats, heads, started)
     card["data"]["augmented"] = {"plain_azerbaijani_copies": len(fit) - real}
     card["heads_fitted_on_encoder"] = encoder.name
+    if encoder_from is not None:
+        previous = read_card(encoder_from)
+        card["version"] += f"-heads{datetime.now(UTC):%H%M}"
+        card["encoder_from"] = {"version": previous["version"], "trained_at": previous["trained_at"]}
     card["mix"] = "fixed" if mix is not None else "best macro-F1 on the calibration split"
     (out / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
+
+
+def _reused_encoder(model_dir: Path, data: Sequence[Path]) -> tuple[TuneConfig, dict[str, Any], dict[str, float]]:
+    """The fine-tuning of an existing model directory (its config, state and stats). It must have
+    been tuned on ``data``, so that the calibration split is again data the encoder never saw."""
+    card = read_card(model_dir)
+    tuning = tuning_of(card)
+    if tuning is None:
+        raise ConfigError(f"{model_dir} has no fine-tuned encoder to reuse (train with --epochs 0 instead)")
+    if card.get("data", {}).get("sha256") != _sha256(data):
+        raise ConfigError(f"the encoder in {model_dir} was tuned on other data: pass the same --data files")
+    known = {f.name for f in fields(TuneConfig)}
+    return TuneConfig(**{k: v for k, v in tuning.items() if k in known}), load_tuning(model_dir, tuning), \
+        dict(card.get("finetune") or {})
+
+
+def _copy_tuning(source: Path, out: Path) -> None:
+    for name in (ADAPTERS, DELTA):
+        (out / name).unlink(missing_ok=True)
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
 
 
 def split(examples: Sequence[Example], seed: int, calib_share: float = 0.15) -> tuple[list[Example], list[Example]]:

@@ -84,6 +84,17 @@ def test_fine_tuning_ships_the_encoder_its_heads_were_fitted_on(tmp_path: Path, 
     untuned = E5Encoder(resolve_model(settings.encoder, settings.cache_dir), embeddings=settings.embeddings)
     assert not np.allclose(model.embed(ITEMS), untuned.encode(texts), atol=1e-3), "the tuning changed nothing"
 
+    again = tmp_path / "heads-again"
+    refit = train([tmp_path / "train.jsonl"], again, settings, TuneConfig(epochs=3), encoder_from=out)
+    assert (again / shipped).read_bytes() == (out / shipped).read_bytes(), "the encoder is reused as shipped"
+    assert refit["tuning"] == card["tuning"] and refit["encoder_from"]["version"] == card["version"]
+    assert refit["version"].startswith(card["version"] + "-heads")
+    assert np.allclose(TriageModel(settings.model_copy(update={"model_dir": again})).embed(ITEMS), model.embed(ITEMS),
+                       atol=1e-6)
+    with pytest.raises(ConfigError, match="other data"):
+        train([sample(tmp_path / "other.jsonl", per_group=2)], tmp_path / "x", settings, TuneConfig(),
+              encoder_from=out)
+
 
 def test_azerbaijani_cyrillic_is_scored_as_its_latin_transliteration(tmp_path: Path) -> None:
     """Both the encoder and the n-gram heads read the transliteration, so the scores agree."""
