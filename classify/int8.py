@@ -67,7 +67,7 @@ def row_int8_linear(linear: Any) -> Any:
     return RowInt8Linear()
 
 
-def quantize_linears(model: Any, skip_in_features: int | None) -> int:
+def quantize_linears(model: Any, skip_in_features: int | None = None) -> int:
     """Replace every ``nn.Linear`` of ``model`` (but those whose input width is
     ``skip_in_features``) by :func:`row_int8_linear`, in place; returns how many."""
     import torch
