@@ -5,7 +5,10 @@ Per folder, one pass:
 1. connect (implicit TLS, STARTTLS or plain; certificates always verified, against ``ca_file``
    if given) and log in (password or XOAUTH2), select the folder;
 2. choose the UIDs to import: after the checkpoint's highest handled UID; on first start (or a
-   UIDVALIDITY change) what is unseen, plus seen mail since ``backfill_since`` if configured;
+   UIDVALIDITY change) the folder is *scanned*: of the mail already there (up to the UIDNEXT that
+   SELECT reported) what is unseen, plus seen mail since ``backfill_since`` if configured, and all
+   mail that arrives after it (the scan's end is in the checkpoint, so a crash mid-scan resumes it
+   and the mail that was already read is never imported, not even by a later pass);
    FETCH their sizes and INTERNALDATEs (the oldest one not yet handled is in ``Health``) — the
    first batch's alone, so that it is parsing while the rest are described;
 3. fetch in batches (``BODY.PEEK[]``: fetching never sets \\Seen; at most ``batch`` mails and
@@ -59,7 +62,7 @@ __all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
 
 log = logging.getLogger(__name__)
 
-_Where = tuple[str, int, CheckpointSaver]  # folder, UIDVALIDITY, its checkpoint saver
+_Where = tuple[str, Checkpoint, CheckpointSaver]  # folder, its checkpoint when the pass began, its saver
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
 DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
 
@@ -101,28 +104,46 @@ class MailboxConnector:
     def import_folder(self, client: IMAPClient, folder: str) -> int:
         """Import what is pending in ``folder`` (contract: module docstring); records published."""
         try:
-            uidvalidity = int(client.select_folder(folder)[b"UIDVALIDITY"])
+            selected = client.select_folder(folder)
             take_announced_mail(client)  # SELECT's own count: what is there is searched for next
-            published = self._import(client, folder, uidvalidity, self._pending(client, folder, uidvalidity))
+            uids, start = self._pending(client, folder, selected)
+            published = self._import(client, folder, start, uids)
         except (IMAPClientError, OSError, socket.timeout) as exc:
             raise SourceError(f"{self.connector}/{folder}: {exc}") from exc
         self.health.last_success = datetime.now(UTC)
         self.health.consecutive_failures = 0
         return published
 
-    def _pending(self, client: IMAPClient, folder: str, uidvalidity: int) -> list[int]:
-        """The UIDs to import, ascending (contract: module docstring, step 2)."""
+    def _pending(self, client: IMAPClient, folder: str, selected: dict[bytes, Any]) -> tuple[list[int], Checkpoint]:
+        """The UIDs to import, ascending, and the checkpoint they start from (contract: module
+        docstring, step 2; a new scan's checkpoint is saved before anything is imported)."""
+        try:
+            uidvalidity = int(selected[b"UIDVALIDITY"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SourceError(f"{self.connector}/{folder}: SELECT reported no UIDVALIDITY") from exc
         cp = self.checkpoints.load(self.box.name, folder)
         if cp.uidvalidity != uidvalidity:
             if cp.uidvalidity is not None:
                 log.warning("%s/%s: UIDVALIDITY changed (%s -> %s): re-scanning", self.connector, folder,
                             cp.uidvalidity, uidvalidity)
+            cp = Checkpoint(uidvalidity, 0, self._scan_end(client, selected))
+            self.checkpoints.save(self.box.name, folder, cp)
+        uids = {u for u in client.search(["UID", f"{cp.newer_than + 1}:*"]) if u > cp.newer_than}
+        if cp.scan_until is not None and cp.last_uid < cp.scan_until:
             criteria: list[Any] = ["UNSEEN"]
             if self.box.backfill_since:
                 criteria = ["OR", "UNSEEN", "SINCE", self.box.backfill_since]
-            self.checkpoints.save(self.box.name, folder, Checkpoint(uidvalidity, 0))
-            return sorted(client.search(criteria))
-        return sorted(u for u in client.search(["UID", f"{cp.last_uid + 1}:*"]) if u > cp.last_uid)
+            found = client.search(["UID", f"{cp.last_uid + 1}:{cp.scan_until}", *criteria])
+            uids.update(u for u in found if cp.last_uid < u <= cp.scan_until)
+        return sorted(uids), cp
+
+    @staticmethod
+    def _scan_end(client: IMAPClient, selected: dict[bytes, Any]) -> int:
+        """The highest UID in the folder now: UIDNEXT - 1, or (a server that omits UIDNEXT) searched."""
+        uidnext = selected.get(b"UIDNEXT")
+        if isinstance(uidnext, int) and uidnext > 0:
+            return uidnext - 1
+        return max(client.search(["ALL"]), default=0)
 
     def _describe(self, client: IMAPClient, uids: list[int]) -> list[PendingMail]:
         """Sizes and INTERNALDATEs of ``uids`` (a UID expunged by another client meanwhile is left out)."""
@@ -136,7 +157,7 @@ class MailboxConnector:
                     mails.append(PendingMail(uid, int(item.get(b"RFC822.SIZE", 0)), aware(item.get(b"INTERNALDATE"))))
         return mails
 
-    def _import(self, client: IMAPClient, folder: str, uidvalidity: int, uids: list[int]) -> int:
+    def _import(self, client: IMAPClient, folder: str, start_cp: Checkpoint, uids: list[int]) -> int:
         """Describe, fetch, parse (in the pool), store, publish, flag and checkpoint ``uids`` batch by
         batch. The first batch is described and fetched alone, so that it is parsing while the rest of
         the folder is described; a batch is stored and published on a thread while the next one is
@@ -158,15 +179,18 @@ class MailboxConnector:
             for end, batch in batches(mails[start:], self.box.batch, self.limits):
                 window.append((start + end, batch, *self._fetch(client, batch)))
                 while len(window) > PREFETCH:
-                    inflight, settled = self._advance(client, (folder, uidvalidity, saver), window.popleft(),
+                    inflight, settled = self._advance(client, (folder, start_cp, saver), window.popleft(),
                                                       inflight, publisher, oldest)
                     published += settled
             while window:
-                inflight, settled = self._advance(client, (folder, uidvalidity, saver), window.popleft(), inflight,
+                inflight, settled = self._advance(client, (folder, start_cp, saver), window.popleft(), inflight,
                                                   publisher, oldest)
                 published += settled
             if inflight is not None:
-                published += self._settle(client, (folder, uidvalidity, saver), inflight, oldest)
+                published += self._settle(client, (folder, start_cp, saver), inflight, oldest)
+            if start_cp.scan_until is not None:
+                last = inflight.batch[-1].uid if inflight is not None else start_cp.last_uid
+                saver.save(start_cp.handled(last).scanned())  # everything the scan selected is handled
             saver.close()
         finally:
             publisher.shutdown(wait=True)  # a failed pass leaves no write behind; unflagged batches come again
@@ -212,11 +236,11 @@ class MailboxConnector:
 
     def _settle(self, client: IMAPClient, where: _Where, delivery: Delivery, oldest: list[datetime | None]) -> int:
         """Once ``delivery`` is on the bus: flag its mail, queue the checkpoint; records published."""
-        folder, uidvalidity, saver = where
+        folder, start_cp, saver = where
         self._delivered(delivery.future)
         crashpoint("imap.after_publish")
         self._after_import(client, [m.uid for m in delivery.batch])
-        saver.save(Checkpoint(uidvalidity, delivery.batch[-1].uid))
+        saver.save(start_cp.handled(delivery.batch[-1].uid))
         dead = sum(1 for r in delivery.records if r.topic == self.bus.topics.deadletter)
         self.health.published += len(delivery.records) - dead
         self.health.dead_lettered += dead
@@ -244,10 +268,14 @@ class MailboxConnector:
             try:
                 self._session(stop)
                 delay = self.reconnect[0]
-            except (SourceError, TransientError) as exc:
+            except Exception as exc:  # whatever failed, the mailbox keeps trying (visible in Health), never dies
                 self.health.consecutive_failures += 1
-                self.health.last_error = str(exc)
-                log.warning("%s: %s; reconnecting in %.1fs", self.connector, exc, delay)
+                known = isinstance(exc, (SourceError, TransientError))
+                self.health.last_error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+                if known:
+                    log.warning("%s: %s; reconnecting in %.1fs", self.connector, exc, delay)
+                else:
+                    log.exception("%s: unexpected %s; reconnecting in %.1fs", self.connector, type(exc).__name__, delay)
                 stop.wait(delay)
                 delay = min(self.reconnect[1], delay * 2)
 

@@ -1,27 +1,54 @@
-"""Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY and the highest UID handled),
-the mail still pending, and each mailbox's health.
+"""Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY, the highest UID handled and,
+during a first-start scan, where that scan ends), the mail still pending, and each mailbox's health.
 
 A checkpoint only ever advances after the mail up to it is on the bus and flagged, so losing the
-latest save (a crash right after it) only re-imports a batch, with the same ids.
+latest save (a crash right after it) only re-imports a batch, with the same ids. An unreadable
+checkpoint file is set aside (``*.corrupt``) and the folder scanned as on first start: unseen mail
+only (plus ``backfill_since``), each with its stable id.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """``last_uid``: every UID up to it is handled, under ``uidvalidity`` (None: never imported)."""
+    """``last_uid``: every UID up to it is handled, under ``uidvalidity`` (None: never imported).
+
+    ``scan_until``: set while the scan of a first start (or of a UIDVALIDITY change) is under way:
+    the folder's highest UID when it began. Of the UIDs up to it only those the scan selects (unseen;
+    seen since ``backfill_since``) are imported; any UID above it is new mail. The scan ends, and
+    ``last_uid`` jumps to ``scan_until``, when a pass has handled everything it selected: the mail
+    that was already read is never imported later.
+    """
 
     uidvalidity: int | None = None
     last_uid: int = 0
+    scan_until: int | None = None
+
+    @property
+    def newer_than(self) -> int:
+        """Every UID above this one is imported whatever its flags."""
+        return self.last_uid if self.scan_until is None else max(self.last_uid, self.scan_until)
+
+    def handled(self, uid: int) -> Checkpoint:
+        """After the mail up to ``uid`` (ascending) was handled; the scan ends once ``uid`` reaches its end."""
+        scan = self.scan_until if self.scan_until is not None and uid < self.scan_until else None
+        return Checkpoint(self.uidvalidity, max(uid, self.last_uid), scan)
+
+    def scanned(self) -> Checkpoint:
+        """After a pass that handled everything it selected: no scan under way any more."""
+        return Checkpoint(self.uidvalidity, self.newer_than)
 
 
 class CheckpointStore:
@@ -35,11 +62,20 @@ class CheckpointStore:
         return self.directory / f"{mailbox}.{safe}.json"
 
     def load(self, mailbox: str, folder: str) -> Checkpoint:
-        """The saved checkpoint, or an empty one if there is none."""
+        """The saved checkpoint, or an empty one if there is none or it cannot be read (then the file
+        is renamed to ``*.corrupt`` and an error logged: the folder is scanned as on first start)."""
+        path = self._path(mailbox, folder)
         try:
-            data = json.loads(self._path(mailbox, folder).read_text())
-            return Checkpoint(data.get("uidvalidity"), int(data.get("last_uid", 0)))
+            data = json.loads(path.read_text())
+            scan = data.get("scan_until")
+            return Checkpoint(_uid_or_none(data["uidvalidity"]), int(data.get("last_uid", 0)),
+                              None if scan is None else int(scan))
         except FileNotFoundError:
+            return Checkpoint()
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            log.error("IMAP checkpoint %s is unreadable (%s): set aside, the folder is scanned as on first start",
+                      path, exc)
+            os.replace(path, path.with_suffix(".corrupt"))
             return Checkpoint()
 
     def save(self, mailbox: str, folder: str, cp: Checkpoint) -> None:
@@ -47,10 +83,18 @@ class CheckpointStore:
         path = self._path(mailbox, folder)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as fh:
-            json.dump({"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid}, fh)
+            json.dump({"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid, "scan_until": cp.scan_until}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+def _uid_or_none(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"not a UIDVALIDITY: {value!r}")
+    return int(value)
 
 
 class CheckpointSaver:

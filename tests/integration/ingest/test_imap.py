@@ -335,6 +335,77 @@ def test_uidvalidity_change_rescans_without_new_ids(dovecot_server, bus, tmp_pat
     assert len(again) == 2 * len(mails) and set(again) == ids
 
 
+def read_except(server, folder: str, unread: set[int]) -> list[int]:  # type: ignore[no-untyped-def]
+    """Mark every mail in ``folder`` read but the ``unread`` UIDs (as a person reading mail would)."""
+    with IMAPClient(server.host, server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.select_folder(folder)
+        uids = sorted(imap.search(["ALL"]))
+        imap.add_flags([u for u in uids if u not in unread], [b"\\Seen"], silent=True)
+        return uids
+
+
+def test_first_start_imports_the_unread_mail_and_what_comes_later_never_the_read_history(  # type: ignore[no-untyped-def]
+        dovecot_server, bus, tmp_path, folder) -> None:
+    mails = [m.raw for m in corpus() if not m.rejected][:32]
+    fill(dovecot_server, folder, mails[:30])
+    read_except(dovecot_server, folder, {5, 12})
+    conn = connector(dovecot_server, bus, tmp_path, folder)
+    assert conn.run_once() == 2 and sorted(by_uid(bus)) == [5, 12]
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.append(folder, mails[30], flags=[b"\\Seen"])  # new mail counts whatever its flags
+        imap.append(folder, mails[31])
+    assert conn.run_once() == 2 and sorted(by_uid(bus)) == [5, 12, 31, 32]
+    assert conn.run_once() == 0 and len(records(bus, bus.topics.inbound)) == 4
+    assert conn.checkpoints.load("support", folder).last_uid == 32
+
+
+def test_nothing_unread_at_first_start_imports_nothing_then_or_later(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    fill(dovecot_server, folder, [m.raw for m in corpus() if not m.rejected][:20])
+    read_except(dovecot_server, folder, set())
+    conn = connector(dovecot_server, bus, tmp_path, folder)
+    assert [conn.run_once() for _ in range(3)] == [0, 0, 0] and records(bus, bus.topics.inbound) == []
+    cp = conn.checkpoints.load("support", folder)
+    assert cp.last_uid == 20 and cp.scan_until is None
+
+
+def test_a_scan_cut_short_resumes_with_the_unread_mail_only(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    fill(dovecot_server, folder, [m.raw for m in corpus() if not m.rejected][:30])
+    read_except(dovecot_server, folder, {3, 10, 20, 27})
+    conn = connector(dovecot_server, bus, tmp_path, folder, batch=1)
+    publish, calls = bus.publish, []
+
+    def refuse_the_second(records: list) -> None:  # type: ignore[type-arg]
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise BusUnavailable("broker gone")
+        publish(records)
+
+    bus.publish = refuse_the_second  # type: ignore[method-assign]
+    with pytest.raises(BusUnavailable):
+        conn.run_once()
+    cp = conn.checkpoints.load("support", folder)
+    assert (cp.last_uid, cp.scan_until) == (3, 30)
+    bus.publish = publish  # type: ignore[method-assign]
+    assert conn.run_once() == 3 and sorted(by_uid(bus)) == [3, 10, 20, 27]
+    assert conn.run_once() == 0 and conn.checkpoints.load("support", folder).last_uid == 30
+
+
+def test_backfill_imports_read_mail_since_the_date_too(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
+    mails = [m.raw for m in corpus() if not m.rejected][:6]
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.create_folder(folder)
+        for raw, days_ago, seen in zip(mails, (40, 35, 30, 5, 3, 1), (True, False, True, True, True, False)):
+            imap.append(folder, raw, flags=[b"\\Seen"] if seen else [],
+                        msg_time=datetime.now(UTC) - timedelta(days=days_ago))
+    since = (datetime.now(UTC) - timedelta(days=10)).date()
+    conn = connector(dovecot_server, bus, tmp_path, folder, backfill_since=since)
+    assert conn.run_once() == 4 and sorted(by_uid(bus)) == [2, 4, 5, 6]  # unread, or read since the date
+    assert conn.run_once() == 0
+
+
 def test_parse_mail_cli(tmp_path: Path) -> None:
     mail = next(m for m in corpus() if m.attachments and not m.rejected)
     path = tmp_path / "m.eml"

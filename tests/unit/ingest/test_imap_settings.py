@@ -123,3 +123,61 @@ def test_a_failed_checkpoint_save_is_raised_by_the_next_save_or_by_close(tmp_pat
     with pytest.raises(OSError):
         again.save(Checkpoint(7, 400))
     again.close(check=False)
+
+
+def test_a_scan_ends_when_its_last_uid_is_handled_or_the_pass_is_done() -> None:
+    scanning = Checkpoint(7, 0, scan_until=30)
+    assert scanning.newer_than == 30
+    assert scanning.handled(12) == Checkpoint(7, 12, 30)  # a crash here resumes the scan after UID 12
+    assert scanning.handled(30) == Checkpoint(7, 30) and scanning.handled(41) == Checkpoint(7, 41)
+    assert scanning.handled(12).scanned() == Checkpoint(7, 30)  # nothing more selected up to 30
+    assert Checkpoint(7, 50).handled(60).scanned() == Checkpoint(7, 60)
+
+
+def test_checkpoints_round_trip_with_the_scan_and_read_files_of_before_it(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state")
+    store.save("support", "INBOX", Checkpoint(7, 12, 30))
+    assert store.load("support", "INBOX") == Checkpoint(7, 12, 30)
+    next((tmp_path / "state").glob("*.json")).write_text('{"uidvalidity": 7, "last_uid": 40}')
+    assert store.load("support", "INBOX") == Checkpoint(7, 40)
+
+
+@pytest.mark.parametrize("content", ['{"uidvalidity": 7, "last_', "[1, 2]", '{"last_uid": 4}',
+                                     '{"uidvalidity": "x", "last_uid": 4}', '{"uidvalidity": 7, "last_uid": null}'])
+def test_an_unreadable_checkpoint_is_set_aside_and_the_folder_scanned_again(tmp_path: Path, content: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    store = CheckpointStore(tmp_path / "state")
+    store.save("support", "INBOX", Checkpoint(7, 12))
+    path = next((tmp_path / "state").glob("*.json"))
+    path.write_text(content)
+    assert store.load("support", "INBOX") == Checkpoint()
+    assert not path.exists() and path.with_suffix(".corrupt").read_text() == content
+    assert "unreadable" in caplog.text
+
+
+def test_a_mailbox_whose_pass_fails_unexpectedly_keeps_trying_and_says_why(tmp_path: Path) -> None:
+    import threading
+
+    from frontdesk.bus.memory import MemoryBus
+    from ingest.imap import MailboxConnector
+
+    class Pool:
+        def warm(self) -> None:
+            pass
+
+    stop, tries = threading.Event(), []
+
+    class Failing(MailboxConnector):
+        def _session(self, stop_: threading.Event) -> None:
+            tries.append(1)
+            if len(tries) == 3:
+                stop.set()
+            raise KeyError("a bug, not a connection error")
+
+    conn = Failing(box(password="x"), MemoryBus(), CheckpointStore(tmp_path), None, MailLimits(),
+                   reconnect=(0.01, 0.02), pool=Pool())  # type: ignore[arg-type]
+    worker = threading.Thread(target=conn.run, args=(stop,))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and len(tries) == 3
+    assert conn.health.consecutive_failures == 3 and conn.health.last_error.startswith("KeyError")
