@@ -46,6 +46,10 @@ class BusError(FrontdeskError):
     """The bus failed in a way that is not known to be transient."""
 
 
+class RecordTooLarge(BusError, RecordError):
+    """A record over the bus's ``max_record_bytes``; raised before any record of the call is sent."""
+
+
 class BusUnavailable(BusError, TransientError):
     """The broker (or the embedded log) cannot be reached or did not acknowledge in time."""
 

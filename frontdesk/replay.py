@@ -22,7 +22,8 @@ Contract:
   publishes and commits nothing.
 * Not replayable, reported and passed over: records dead-lettered by a connector (their source is
   a mailbox or a platform, not a topic: re-deliver them at the source) and records naming a topic
-  that is not a pipeline topic of this bus (use ``to_topic``). Malformed dead-letter records are
+  that is not a pipeline topic of this bus (use ``to_topic``), and records whose original bytes were cut
+  to fit the bus's record limit (:mod:`frontdesk.deadletter`). Malformed dead-letter records are
   reported with their position and the decode error; they belong to no cell.
 * Every consumer group of the source topic sees a replayed record again, not only the one that
   failed; Frontdesk's stages are idempotent per message id, so for them this is a no-op.
@@ -45,6 +46,7 @@ from typing import Any
 
 from frontdesk.bus.base import Bus, Consumer, Outgoing, Record
 from frontdesk.codec import decode
+from frontdesk.deadletter import TRUNCATED_HEADER
 from frontdesk.errors import BusUnavailable, DecodeError
 from frontdesk.messages import DeadLetter
 
@@ -52,6 +54,7 @@ DEFAULT_GROUP = "frontdesk-replay"
 REPLAY_HEADER = "frontdesk-replay-of"
 BEFORE_SINCE = "failed before --since (passed over)"
 NOT_A_TOPIC = "source is not a pipeline topic (connector input: re-deliver at the source, or use --to-topic)"
+TRUNCATED = "original cut to fit the bus's record limit (not the record any more: re-deliver at the source)"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _AGO = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -227,7 +230,7 @@ class Replayer:
             if parsed is None or (parsed[0].stage, parsed[0].error_type) != cell:
                 continue
             letter, value, key = parsed
-            target, skip = self._target(letter)
+            target, skip = self._target(letter) if record.header(TRUNCATED_HEADER) is None else (None, TRUNCATED)
             if target is None:
                 summary.skipped[skip] += 1
                 continue

@@ -146,6 +146,11 @@ class KafkaSettings(ComponentSettings):
         30_000, ge=1000,
         description="Refresh cluster metadata at least this often; bounds how long a consumer group that missed "
         "a new topic's or partition's metadata stays unassigned (kafka-python's default is 5 min)")
+    max_record_bytes: int = Field(
+        1_000_000, ge=65_536,
+        description="Largest record (value + key + headers) a stage publishes; an output over it is dead-lettered, "
+        "a dead letter's original bytes are cut to fit. Keep it under the broker's and topics' message.max.bytes "
+        "(1,048,588 by default)")
     linger_ms: int = Field(5, ge=0)
     batch_size: int = Field(
         262_144, ge=1024,

@@ -16,7 +16,8 @@ never precedes the durable publish of what the batch produced.
 Failures: a :class:`~frontdesk.errors.TransientError` (bus, database, SMTP down) rewinds to the
 committed offsets and backs off; the same records are retried, nothing is dead-lettered. Any other
 exception from one record makes it poison: it goes to the dead-letter topic with the stage, the
-reason and its original bytes, and the loop goes on. If a batch processor raises for the batch,
+reason and its original bytes, and the loop goes on; so does a record whose output would be over the
+bus's ``max_record_bytes`` (RecordTooLarge: the bus would refuse the whole batch, again and again). If a batch processor raises for the batch,
 records are retried one at a time to find the poison ones.
 
 Metrics (:mod:`frontdesk.metrics`, label ``stage``): records consumed and published, errors by kind
@@ -33,13 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
-from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record
-from frontdesk.codec import encode
-from frontdesk.errors import DecodeError, FrontdeskError, TransientError
-from frontdesk.messages import DeadLetter
+from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Bus, Consumer, Lag, Outgoing, Record, record_size
+from frontdesk.deadletter import build_dead_letter
+from frontdesk.errors import DecodeError, FrontdeskError, RecordTooLarge, TransientError
 from frontdesk.metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
@@ -60,23 +59,28 @@ class Processor(Protocol):
     def process(self, records: Sequence[Record]) -> Sequence[Outcome]: ...
 
 
-def dead_letter(record: Record, stage: str, error: BaseException, topic: str) -> Outgoing:
-    """The dead-letter record for ``record``: stage, reason, error type and the exact bytes."""
+def dead_letter(record: Record, stage: str, error: BaseException, topic: str,
+                max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Outgoing:
+    """The dead-letter record for ``record``: stage, reason, error type and the exact bytes (cut to
+    fit ``max_bytes``: :mod:`frontdesk.deadletter`)."""
     raw = error.raw if isinstance(error, DecodeError) else record.value
-    letter = DeadLetter(
-        stage=stage,
-        reason=str(error) or type(error).__name__,
-        error_type=type(error).__name__,
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
+    return build_dead_letter(
+        topic, record.key, raw, stage=stage, reason=str(error) or type(error).__name__,
+        error_type=type(error).__name__, max_bytes=max_bytes,
+        headers=(("frontdesk-stage", stage.encode()), ("frontdesk-error", type(error).__name__.encode())),
+        source_topic=record.topic, partition=record.partition, offset=record.offset,
         key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-        value_b64=base64.b64encode(raw).decode(),
         message_id=record.key.decode("utf-8", "replace") if record.key else None,
-        failed_at=datetime.now(UTC),
     )
-    headers = (("frontdesk-stage", stage.encode()), ("frontdesk-error", type(error).__name__.encode()))
-    return Outgoing(topic, encode(letter), record.key, headers)
+
+
+def too_large(outcome: Outcome, limit: int) -> Outcome:
+    """``outcome``, or (an output over the bus's record limit) its record as poison: RecordTooLarge."""
+    for out in outcome.outputs:
+        if (size := record_size(out)) > limit:
+            return Outcome(outcome.record, error=RecordTooLarge(
+                f"its output for {out.topic} is {size:,} bytes, over the bus's {limit:,}-byte record limit"))
+    return outcome
 
 
 @dataclass(slots=True)
@@ -171,7 +175,7 @@ class StageRunner:
             return 0
         started = time.perf_counter()
         self.oldest_pending_ms = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=None)
-        outcomes = self._process(records)
+        outcomes = [too_large(oc, self.bus.max_record_bytes) for oc in self._process(records)]
         outgoing = self._outgoing(outcomes)
         self.bus.publish(outgoing)
         self.consumer.commit(records)
@@ -224,7 +228,7 @@ class StageRunner:
                 continue
             log.warning("%s: dead-lettering %s/%d@%d: %s", self.name, oc.record.topic, oc.record.partition,
                         oc.record.offset, oc.error)
-            out.append(dead_letter(oc.record, self.name, oc.error, self.bus.topics.deadletter))
+            out.append(dead_letter(oc.record, self.name, oc.error, self.bus.topics.deadletter, self.bus.max_record_bytes))
         return out
 
     def _on_transient(self, exc: TransientError) -> None:

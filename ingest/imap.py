@@ -206,7 +206,8 @@ class MailboxConnector:
         """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it."""
         done, batch, raws, pending = entry
         parsed = self.pool.finish(pending)
-        records, staged = batch_records(self.job, self.bus.topics, batch, raws, parsed, self.blobs)
+        records, staged = batch_records(self.job, self.bus.topics, batch, raws, parsed, self.blobs,
+                                         self.bus.max_record_bytes)
         after = inflight.future if inflight is not None else None
         delivery = Delivery(done, batch, records, publisher.submit(self._deliver, staged, records, after))
         settled = self._settle(client, where, inflight, oldest) if inflight is not None else 0

@@ -3,15 +3,12 @@ its way to the bus (:class:`Delivery`). The order of the steps is :mod:`ingest.i
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 
-from frontdesk.bus.base import Outgoing, Topics
-from frontdesk.codec import encode
-from frontdesk.messages import DeadLetter
+from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Outgoing, Topics, record_size
+from frontdesk.deadletter import build_dead_letter
 from ingest.blobs import BlobStore, BlobWriteFailed, Staged
 from ingest.imap_worker import ParseJob, Parsed
 from ingest.imap_state import PendingMail
@@ -49,10 +46,12 @@ def batches(mails: list[PendingMail], most: int, limits: MailLimits) -> Iterator
 
 
 def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws: dict[int, bytes],
-                  parsed: list[Parsed], blobs: BlobStore | None) -> tuple[list[Outgoing], list[Staged]]:
+                  parsed: list[Parsed], blobs: BlobStore | None,
+                  max_record: int = DEFAULT_MAX_RECORD_BYTES) -> tuple[list[Outgoing], list[Staged]]:
     """The batch's records (inbound or dead-letter, in UID order) and the blobs they name. A blob
     that could not be staged fails the whole batch (``BlobWriteFailed``, transient), its staged
-    blobs discarded."""
+    blobs discarded. A message over the bus's ``max_record`` bytes is dead-lettered (the bus would
+    refuse the batch every time), and a dead letter keeps what of the mail fits."""
     by_uid = {p.uid: p for p in parsed}
     staged = [s for p in parsed for s in p.staged]
     failed = next((p.store_error for p in parsed if p.store_error), None)
@@ -65,14 +64,18 @@ def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws:
         raw = raws.get(mail.uid)
         if raw is None:
             if mail.size > job.limits.max_message_bytes:
-                records.append(dead_letter_record(topics, job.connector, mail.uid, b"", _over(mail.size, job.limits)))
+                records.append(dead_letter_record(topics, job.connector, mail.uid, b"", _over(mail.size, job.limits),
+                                                  max_record))
             continue  # expunged by another client since the FETCH of sizes: nothing to import
         item = by_uid[mail.uid]
+        record = inbound_record(topics, job.connector, item) if item.rejected is None else None
+        if record is not None and record_size(record) > max_record:
+            item = replace(item, rejected=f"the normalised message is {record_size(record):,} bytes, over the "
+                                          f"bus's {max_record:,}-byte record limit")
         if item.rejected is not None:
-            records.append(dead_letter_record(topics, job.connector, mail.uid, raw[: job.limits.max_message_bytes],
-                                              item.rejected))
+            records.append(dead_letter_record(topics, job.connector, mail.uid, raw, item.rejected, max_record))
             continue
-        records.append(inbound_record(topics, job.connector, item))
+        records.append(record)  # type: ignore[arg-type]  # not None: not rejected
     return records, staged
 
 
@@ -87,11 +90,12 @@ def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
                     (("frontdesk-connector", connector.encode()), ("frontdesk-imap-uid", str(parsed.uid).encode())))
 
 
-def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str) -> Outgoing:
-    """The dead-letter record of a rejected mail (``raw``: what of it to keep), keyed by mailbox and UID."""
-    letter = DeadLetter(stage="ingest", reason=reason, error_type="MailRejected",
-                        source_topic=f"{connector}/uid:{uid}", value_b64=base64.b64encode(raw).decode(),
-                        message_id=None, failed_at=datetime.now(UTC))
-    return Outgoing(topics.deadletter, encode(letter), f"{connector}:{uid}".encode(),
-                    (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
-                     ("frontdesk-imap-uid", str(uid).encode())))
+def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str,
+                       max_record: int = DEFAULT_MAX_RECORD_BYTES) -> Outgoing:
+    """The dead-letter record of a rejected mail (``raw``: the mail, cut to fit ``max_record``:
+    :mod:`frontdesk.deadletter`), keyed by mailbox and UID."""
+    return build_dead_letter(
+        topics.deadletter, f"{connector}:{uid}".encode(), raw, stage="ingest", reason=reason,
+        error_type="MailRejected", max_bytes=max_record, source_topic=f"{connector}/uid:{uid}",
+        headers=(("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
+                 ("frontdesk-imap-uid", str(uid).encode())))

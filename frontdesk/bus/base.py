@@ -9,6 +9,9 @@ Semantics every implementation keeps (and ``tests/contract/test_bus_contract.py`
 * A consumer belongs to a group; the group's members split the partitions between them.
 * Delivery is at-least-once: ``poll`` hands out records after the committed position, and
   ``commit`` moves it. A consumer that dies before committing causes redelivery, never loss.
+* A record (value + key + headers) is at most ``max_record_bytes`` (Kafka's default limit is ~1 MB);
+  ``publish`` refuses a call holding a bigger one with RecordTooLarge before sending anything, on
+  every bus alike, so that the embedded bus fails where Kafka would.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from frontdesk.errors import RecordTooLarge
+
 Headers = tuple[tuple[str, bytes], ...]
+DEFAULT_MAX_RECORD_BYTES = 1_000_000  # under Kafka's default message.max.bytes (1,048,588) with room for framing
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +140,28 @@ class Consumer(ABC):
         self.close()
 
 
+def record_size(record: Outgoing) -> int:
+    """What a record weighs against ``max_record_bytes``: value, key and headers."""
+    return len(record.value) + len(record.key or b"") + sum(len(k) + len(v) for k, v in record.headers)
+
+
+def check_sizes(records: Sequence[Outgoing], limit: int) -> None:
+    """Raise RecordTooLarge for the first record over ``limit`` bytes."""
+    for r in records:
+        if (size := record_size(r)) > limit:
+            raise RecordTooLarge(f"a record for {r.topic} is {size:,} bytes, over the bus's {limit:,}-byte limit")
+
+
 class Bus(ABC):
     """A durable log of topics. Thread-safe for ``publish``; consumers are per thread."""
 
     topics: Topics
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     @abstractmethod
     def publish(self, records: Sequence[Outgoing]) -> None:
-        """Write ``records``, blocking until all are durable. Raises BusUnavailable/BusError."""
+        """Write ``records``, blocking until all are durable. Raises BusUnavailable/BusError, and
+        RecordTooLarge (nothing written) if one is over ``max_record_bytes``."""
 
     @abstractmethod
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:

@@ -24,7 +24,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
+from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics, check_sizes
 from frontdesk.errors import BusError, BusUnavailable, CommitFailed
 from frontdesk.settings import KafkaSettings
 
@@ -65,6 +65,7 @@ class KafkaBus(Bus):
         self.settings = settings
         self.topics = topics or Topics()
         self.default_partitions = partitions
+        self.max_record_bytes = settings.max_record_bytes
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -76,6 +77,7 @@ class KafkaBus(Bus):
                         acks="all",
                         retries=2_147_483_647,
                         max_in_flight_requests_per_connection=1,
+                        max_request_size=max(1_048_576, self.settings.max_record_bytes + 65_536),
                         linger_ms=self.settings.linger_ms,
                         batch_size=self.settings.batch_size,
                         delivery_timeout_ms=max(
@@ -91,6 +93,7 @@ class KafkaBus(Bus):
     def publish(self, records: Sequence[Outgoing]) -> None:
         if not records:
             return
+        check_sizes(records, self.max_record_bytes)
         producer = self._get_producer()
         try:
             futures = [

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
+from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics, check_sizes
 from frontdesk.bus.sqlite_store import partition_for
 
 
@@ -33,6 +33,7 @@ class MemoryBus(Bus):
                 self._logs.setdefault(t, [[] for _ in range(self.default_partitions)])
 
     def publish(self, records: Sequence[Outgoing]) -> None:
+        check_sizes(records, self.max_record_bytes)
         with self._lock:
             if self.fail_next_publish is not None:
                 exc, self.fail_next_publish = self.fail_next_publish, None

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics
+from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics, check_sizes
 from frontdesk.bus.sqlite_store import SCHEMA, Db, Tx, decode_headers, encode_headers, partition_for, pid_alive
 from frontdesk.errors import BusUnavailable
 
@@ -68,6 +68,7 @@ class SqliteBus(Bus):
     def publish(self, records: Sequence[Outgoing]) -> None:
         if not records:
             return
+        check_sizes(records, self.max_record_bytes)
         placed = [(r, self._place(r)) for r in records]
         with self._write() as conn:
             next_offsets: dict[tuple[str, int], int] = {}

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from frontdesk.bus.base import Bus, Consumer, Outgoing, Record
+from frontdesk.bus.base import Bus, Consumer, Outgoing, Record, record_size
 from frontdesk.bus.kafka import KafkaBus
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode, encode
+from frontdesk.deadletter import TRUNCATED_HEADER
+from frontdesk.errors import RecordTooLarge
 from frontdesk.messages import DeadLetter, InboundMessage, Party
 from frontdesk.settings import KafkaSettings
 from frontdesk.stage import Outcome, StageRunner
@@ -252,3 +255,51 @@ def test_poison_record_goes_to_dead_letter_and_stage_keeps_going(under_test: Bus
     raw = {__import__("base64").b64decode(d.value_b64) for d in letters}
     assert raw == {poison, b"\xff\xfe not json"}
     assert all(d.source_topic == src and d.reason for d in letters)
+
+
+def test_a_record_at_the_limit_is_accepted_and_a_call_with_one_over_it_writes_nothing(under_test: BusUnderTest) -> None:
+    bus, topic = under_test.bus, under_test.topic()
+    limit = bus.max_record_bytes
+    headers = (("h", b"v"),)
+    at_limit = Outgoing(topic, b"v" * (limit - 3 - 2), b"key", headers)  # value + key + header name and value
+    bus.publish([Outgoing(topic, b"small", b"a"), at_limit])
+    with pytest.raises(RecordTooLarge, match=f"{limit + 1:,} bytes"):
+        bus.publish([Outgoing(topic, b"small 2", b"b"), replace(at_limit, value=at_limit.value + b"v")])
+    assert sum(bus.end_offsets(topic).values()) == 2
+    with bus.consumer("g-limit", [topic]) as consumer:
+        assert sorted(len(r.value) for r in drain(consumer, 2)) == [5, limit - 5]
+
+
+class _BloatingStage:
+    """Republishes every record with its value repeated ``times`` times."""
+
+    def __init__(self, out_topic: str, times: int) -> None:
+        self.out_topic, self.times = out_topic, times
+
+    def process(self, records: list[Record]) -> list[Outcome]:
+        return [Outcome(r, (Outgoing(self.out_topic, r.value * self.times, r.key),)) for r in records]
+
+
+def test_an_output_over_the_limit_is_dead_lettered_cut_to_fit_and_the_stage_keeps_going(  # type: ignore[no-untyped-def]
+        under_test: BusUnderTest) -> None:
+    bus = under_test.bus
+    src, out, dl = under_test.topic(), under_test.topic(), bus.topics.deadletter
+    dl_before = sum(bus.end_offsets(dl).values())
+    big = bytes(range(256)) * (bus.max_record_bytes * 9 // 10 // 256)  # fits; its base64 does not
+    bus.publish([Outgoing(src, b"tiny", b"k1"), Outgoing(src, big, b"k2"), Outgoing(src, b"small", b"k3")])
+    runner = StageRunner("bloat", bus, bus.consumer("g-bloat", [src]), _BloatingStage(out, 3))
+    deadline = time.monotonic() + 60
+    while runner.stats.consumed < 3 and time.monotonic() < deadline:
+        runner.run_once()
+    runner.consumer.close()
+    assert runner.stats.dead_lettered == 1
+    with bus.consumer("g-check", [out]) as c:
+        assert sorted(r.value for r in drain(c, 2)) == [b"smallsmallsmall", b"tinytinytiny"]
+    with bus.consumer("g-check", [dl]) as c:  # the topic is shared: earlier tests' letters are there too
+        [record] = [r for r in drain(c, dl_before + 1) if decode(r.value, DeadLetter).source_topic == src]
+    letter = decode(record.value, DeadLetter)
+    kept = base64.b64decode(letter.value_b64)
+    assert letter.error_type == "RecordTooLarge" and "record limit" in letter.reason
+    assert f"original {len(big):,} bytes" in letter.reason and big.startswith(kept) and len(kept) > len(big) // 2
+    assert record.header(TRUNCATED_HEADER) == str(len(big)).encode()
+    assert record_size(Outgoing(dl, record.value, record.key, record.headers)) <= bus.max_record_bytes

@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from frontdesk.bus.base import Outgoing, Record
+from frontdesk.bus.base import Outgoing, Record, record_size
 from frontdesk.bus.memory import MemoryBus, MemoryConsumer
 from frontdesk.codec import decode, encode
+from frontdesk.deadletter import TRUNCATED_HEADER, build_dead_letter
 from frontdesk.errors import BusUnavailable, RecordError, StoreError
 from frontdesk.messages import DeadLetter
 from frontdesk.replay import (
     BEFORE_SINCE,
     NOT_A_TOPIC,
     REPLAY_HEADER,
+    TRUNCATED,
     Replayer,
     ReplayOptions,
     cell_group,
@@ -193,6 +195,32 @@ def test_connector_dead_letters_are_skipped_unless_a_topic_is_given() -> None:
     assert dry.total == 0 and dry.skipped == {NOT_A_TOPIC: 1}
     assert replay(bus, stage="ingest", to_topic="quarantine").replayed == {("ingest", "quarantine"): 1}
     assert [r.value for r in bus.records("quarantine")] == [b"From: a\r\n\r\nx"]
+
+
+def test_a_dead_letter_cut_to_fit_is_passed_over_even_with_a_topic() -> None:
+    bus = MemoryBus()
+    bus.max_record_bytes = 100_000
+    send(bus, bus.topics.inbound, b"i1:" + b"poison" * 15_000)  # 90 KB: its base64 is over 100 KB
+    drain(bus, "classify", bus.topics.inbound, Picky(bus.topics.triaged))
+    [record] = bus.records(bus.topics.deadletter)
+    letter = decode(record.value, DeadLetter)
+    assert len(record.value) <= 100_000 and record.header(TRUNCATED_HEADER) == b"90003"
+    assert "original 90,003 bytes, the first" in letter.reason and letter.reason.startswith("refused b'i1'")
+    assert replay(bus, dry_run=True).skipped == {TRUNCATED: 1}
+    assert replay(bus, to_topic="quarantine").skipped == {TRUNCATED: 1} and not bus.records("quarantine")
+
+
+def test_dead_letters_fit_the_limit_whatever_the_original_and_keep_it_whole_when_they_can() -> None:
+    for size in (0, 1, 1000, 74_000, 75_000, 99_999, 100_000, 5_000_000):
+        raw = bytes(i % 251 for i in range(size))
+        out = build_dead_letter("dl", b"key", raw, stage="s", reason="r" * 3000, error_type="E",
+                                max_bytes=100_000, headers=(("frontdesk-stage", b"s"),))
+        letter = decode(out.value, DeadLetter)
+        kept = base64.b64decode(letter.value_b64)
+        assert record_size(out) <= 100_000 and raw.startswith(kept)
+        assert (kept == raw) == (dict(out.headers).get(TRUNCATED_HEADER) is None), size
+        assert len(kept) >= min(size, 70_000)  # all that fits, less a small margin
+        assert letter.reason.startswith("r" * 2000 + "…") and len(letter.reason) < 2100
 
 
 class CrashingCommit(MemoryBus):
