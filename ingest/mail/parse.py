@@ -33,12 +33,13 @@ from ingest.mail import flags as headers
 from ingest.mail.bounds import MailLimits, MailRejected, check_bounds, check_structure, over_limit, repair_header_section
 from ingest.mail.message import parse_bytes
 from ingest.mail.replies import clean_text
-from ingest.mail.text import decode_bytes, html_to_text, normalise_text
+from ingest.mail.text import decode_bytes, has_visible_text, html_to_text, normalise_text
 
 __all__ = ["MailLimits", "MailRejected", "normalise_mail", "over_limit", "parse_mail", "to_parse_json"]
 
 SUBJECT_MAX = 998
 HTML_FACTOR = 5  # HTML beyond 5x max_text_chars costs seconds in html2text and rarely adds text
+BLANK_CHECK_CHARS = 4096  # a blank alternative is an encoded line end or two, not kilobytes
 SYNTHETIC_DOMAIN = "frontdesk.invalid"
 _BODY_TYPES = ("text/plain", "text/html")
 _MESSAGE_TYPES = ("message/rfc822", "message/global")
@@ -151,14 +152,27 @@ def _is_attachment(part: Message, ctype: str) -> bool:
 
 
 def _choose_alternative(children: list[Message]) -> Message | None:
-    """The first non-empty text/plain alternative, else the first HTML-bearing one, else the last."""
+    """The first text/plain alternative with text, else the first HTML-bearing one, else the last."""
     for child in children:
-        if child.get_content_type() == "text/plain" and str(child.get_payload()).strip():
+        if child.get_content_type() == "text/plain" and _has_text(child):
             return child
     for child in children:
         if any(sub.get_content_type() == "text/html" for sub in child.walk()):
             return child
     return children[-1] if children else None
+
+
+def _has_text(part: Message) -> bool:
+    """Whether a text/plain part gives any text, judged on its decoded payload (base64 or
+    quoted-printable whitespace is blank). Payloads over :data:`BLANK_CHECK_CHARS` are blank only
+    if their raw form is: they are not decoded twice."""
+    payload = part.get_payload()
+    if not isinstance(payload, str) or not payload or payload.isspace():
+        return False
+    if len(payload) > BLANK_CHECK_CHARS:
+        return True
+    data = part.get_payload(decode=True)
+    return isinstance(data, bytes) and has_visible_text(decode_bytes(data, part.get_content_charset()))
 
 
 def _body_text(part: Message, limits: MailLimits) -> str:
@@ -168,7 +182,18 @@ def _body_text(part: Message, limits: MailLimits) -> str:
     charset = part.get_content_charset()
     if part.get_content_type() == "text/html":
         return html_to_text(decode_bytes(data, charset), limits.max_text_chars * HTML_FACTOR)
-    return decode_bytes(data[: limits.max_text_chars * 4], charset)  # 4: the most bytes a character takes
+    return decode_bytes(_utf8_prefix(data, limits.max_text_chars * 4), charset)  # 4: the most bytes a character takes
+
+
+def _utf8_prefix(data: bytes, size: int) -> bytes:
+    """``data[:size]``, less up to 3 bytes so that it does not end inside a UTF-8 character: a cut
+    one would make valid UTF-8 invalid, and the label (maybe a wrong 8-bit one) would decide."""
+    if len(data) <= size:
+        return data
+    end = size
+    while end > size - 3 and 0x80 <= data[end] < 0xC0:  # data[end] continues a character
+        end -= 1
+    return data[:end]
 
 
 def _attachment(part: Message, index: int, limits: MailLimits, *, store: bool) -> tuple[Attachment, bytes]:

@@ -6,7 +6,8 @@ and signature patterns only at line starts and newlines; ``ingest.mail.message.C
 remembers content types, header parameters and raw header values; ``flags._may_name`` skips
 parameter parsing where no name can be; the reply-header pattern skips text without ':' or '--' and
 the disclaimer pattern (it cannot match) is not run; ``bounds._delimiters`` counts delimiter lines
-with ``find``. Each is compared with the original on every mail of the MIME and hostile corpora,
+with ``find``; ``text.has_visible_text`` tells whether ``normalise_text`` leaves anything with one
+search. Each is compared with the original on every mail of the MIME and hostile corpora,
 plus crafted cases. (``quickparse`` has its own file, ``test_quickparse.py``.)
 """
 
@@ -246,3 +247,16 @@ def test_the_disclaimer_pattern_never_matches_and_is_not_run() -> None:
     assert isinstance(disclaimers, _NoMatch)
     for text in texts() + ["CAUTION: this email is external", "Disclaimer: mail", "x.\nWarning: mail"]:
         assert disclaimers.pattern.findall(_prepare(text)) == [] and disclaimers.pattern.findall(text) == []
+
+
+def test_has_visible_text_is_whether_normalise_text_leaves_anything() -> None:
+    from ingest.mail.text import has_visible_text, normalise_text
+
+    alphabet = [" ", "\t", "\n", "\r", "\x00", "\x0b", "\x0c", "\x1c", "\x1f", "\x7f", "\x85", "\xa0", "\u2028",
+                "\u3000", "\ufeff", "\ufffe", "\uffff", "\u200b", "\ufffd", "a", "ş", "-", "\udcff"]
+    rng = random.Random(11)
+    cases = texts() + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
+    cases += [c * 3 for c in alphabet]
+    assert sum(1 for text in cases if not normalise_text(text)) > 500
+    for text in cases:
+        assert has_visible_text(text) == bool(normalise_text(text)), repr(text)

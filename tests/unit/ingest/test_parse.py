@@ -189,3 +189,56 @@ def test_damaged_mail_is_parsed_or_rejected_never_crashes() -> None:
             outcomes["parsed"] += 1
             assert "\x00" not in msg.text + msg.full_text + msg.subject
     assert outcomes["parsed"] > 3000
+
+
+def test_turkish_headers_texts_and_file_names_stay_turkish() -> None:
+    """Short words in ISO-8859-9 / windows-1254 have mostly bytes >= 0xC0, like Cyrillic; the label wins."""
+    raw = ("From: =?iso-8859-9?Q?=DE=FCkr=FC?= <s@mail.com.tr>\r\nTo: support@bet.az\r\n"
+           "Subject: =?windows-1254?Q?=C7a=F0r=FD?=\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+           "Content-Type: text/plain; charset=iso-8859-9\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode()
+    raw += "Işığı Öğün\r\n".encode("iso-8859-9") + (
+        "--b\r\nContent-Type: application/pdf; name=\"=?iso-8859-9?Q?=D6=F0=FCn.pdf?=\"\r\n\r\n%PDF-1.4\r\n"
+        "--b\r\nContent-Type: application/pdf\r\n"
+        "Content-Disposition: attachment; filename*=windows-1254''%DE%FCkr%FC.pdf\r\n\r\n"
+        "%PDF-1.4\r\n--b--\r\n").encode()
+    msg = parse(raw)
+    assert (msg.sender.name, msg.subject, msg.text) == ("Şükrü", "Çağrı", "Işığı Öğün")
+    assert [a.name for a in msg.attachments] == ["Öğün.pdf", "Şükrü.pdf"]
+
+
+RU_LINE = "Здравствуйте, у меня проблема с картой. Платёж 100€ не прошёл 😞 "
+
+
+@pytest.mark.parametrize("charset", ["windows-1251", "koi8-r", "iso-8859-1", "utf-8"])
+@pytest.mark.parametrize("shift", range(4))
+def test_utf8_body_with_a_wrong_label_survives_a_cut_inside_a_character(charset: str, shift: int) -> None:
+    """Only the first 4 x max_text_chars bytes are decoded; where that cut falls must not matter."""
+    text = "x" * shift + RU_LINE * 40
+    for chars in range(250, 262):
+        limits = MailLimits(max_text_chars=chars)
+        msg = parse(mail(text, ctype=f"text/plain; charset={charset}"), limits=limits)
+        assert msg.full_text.rstrip() == text[:chars].rstrip(), (chars, msg.full_text[:60])
+
+
+@pytest.mark.parametrize(
+    ("cte", "encoded"),
+    [("base64", "IA0K"), ("base64", "DQoNCgkg"), ("quoted-printable", "=20=0D=0A=09"),
+     ("quoted-printable", "=C2=A0=EF=BB=BF="), ("7bit", " \r\n \r\n")],
+)
+def test_a_blank_plain_alternative_gives_way_to_the_html(cte: str, encoded: str) -> None:
+    body = ("--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: " + cte + "\r\n\r\n"
+            + encoded + "\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+            "<p>Pulum hələ gəlməyib.</p>\r\n--b--\r\n")
+    msg = parse(mail(body, ctype='multipart/alternative; boundary="b"'))
+    assert msg.text == "Pulum hələ gəlməyib."
+
+
+def test_a_plain_alternative_with_text_is_still_preferred() -> None:
+    plain = base64.b64encode("\r\n  Pulum gəlmədi (plain).\r\n".encode()).decode()
+    long_plain = base64.encodebytes(("Uzun mətn. " * 500).encode()).decode()
+    for encoded in (plain, long_plain):
+        body = ("--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+                + "\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>HTML version</p>\r\n--b--\r\n")
+        msg = parse(mail(body, ctype='multipart/alternative; boundary="b"'))
+        assert "HTML version" not in msg.full_text and msg.text.startswith(("Pulum gəlmədi (plain).", "Uzun mətn."))

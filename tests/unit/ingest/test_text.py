@@ -43,6 +43,51 @@ def test_broken_utf8_is_replaced_not_guessed(label: str | None) -> None:
     assert text.startswith(AZ[:6]) and text.endswith(AZ[6:]) and "\ufffd" in text
 
 
+TURKISH_WORDS = ["Şükrü", "Çağrı", "Öğün", "Işığı", "İğdır", "üç", "ÇÖĞÜŞ", "Çiğdem Öztürk"]
+
+
+@pytest.mark.parametrize("label", ["iso-8859-9", "ISO_8859-9", "latin5", "l5", "windows-1254", "cp1254", "x-cp1254"])
+@pytest.mark.parametrize("word", TURKISH_WORDS)
+def test_a_turkish_label_is_never_taken_for_cyrillic(word: str, label: str) -> None:
+    assert decode_bytes(word.encode("cp1254"), label) == word
+
+
+@pytest.mark.parametrize("label", ["iso-8859-1", "windows-1252", None])
+@pytest.mark.parametrize("word", [*TURKISH_WORDS, TR])
+def test_turkish_labelled_latin1_or_unlabelled_is_read_as_turkish(word: str, label: str | None) -> None:
+    assert decode_bytes(word.encode("cp1254"), label) == word
+
+
+@pytest.mark.parametrize("text", ["déjà vu à côté", "Über Öl", "Señor Muñoz", "São João", "À ÉTÉ", "à é è ù â", "Ærø"])
+@pytest.mark.parametrize("label", ["iso-8859-1", "windows-1252"])
+def test_short_latin_words_stay_latin(text: str, label: str) -> None:
+    assert decode_bytes(text.encode("cp1252"), label) == text
+
+
+RU_NAMES = ["Иван Петров", "Дмитрий Козлов", "ИВАН ПЕТРОВ", "Служба поддержки", "Юлия Щукина", "Вопрос", RU]
+
+
+@pytest.mark.parametrize("label", ["iso-8859-1", "windows-1252", "iso-8859-15", "us-ascii", "utf-8", None])
+@pytest.mark.parametrize("charset", ["cp1251", "koi8-r"])
+@pytest.mark.parametrize("text", RU_NAMES)
+def test_russian_labelled_latin_or_unlabelled_is_still_recognised(text: str, charset: str, label: str | None) -> None:
+    assert decode_bytes(text.encode(charset), label) == text
+
+
+@pytest.mark.parametrize("charset", ["windows-1251", "koi8-r"])
+@pytest.mark.parametrize("text", ["ОЛЕГ", "СРОЧНО", "ООО РОМАШКА", "ИВАН ПЕТРОВ", "Иван", "Помощь", "помощь",
+                                  RU.upper()])
+def test_a_cyrillic_label_keeps_text_of_one_case(text: str, charset: str) -> None:
+    """All-caps text read in the other Cyrillic charset is all lower case: no reason to switch."""
+    assert decode_bytes(text.encode(charset), charset) == text
+
+
+@pytest.mark.parametrize("text", [RU, RU.upper(), RU.lower(), "Иван Петров", "Юлия Щукина"])
+def test_swapped_cyrillic_labels_are_recognised(text: str) -> None:
+    assert decode_bytes(text.encode("koi8-r"), "windows-1251") == text
+    assert decode_bytes(text.encode("cp1251"), "koi8-r") == text
+
+
 def ew(text: str, charset: str = "utf-8") -> str:
     return f"=?{charset}?B?{base64.b64encode(text.encode(charset)).decode()}?="
 
