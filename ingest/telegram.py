@@ -4,10 +4,11 @@ One call (:meth:`TelegramPoller.poll`):
 
 1. ``getUpdates`` with ``offset`` = the stored offset (omitted on first start: Telegram then hands out
    everything not yet confirmed), ``timeout`` (long polling), ``limit`` and ``allowed_updates``;
-2. every update is normalised with :func:`ingest.http.normalise.telegram_update` — the webhook's own
-   normaliser, so polling and the webhook give the same message ids for the same message. Updates
-   that are not customer messages give nothing and are skipped; a message part with the wrong shape
-   becomes a dead-letter record (stage ``ingest``) so it cannot block the connector;
+2. every update is normalised with :func:`ingest.http.normalise.telegram_normalised` — the webhook's
+   own normaliser, so polling and the webhook give the same message ids for the same message. Updates
+   that are not customer messages give nothing and are skipped; an update with the wrong shape
+   becomes a dead-letter record (stage ``ingest``, :mod:`ingest.http.deadletter`, as the webhook
+   does) so it cannot block the connector;
 3. the batch is published and the bus has it (``publish`` returns only when durable);
 4. only then ``last update_id + 1`` is written to ``<offset_dir>/<connector>.offset`` (atomic
    replace, fsynced) and used as ``offset`` on the next call, which is what confirms the updates to
@@ -26,7 +27,6 @@ which :meth:`run` does not retry. The bot token is a SecretStr and never appears
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -45,9 +45,9 @@ from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.codec import encode
 from frontdesk.errors import ConfigError, SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
-from frontdesk.messages import DeadLetter
 from frontdesk.settings import ComponentSettings
-from ingest.http.normalise import PayloadError, telegram_update
+from ingest.http.deadletter import dead_letter_record
+from ingest.http.normalise import telegram_normalised
 from ingest.http.settings import CONNECTOR_PATTERN
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class TelegramPoller:
         if not updates:
             self._succeeded()
             return 0
-        records = [r for r in (self._record(u) for u in updates) if r is not None]
+        records = [r for u in updates for r in self._records(u)]
         if records:
             self.bus.publish(records)
             crashpoint("telegram.after_publish")
@@ -241,27 +241,16 @@ class TelegramPoller:
             raise SourceError(f"{what} (another getUpdates poller, or a webhook is set: deleteWebhook first)")
         raise SourceError(what)
 
-    def _record(self, update: dict[str, Any]) -> Outgoing | None:
-        update_id = str(update["update_id"])
-        try:
-            msg = telegram_update(update, connector=self.connector, received_at=self.clock(),
-                                  max_text=self.settings.max_text_chars)
-        except PayloadError as exc:
-            return self._dead_letter(update, update_id, str(exc))
-        if msg is None:
-            return None
-        return Outgoing(self.bus.topics.inbound, encode(msg), msg.id.encode(),
-                        (("frontdesk-connector", self.connector.encode()),
-                         ("frontdesk-telegram-update-id", update_id.encode())))
-
-    def _dead_letter(self, update: dict[str, Any], update_id: str, reason: str) -> Outgoing:
-        raw = json.dumps(update, ensure_ascii=False).encode()
-        letter = DeadLetter(stage="ingest", reason=reason, error_type="PayloadError",
-                            source_topic=f"{self.connector}/update:{update_id}",
-                            value_b64=base64.b64encode(raw).decode(), message_id=None, failed_at=datetime.now(UTC))
-        return Outgoing(self.bus.topics.deadletter, encode(letter), f"{self.connector}:{update_id}".encode(),
-                        (("frontdesk-stage", b"ingest"), ("frontdesk-error", b"PayloadError"),
-                         ("frontdesk-telegram-update-id", update_id.encode())))
+    def _records(self, update: dict[str, Any]) -> list[Outgoing]:
+        """The inbound record of the update's message, or its dead-letter record; none for other updates."""
+        found = telegram_normalised(update, connector=self.connector, received_at=self.clock(),
+                                    max_text=self.settings.max_text_chars)
+        found.fit(self.bus.max_record_bytes)
+        headers = (("frontdesk-telegram-update-id", str(update["update_id"]).encode()),)
+        return ([Outgoing(self.bus.topics.inbound, encode(m), m.id.encode(),
+                          (("frontdesk-connector", self.connector.encode()), *headers)) for m in found.messages]
+                + [dead_letter_record(self.bus.topics.deadletter, r, self.bus.max_record_bytes, headers)
+                   for r in found.rejected])
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -78,10 +78,13 @@ class ValidationProblem(BaseModel):
 
 
 class Published(BaseModel):
-    """200 to a webhook: these messages are durably on the bus (none for non-message events)."""
+    """200 to a webhook: these messages are durably on the bus (none for non-message events), and so are the
+    dead-letter records of the parts that could not be read."""
 
     published: int
     ids: list[str]
+    dead_lettered: int = Field(0, description="Parts of the body (updates, entries, changes, events, messages) that "
+                                              "could not be read; each is on the dead-letter topic with the reason")
 
 
 def api_message(body: MessageIn, *, received_at: datetime) -> InboundMessage:

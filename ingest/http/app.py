@@ -14,7 +14,13 @@ first and while reading) and authenticated before it is parsed (401: nothing pub
 sent only after ``bus.publish`` returned, i.e. the messages are durable. If the bus fails, the
 answer is 503 with Retry-After and the sender's retry is safe: ids are stable, so a message that
 was in fact written is a no-op downstream. Webhook events that are not customer messages get
-200 and publish nothing (platforms retry non-2xx answers). Secrets are never logged. Running the
+200 and publish nothing (platforms retry non-2xx answers). A webhook body that is JSON but not an
+object gets 422; any other part that cannot be read (a Telegram update, a Meta entry, change,
+event or WhatsApp message with the wrong shape, or a message too big for a bus record) goes to
+the dead-letter topic (stage ``ingest``, the reason, the part's bytes: :mod:`ingest.http.deadletter`,
+as the Telegram poller does) in the same publish as the good messages, and the answer is 200:
+retrying cannot mend it, and one bad part must not hold back the customer messages around it.
+Secrets are never logged. Running the
 app: :mod:`ingest.http.server`.
 """
 
@@ -25,7 +31,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,14 +51,16 @@ from frontdesk.errors import FrontdeskError, TransientError
 from frontdesk.messages import InboundMessage
 from frontdesk.metrics import instrument_app
 from ingest.http.api import Accepted, MessageIn, Problem, Published, ValidationProblem, api_message
-from ingest.http.meta import MetaConnectors, meta_batch
-from ingest.http.normalise import PayloadError, telegram_update
+from ingest.http.deadletter import dead_letter_record
+from ingest.http.meta import MetaConnectors, meta_normalised
+from ingest.http.normalise import Normalised, PayloadError, Rejected, telegram_normalised
 from ingest.http.settings import HttpIntakeSettings
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 VERSION = "1.0.0"
-_DURABLE = "The customer messages of the event (none for other events) are durably on the bus"
+_DURABLE = ("The customer messages of the body (none for other events) are durably on the bus, and so are "
+            "the dead-letter records of its parts that could not be read")
 _SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer"},
              "frontdeskSignature": {"type": "apiKey", "in": "header", "name": "X-Frontdesk-Signature",
                                     "description": "sha256=<hex HMAC-SHA256 of the raw body with the shared secret>"},
@@ -82,6 +90,13 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: known[code] for code in codes}
 
 
+def _webhook_responses() -> dict[int | str, dict[str, Any]]:
+    """A webhook's error answers: 422 only for a body that is not an object (bad parts are dead-lettered)."""
+    not_an_object = {"model": ValidationProblem,
+                     "description": "The body is JSON but not an object; nothing was published"}
+    return {**_responses(400, 401, 404, 413), 422: not_an_object, **_responses(503)}
+
+
 def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
     """The intake application publishing to ``bus.topics.inbound``. Does not start a server."""
@@ -100,7 +115,7 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                           "security": [{"bearerAuth": []}, {"frontdeskSignature": []}]})
     app.add_api_route("/webhooks/telegram", intake.telegram, methods=["POST"], response_model=Published,
                       operation_id="telegramWebhook", tags=["webhooks"], summary="Telegram Bot API update",
-                      response_description=_DURABLE, responses=_responses(400, 401, 404, 413, 422, 503),
+                      response_description=_DURABLE, responses=_webhook_responses(),
                       openapi_extra=_platform_body("A Bot API Update (https://core.telegram.org/bots/api#update)",
                                                    "telegramSecretToken"))
     app.add_api_route("/webhooks/meta", intake.meta_verify, methods=["GET"], response_class=PlainTextResponse,
@@ -110,7 +125,7 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                                  **_responses(404)})
     app.add_api_route("/webhooks/meta", intake.meta, methods=["POST"], response_model=Published,
                       operation_id="metaWebhook", tags=["webhooks"], summary="WhatsApp, Messenger and Instagram events",
-                      response_description=_DURABLE, responses=_responses(400, 401, 404, 413, 422, 503),
+                      response_description=_DURABLE, responses=_webhook_responses(),
                       openapi_extra=_platform_body("A Meta webhook batch: object whatsapp_business_account, page or "
                                                    "instagram, with entry[]", "metaSignature"))
     app.add_api_route("/healthz", _healthz, methods=["GET"], operation_id="healthz", tags=["operations"],
@@ -151,10 +166,9 @@ class _Intake:
         _enabled(s.telegram_secret_token is not None, "the Telegram webhook (http.telegram_secret_token)")
         if not _secret_ok(request.headers.get("x-telegram-bot-api-secret-token"), s.telegram_secret_token):
             _refuse(request, 401, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
-        update = _json(await _read_body(request, s.max_body_bytes))
-        message = telegram_update(update, connector=s.telegram_connector, received_at=self.clock(),
-                                  max_text=s.max_text_chars)
-        return await self._publish([message] if message else [])
+        raw = await _read_body(request, s.max_body_bytes)
+        return await self._publish_body(telegram_normalised(
+            _json(raw), connector=s.telegram_connector, received_at=self.clock(), max_text=s.max_text_chars, raw=raw))
 
     async def meta_verify(self, mode: str | None = Query(None, alias="hub.mode"),
                           token: str | None = Query(None, alias="hub.verify_token"),
@@ -174,9 +188,8 @@ class _Intake:
         raw = await _read_body(request, s.max_body_bytes)
         if not _signature_ok(request.headers.get("x-hub-signature-256"), raw, s.meta_app_secret):
             _refuse(request, 401, "missing or invalid X-Hub-Signature-256")
-        messages = meta_batch(_json(raw), connectors=self.meta_connectors, received_at=self.clock(),
-                              max_text=s.max_text_chars)
-        return await self._publish(messages)
+        return await self._publish_body(meta_normalised(
+            _json(raw), connectors=self.meta_connectors, received_at=self.clock(), max_text=s.max_text_chars))
 
     async def readyz(self) -> JSONResponse:
         try:
@@ -187,23 +200,33 @@ class _Intake:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    async def _publish(self, messages: list[InboundMessage]) -> Published:
-        """Publish in one call and wait until durable; 503 (+ Retry-After) if the bus is unavailable."""
-        if messages:
-            records = [Outgoing(self.bus.topics.inbound, encode(m), m.id.encode(),
-                                (("frontdesk-connector", m.connector.encode()),)) for m in messages]
+    async def _publish_body(self, found: Normalised) -> Published:
+        """Publish a webhook body's messages and the dead letters of its rejected parts (and of messages too
+        big for a bus record)."""
+        found.fit(self.bus.max_record_bytes)
+        return await self._publish(found.messages, found.rejected)
+
+    async def _publish(self, messages: list[InboundMessage], rejected: Sequence[Rejected] = ()) -> Published:
+        """Publish the messages and the dead letters of the rejected parts in one call and wait until durable;
+        503 (+ Retry-After) if the bus is unavailable."""
+        records = [Outgoing(self.bus.topics.inbound, encode(m), m.id.encode(),
+                            (("frontdesk-connector", m.connector.encode()),)) for m in messages]
+        records += [dead_letter_record(self.bus.topics.deadletter, r, self.bus.max_record_bytes) for r in rejected]
+        if records:
             try:
                 await run_in_threadpool(self.bus.publish, records)
             except TransientError as exc:
-                log.warning("bus unavailable, %d message(s) refused with 503: %s", len(records), exc)
+                log.warning("bus unavailable, %d record(s) refused with 503: %s", len(records), exc)
                 raise HTTPException(503, "the message bus is unavailable; retry later",
                                     headers={"Retry-After": str(self.settings.retry_after_s)}) from exc
             except FrontdeskError as exc:
-                log.error("bus error, %d message(s) refused with 503: %s", len(records), exc)
+                log.error("bus error, %d record(s) refused with 503: %s", len(records), exc)
                 raise HTTPException(503, "the message bus failed; retry later") from exc
             for m in messages:
                 log.info("published %s from %s (%s)", m.id, m.connector, m.external_id[:80])
-        return Published(published=len(messages), ids=[m.id for m in messages])
+            for r in rejected:
+                log.warning("dead-lettered %s %s: %s", r.connector, r.where, r.error)
+        return Published(published=len(messages), ids=[m.id for m in messages], dead_lettered=len(rejected))
 
 
 async def _healthz() -> dict[str, str]:

@@ -4,11 +4,18 @@ Contract of every normaliser here and in :mod:`ingest.http.meta` and :mod:`inges
 
 * pure: no I/O, nothing downloaded; the same payload and ``received_at`` give the same message, and
   the id depends only on (connector, platform message id), so a replayed webhook is a no-op downstream;
-* events that are not customer messages (other update types, service messages, receipts) give
-  ``None`` / nothing; a part we do understand but that has the wrong shape raises
-  :class:`PayloadError` naming the field (the app answers 422);
+* events that are not customer messages (other update types, service messages, receipts, automatic
+  forwards of our channel's posts, anonymous group admins) give ``None`` / nothing, whatever fields
+  they lack; a customer message with the wrong shape raises :class:`PayloadError` naming the field;
+* :func:`telegram_normalised` and :func:`ingest.http.meta.meta_normalised` give a :class:`Normalised`:
+  each part of a body (an update, a Meta change, event or WhatsApp message) is normalised on its
+  own and a malformed one becomes a :class:`Rejected` (for the dead-letter topic) instead of failing
+  the others; only a body that is not a JSON object raises;
 * text is untrusted data: NUL and control characters (except newline and tab) and lone surrogates
-  are removed and it is cut at ``max_text`` characters; names and ids become single lines.
+  are removed and it is cut at ``max_text`` characters; names and ids become single lines;
+* what a customer shares without text (a location, a contact card, a button they tapped) becomes a
+  short descriptive text such as ``[location 40.40926,49.86709] Nizami St 5`` or
+  ``[contact Elvin +994501234567]``.
 
 An edit gets its own external id (``<original>#edit:<version>``) and ``flags.edited``, with the
 original in ``thread.references``, so it is not mistaken for a replay of the original.
@@ -26,17 +33,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from frontdesk.codec import encode
+from frontdesk.errors import RecordTooLarge
 from frontdesk.messages import Attachment, Flags, InboundMessage, Party, ThreadHints
 
 MAX_TEXT = 20_000
 MAX_NAME = 200
 MAX_ID = 300
+RECORD_OVERHEAD = 1024  # a message record's key and headers, generously
 Loc = tuple[str | int, ...]
+T = TypeVar("T")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]+")
@@ -197,6 +211,98 @@ def edit_id(original: str, version: str | None, text: str) -> str:
     return f"{original}#edit:{version or hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as UTF-8 JSON. A lone surrogate (valid JSON, not valid UTF-8) stays a ``\\uXXXX`` escape."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def location_text(place: Node, *labels: str | None) -> str:
+    """``[location <lat>,<lon>] <labels>`` for a shared location (its ``latitude`` / ``longitude``)."""
+    coordinates = ",".join(_coordinate(place.child(key)) for key in ("latitude", "longitude"))
+    return " ".join(filter(None, (f"[location {coordinates}]", ", ".join(filter(None, map(single_line, labels))))))
+
+
+def contact_text(name: str | None, phones: Iterable[str | None]) -> str:
+    """``[contact <name> <phones>]`` for a shared contact card."""
+    return "[" + " ".join(filter(None, ("contact", single_line(name), *(single_line(p, 40) for p in phones)))) + "]"
+
+
+def _coordinate(node: Node) -> str:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > 180:
+        raise PayloadError(node.loc, "expected a coordinate in degrees")
+    return f"{value:.5f}".rstrip("0").rstrip(".")  # 5 decimals: about 1 m
+
+
+# --- Bodies of several parts ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A part of a platform body that could not be taken: the connector, where it was (``update:<update_id>``,
+    ``webhook:<loc>``, ``message:<external id>``), why (PayloadError, RecordTooLarge), its bytes."""
+
+    connector: str
+    where: str
+    error: Exception
+    raw: bytes
+
+
+@dataclass(slots=True)
+class Normalised:
+    """What one body gave: its customer messages (in order, one per id: the last wins) and its rejected parts."""
+
+    connector: str = ""
+    by_id: dict[str, InboundMessage] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[InboundMessage]:
+        return list(self.by_id.values())
+
+    def add(self, message: InboundMessage | None) -> None:
+        if message is not None:
+            self.by_id[message.id] = message
+
+    def reject(self, part: Node, error: PayloadError) -> None:
+        where = "webhook:" + (".".join(map(str, part.loc)) or "body")
+        self.rejected.append(Rejected(self.connector, where, error, json_bytes(part.value)))
+
+    def attempt(self, part: Node, normalise: Callable[..., T], *args: Any) -> T | None:
+        """``normalise(*args)``, or None with ``part`` rejected if it raises PayloadError."""
+        try:
+            return normalise(*args)
+        except PayloadError as exc:
+            self.reject(part, exc)
+            return None
+
+    def fit(self, max_bytes: int) -> None:
+        """Reject every message whose record would be over the bus's ``max_bytes``: the bus would refuse the
+        whole publish, at every redelivery."""
+        for message in self.messages:
+            raw = encode(message)
+            if len(raw) + RECORD_OVERHEAD > max_bytes:
+                del self.by_id[message.id]
+                error = RecordTooLarge(f"the normalised message is {len(raw):,} bytes, over the bus's "
+                                       f"{max_bytes:,}-byte record limit")
+                self.rejected.append(Rejected(self.connector, f"message:{message.external_id}", error, raw))
+
+    def parts(self, node: Node, key: str) -> list[Node]:
+        """The objects of the array under ``key``; a value that is not an array, or an item that is not an
+        object, is rejected on its own."""
+        array = node.child(key)
+        if array.value is None:
+            return []
+        if not isinstance(array.value, list):
+            self.reject(array, PayloadError(array.loc, "expected an array"))
+            return []
+        items = [Node(item, (*array.loc, i)) for i, item in enumerate(array.value)]
+        for item in items:
+            if not isinstance(item.value, dict):
+                self.reject(item, PayloadError(item.loc, "expected an object"))
+        return [item for item in items if isinstance(item.value, dict)]
+
+
 # --- Telegram -------------------------------------------------------------------------------------
 
 _TELEGRAM_KINDS = (("message", False), ("edited_message", True), ("channel_post", False),
@@ -216,23 +322,41 @@ def telegram_update(update: Any, *, connector: str, received_at: datetime,
     return None
 
 
+def telegram_normalised(update: Any, *, connector: str, received_at: datetime, max_text: int = MAX_TEXT,
+                        raw: bytes | None = None) -> Normalised:
+    """:func:`telegram_update` for the webhook and the poller alike: a malformed update is rejected as
+    ``update:<update_id>`` with ``raw`` (the bytes as received; default: its JSON), not raised."""
+    node = root(update)
+    out = Normalised(connector)
+    try:
+        out.add(telegram_update(update, connector=connector, received_at=received_at, max_text=max_text))
+    except PayloadError as exc:
+        update_id = node.child("update_id").value
+        where = f"update:{update_id if isinstance(update_id, int) and not isinstance(update_id, bool) else '?'}"
+        out.rejected.append(Rejected(connector, where, exc, json_bytes(update) if raw is None else raw))
+    return out
+
+
 def _telegram_message(m: Node, edited: bool, connector: str, received_at: datetime,
                       max_text: int) -> InboundMessage | None:
+    if m.flag("is_automatic_forward"):  # our channel's post copied into its discussion group
+        return None
     chat = m.need("chat")
     chat_id, message_id = chat.need_id("id"), m.need_id("message_id")
-    sticker = m.obj("sticker")
-    emoji = sticker.string("emoji") if sticker is not None else None
-    text = clean_text(m.string("text") or m.string("caption") or emoji or "", max_text)
+    origin = m.obj("sender_chat")
+    if origin is not None and chat.string("type") != "channel" and origin.ident("id") == chat_id:
+        return None  # an anonymous administrator of the group: staff
+    text = clean_text(_telegram_text(m, edited), max_text)
     attachments = _telegram_attachments(m)
     if not text and not attachments:
         return None
     original = f"{chat_id}:{message_id}"
-    sender, is_bot = _telegram_sender(m, chat)
+    sender, is_bot = _telegram_sender(m, origin, chat)
     reply = m.obj("reply_to_message")
     topic = m.ident("message_thread_id") if m.flag("is_topic_message") else None
     stamp = m.child("edit_date") if edited and m.has("edit_date") else m.child("date")
     return InboundMessage.create(
-        connector=connector, external_id=edit_id(original, m.ident("edit_date"), text) if edited else original,
+        connector=connector, external_id=_telegram_edit_id(original, m, text, attachments) if edited else original,
         channel="chat", platform="telegram", sender=sender, recipients=_telegram_group(chat),
         thread=ThreadHints(in_reply_to=f"{chat_id}:{reply.need_id('message_id')}" if reply else None,
                            references=(original,) if edited else (),
@@ -243,13 +367,41 @@ def _telegram_message(m: Node, edited: bool, connector: str, received_at: dateti
     )
 
 
-def _telegram_sender(m: Node, chat: Node) -> tuple[Party, bool]:
+def _telegram_text(m: Node, edited: bool) -> str:
+    """The text, caption or sticker emoji; else a shared contact, venue or location as a short text (not for
+    edits: a live location is streamed as edits of its message)."""
+    sticker = m.obj("sticker")
+    written = m.string("text") or m.string("caption") or (sticker.string("emoji") if sticker is not None else None)
+    if written or edited:
+        return written or ""
+    if (contact := m.obj("contact")) is not None:
+        name = " ".join(filter(None, (contact.string("first_name"), contact.string("last_name"))))
+        return contact_text(name, [contact.string("phone_number")])
+    venue = m.obj("venue")
+    place = (venue.obj("location") if venue is not None else None) or m.obj("location")
+    if place is None:
+        return ""
+    return location_text(place, *((venue.string("title"), venue.string("address")) if venue is not None else ()))
+
+
+def _telegram_edit_id(original: str, m: Node, text: str, attachments: tuple[Attachment, ...]) -> str:
+    """``edit_date`` has whole seconds, so a digest of what the edit says tells two edits of one second
+    apart; a redelivered edit says the same and keeps its id."""
+    content = "\x00".join((text, *(a.sha256 for a in attachments)))
+    digest = hashlib.sha256(content.encode()).hexdigest()[:12]
+    stamp = m.ident("edit_date")
+    return edit_id(original, f"{stamp}.{digest}" if stamp else digest, text)
+
+
+def _telegram_sender(m: Node, origin: Node | None, chat: Node) -> tuple[Party, bool]:
+    """The user, or the chat a message was sent on behalf of: then ``from`` is a stand-in user (Channel_Bot,
+    GroupAnonymousBot, Telegram), neither the sender nor a reason to flag the message auto-submitted."""
     user = m.obj("from")
-    if user is not None:
+    if user is not None and origin is None:
         name = " ".join(filter(None, (user.string("first_name"), user.string("last_name"))))
         return Party(platform_id=user.need_id("id"), handle=as_handle(user.string("username")),
                      name=single_line(name) or None), user.flag("is_bot")
-    origin = m.obj("sender_chat") or chat
+    origin = origin or chat
     return Party(platform_id=origin.need_id("id"), handle=as_handle(origin.string("username")),
                  name=single_line(origin.string("title")) or None), False
 

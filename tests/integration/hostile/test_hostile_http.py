@@ -3,8 +3,9 @@
 Reuses the server helpers of ``tests/integration/ingest/test_http_intake.py``. Every request here
 is forged, malformed, oversized or meaningless; each must get its documented status (401, 400,
 413, 422, or 200 with nothing published for events that are not messages), never a 500, and
-the bus must hold no record afterwards. Raw-socket tests send what httpx refuses to: lying
-Content-Length, conflicting framing, broken chunks.
+the bus must hold no message afterwards (a signed webhook body whose parts have the wrong shape
+leaves their dead-letter records, nothing else). Raw-socket tests send what httpx refuses to:
+lying Content-Length, conflicting framing, broken chunks.
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ POSTS = {
 def test_hostile_bodies_are_refused_or_ignored(intake: Served, path: str, body: Body) -> None:
     response = intake.http.post(path, content=body.raw, headers=POSTS[path](body.raw))
     assert response.status_code in body.statuses, (response.status_code, response.text[:300])
+    dead = response.json()["dead_lettered"] if response.status_code == 200 else 0
     if response.status_code == 200:
-        assert response.json() == {"published": 0, "ids": []}
-    nothing_published(intake)
+        assert response.json() == {"published": 0, "ids": [], "dead_lettered": dead}
+    assert intake.published() == [] and len(intake.dead_letters()) == dead
+    assert intake.publish_calls == (1 if dead else 0)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",

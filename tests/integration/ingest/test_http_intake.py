@@ -2,11 +2,13 @@
 
 What a sender sees must match what the bus holds: a 2xx only once the records are durable, nothing
 published for refused requests (401, 404, 413, 400/422), 503 + Retry-After while the bus is down
-and nothing lost on retry, the same id for a replayed message.
+and nothing lost on retry, the same id for a replayed message; a malformed part of a webhook body
+on the dead-letter topic and the rest of the body published.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -23,12 +25,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from frontdesk.bus.base import Bus
+from frontdesk.bus.base import Bus, Record
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
 from frontdesk.errors import BusUnavailable, SourceError
-from frontdesk.messages import InboundMessage, message_id
+from frontdesk.messages import DeadLetter, InboundMessage, message_id
 from ingest.http.app import OPENAPI_PATH, create_app
 from ingest.http.server import make_server, serve
 from ingest.http.settings import HttpIntakeSettings
@@ -62,16 +64,25 @@ class Served:
 
         bus.publish = counting  # type: ignore[method-assign]
 
-    def published(self) -> list[InboundMessage]:
-        consumer = self.bus.consumer(f"test-{uuid.uuid4().hex}", [self.bus.topics.inbound])
+    def records(self, topic: str) -> list[Record]:
+        consumer = self.bus.consumer(f"test-{uuid.uuid4().hex}", [topic])
         records = []
         try:
             while batch := consumer.poll(500, timeout=0.01):
                 records += batch
         finally:
             consumer.close()
+        return records
+
+    def published(self) -> list[InboundMessage]:
+        records = self.records(self.bus.topics.inbound)
         assert all(r.key == decode(r.value, InboundMessage).id.encode() for r in records)
         return [decode(r.value, InboundMessage) for r in records]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        records = self.records(self.bus.topics.deadletter)
+        assert all(r.header("frontdesk-stage") == b"ingest" for r in records)
+        return [decode(r.value, DeadLetter) for r in records]
 
     def fail_next_publish(self) -> None:
         """The next publish raises BusUnavailable (as a broker outage would), then the bus recovers."""
@@ -282,11 +293,12 @@ def test_telegram_updates_reach_the_bus_with_their_identities(intake: Served) ->
         response = intake.http.post("/webhooks/telegram", content=fixture_bytes(f"telegram/{name}"), headers=headers)
         assert response.status_code == 200 and response.json()["published"] == 1
     by_id = {m.external_id: m for m in intake.published()}
-    assert set(by_id) == {"5123456789:1204", "-1001987654321:98211", "5123456789:1204#edit:1767261655",
+    (edit,) = [e for e in by_id if e.startswith("5123456789:1204#edit:1767261655.")]
+    assert set(by_id) == {"5123456789:1204", "-1001987654321:98211", edit,
                           "5123456789:1207", "5123456789:1212", "5123456789:1213"}
     group = by_id["-1001987654321:98211"]
     assert group.thread.conversation_id == "-1001987654321" and group.sender.platform_id == "6011223344"
-    assert by_id["5123456789:1204#edit:1767261655"].flags.edited
+    assert by_id[edit].flags.edited
     assert all(m.connector == "telegram" for m in by_id.values())
 
 
@@ -301,8 +313,45 @@ def test_telegram_wrong_secret_is_401(intake: Served, headers: dict[str, str]) -
 def test_telegram_unknown_updates_are_200_and_publish_nothing(intake: Served, name: str) -> None:
     response = intake.http.post("/webhooks/telegram", content=fixture_bytes(f"telegram/{name}"),
                                 headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
-    assert response.status_code == 200 and response.json() == {"published": 0, "ids": []}
+    assert response.status_code == 200 and response.json() == {"published": 0, "ids": [], "dead_lettered": 0}
     assert intake.published() == [] and intake.publish_calls == 0
+
+
+def test_telegram_malformed_update_is_dead_lettered_like_the_poller_does(intake: Served) -> None:
+    update = json.loads(fixture_bytes("telegram/private_text"))
+    update["message"]["date"] = "yesterday"
+    raw = json.dumps(update).encode()
+    response = intake.http.post("/webhooks/telegram", content=raw,
+                                headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
+    assert response.status_code == 200 and response.json() == {"published": 0, "ids": [], "dead_lettered": 1}
+    assert intake.published() == []
+    (letter,) = intake.dead_letters()
+    assert (letter.stage, letter.error_type, letter.source_topic, letter.reason) == (
+        "ingest", "PayloadError", "telegram/update:874512301", "message.date: expected a Unix timestamp")
+    assert base64.b64decode(letter.value_b64) == raw  # the bytes as received
+    (record,) = intake.records(intake.bus.topics.deadletter)
+    assert record.key == b"telegram:update:874512301"
+
+
+def test_telegram_body_that_is_not_an_object_is_422(intake: Served) -> None:
+    response = intake.http.post("/webhooks/telegram", content=b"[1, 2]",
+                                headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
+    assert response.status_code == 422 and intake.publish_calls == 0
+
+
+def test_telegram_message_on_behalf_of_a_channel_and_automatic_forwards(intake: Served) -> None:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET}
+    update = json.loads(fixture_bytes("telegram/group_text"))
+    update["message"]["from"] = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+    update["message"]["sender_chat"] = {"id": -1002000000001, "title": "Rauf's channel", "type": "channel"}
+    response = intake.http.post("/webhooks/telegram", json=update, headers=headers)
+    assert response.status_code == 200 and response.json()["published"] == 1
+    update["message"].update(message_id=98212, is_automatic_forward=True)
+    ignored = intake.http.post("/webhooks/telegram", json=update, headers=headers)
+    assert ignored.status_code == 200 and ignored.json()["published"] == 0
+    (m,) = intake.published()
+    assert (m.sender.platform_id, m.sender.name, m.flags.auto_submitted) == ("-1002000000001", "Rauf's channel",
+                                                                             False)
 
 
 def test_telegram_replay_yields_the_same_id(intake: Served) -> None:
@@ -368,14 +417,52 @@ def test_meta_signature_is_over_the_raw_body(intake: Served) -> None:
     assert intake.published() == []
 
 
-def test_meta_wrong_shape_is_422_naming_the_field(intake: Served) -> None:
+def test_meta_malformed_parts_are_dead_lettered_and_the_rest_published(intake: Served) -> None:
     payload = json.loads(fixture_bytes("whatsapp/batch"))
     payload["entry"][0]["changes"][0]["value"]["messages"][1]["id"] = {"oops": 1}
     raw = json.dumps(payload).encode()
     response = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "entry", 0, "changes", 0, "value", "messages", 1, "id"]
-    assert intake.published() == []
+    assert response.status_code == 200, response.text
+    assert response.json()["published"] == 1 and response.json()["dead_lettered"] == 1
+    assert intake.publish_calls == 1  # the message and the dead letter in one durable publish
+    assert [m.sender.phone for m in intake.published()] == ["+994501234567"]
+    (letter,) = intake.dead_letters()
+    assert (letter.stage, letter.error_type, letter.source_topic, letter.message_id) == (
+        "ingest", "PayloadError", "whatsapp/webhook:entry.0.changes.0.value.messages.1", None)
+    assert letter.reason == "entry.0.changes.0.value.messages.1.id: expected an id (string or integer)"
+    assert json.loads(base64.b64decode(letter.value_b64)) == payload["entry"][0]["changes"][0]["value"]["messages"][1]
+
+
+def test_meta_event_without_sender_does_not_refuse_the_customer_message_beside_it(intake: Served) -> None:
+    payload = json.loads(fixture_bytes("messenger/text"))
+    payload["entry"].append({"id": "104587302351112", "time": 1458692752478, "messaging": [
+        {"recipient": {"id": "104587302351112"}, "timestamp": 1458692752478,
+         "policy_enforcement": {"action": "block", "reason": "The bot violated our Platform Policies"}}]})
+    raw = json.dumps(payload).encode()
+    response = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert response.status_code == 200 and response.json()["published"] == 1
+    assert response.json()["dead_lettered"] == 0 and intake.dead_letters() == []
+    assert [m.sender.platform_id for m in intake.published()] == ["6954875731257890"]
+
+
+@pytest.mark.parametrize("url", ["https://x.example/a.jpg\r\nX-Injected: 1", "https://x.example/" + "a" * 5000,
+                                 "https://x.example/\ud800.jpg"], ids=["crlf", "5kb", "lone-surrogate"])
+def test_meta_attachment_urls_that_are_not_clean_references_are_dropped(intake: Served, url: str) -> None:
+    payload = json.loads(fixture_bytes("messenger/attachments"))
+    payload["entry"][0]["messaging"][0]["message"]["attachments"][0]["payload"]["url"] = url
+    raw = json.dumps(payload).encode()
+    response = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert response.status_code == 200 and response.json()["published"] == 1
+    (m,) = intake.published()
+    assert [a.name for a in m.attachments] == ["bank_statement.pdf"]
+    assert all(a.ref and "\n" not in a.ref and len(a.ref) < 300 for a in m.attachments)
+
+
+def test_meta_body_that_is_not_an_object_is_422(intake: Served) -> None:
+    raw = b'[{"object": "page"}]'
+    response = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]
+    assert intake.publish_calls == 0
 
 
 def test_meta_bus_down_then_redelivery(intake: Served) -> None:
@@ -385,6 +472,30 @@ def test_meta_bus_down_then_redelivery(intake: Served) -> None:
     assert down.status_code == 503 and "retry-after" in down.headers and intake.published() == []
     again = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
     assert again.status_code == 200 and len(intake.published()) == 1
+
+
+def test_dead_letters_wait_for_the_bus_like_messages(intake: Served) -> None:
+    payload = json.loads(fixture_bytes("messenger/text"))
+    payload["entry"][0]["messaging"].append({"sender": {"id": "1"}, "message": {"text": "no mid"}})
+    raw = json.dumps(payload).encode()
+    intake.fail_next_publish()
+    down = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert down.status_code == 503 and intake.published() == [] and intake.dead_letters() == []
+    again = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert again.status_code == 200 and again.json()["dead_lettered"] == 1
+    assert len(intake.published()) == 1 and len(intake.dead_letters()) == 1
+
+
+def test_a_message_too_big_for_a_bus_record_is_dead_lettered_not_refused_forever(intake: Served) -> None:
+    intake.bus.max_record_bytes = 5_000
+    update = json.loads(fixture_bytes("telegram/private_text"))
+    update["message"]["text"] = "x" * 3_000  # in text and full_text: over 6 KB as a record
+    response = intake.http.post("/webhooks/telegram", json=update,
+                                headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET})
+    assert response.status_code == 200 and response.json() == {"published": 0, "ids": [], "dead_lettered": 1}
+    (letter,) = intake.dead_letters()
+    assert (letter.error_type, letter.source_topic) == ("RecordTooLarge", "telegram/message:5123456789:1204")
+    assert all(len(r.value) <= 5_000 for r in intake.records(intake.bus.topics.deadletter))
 
 
 # --- Operations, disabled endpoints, OpenAPI ------------------------------------------------------

@@ -17,15 +17,18 @@ from frontdesk.codec import decode, encode
 from frontdesk.errors import ConfigError
 from frontdesk.messages import InboundMessage, message_id
 from ingest.http.api import MessageIn, api_message
-from ingest.http.meta import MetaConnectors, meta_batch
+from ingest.http.meta import MetaConnectors, meta_batch, meta_normalised
 from ingest.http.settings import HttpIntakeSettings
 from ingest.http.normalise import (
+    Normalised,
     PayloadError,
     clean_text,
     content_digest,
+    json_bytes,
     media_type,
     reference_digest,
     single_line,
+    telegram_normalised,
     telegram_update,
 )
 
@@ -44,6 +47,10 @@ def telegram(payload: Any, received_at: datetime = NOW) -> InboundMessage | None
 
 def meta(payload: Any, received_at: datetime = NOW) -> list[InboundMessage]:
     return meta_batch(payload, connectors=CONNECTORS, received_at=received_at)
+
+
+def meta_parts(payload: Any) -> Normalised:
+    return meta_normalised(payload, connectors=CONNECTORS, received_at=NOW)
 
 
 def one(payload: Any) -> InboundMessage:
@@ -104,7 +111,7 @@ def test_telegram_edit_is_a_new_message_pointing_at_the_original() -> None:
     original, edit = telegram(fixture("telegram/private_text")), telegram(fixture("telegram/edited_message"))
     assert original is not None and edit is not None
     assert edit.flags.edited and edit.id != original.id
-    assert edit.external_id == "5123456789:1204#edit:1767261655"
+    assert edit.external_id.startswith("5123456789:1204#edit:1767261655.")
     assert edit.thread.references == (original.external_id,)
     assert edit.sent_at == datetime.fromtimestamp(1767261655, UTC)
     assert "250 AZN" in edit.text
@@ -189,6 +196,111 @@ def test_telegram_wrong_shapes_name_the_field(mutate: Any, loc: tuple[str, ...])
         telegram(payload)
     assert err.value.loc == loc
     assert err.value.detail()[0]["loc"] == ["body", *loc]
+
+
+# --- Telegram: messages sent on behalf of a chat, automatic forwards, anonymous admins ---------------
+
+CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+
+
+def on_behalf_of(sender_chat: dict[str, Any], stand_in: dict[str, Any] = CHANNEL_BOT) -> dict[str, Any]:
+    """group_text sent by a chat: the Bot API puts a stand-in user in ``from`` and the real sender in ``sender_chat``."""
+    payload = fixture("telegram/group_text")
+    payload["message"].update({"from": stand_in, "sender_chat": sender_chat})
+    return payload
+
+
+def test_telegram_message_on_behalf_of_a_channel_is_from_that_channel() -> None:
+    first = telegram(on_behalf_of({"id": -1002000000001, "title": "Rauf's\nchannel", "username": "rauf_az",
+                                   "type": "channel"}))
+    second = telegram(on_behalf_of({"id": -1002000000002, "title": "Elena shop", "type": "channel"}))
+    assert first is not None and second is not None
+    assert (first.sender.platform_id, first.sender.name, first.sender.handle) == (
+        "-1002000000001", "Rauf's channel", "rauf_az")
+    assert (second.sender.platform_id, second.sender.name, second.sender.handle) == (
+        "-1002000000002", "Elena shop", None)
+    assert not first.flags.auto_submitted and not second.flags.auto_submitted  # Channel_Bot is a stand-in
+    assert first.thread.conversation_id == "-1001987654321"
+    assert [r.platform_id for r in first.recipients] == ["-1001987654321"]
+
+
+def test_telegram_automatic_forward_of_our_channel_post_is_not_a_customer_message() -> None:
+    payload = on_behalf_of({"id": -1002111111111, "title": "BetAz News", "username": "betaz_news", "type": "channel"},
+                           {"id": 777000, "is_bot": False, "first_name": "Telegram"})
+    payload["message"]["is_automatic_forward"] = True
+    assert telegram(payload) is None
+    del payload["message"]["is_automatic_forward"]
+    assert telegram(payload) is not None
+
+
+def test_telegram_anonymous_group_admin_is_staff_and_ignored() -> None:
+    group = fixture("telegram/group_text")["message"]["chat"]
+    payload = on_behalf_of(group, {"id": 1087968824, "is_bot": True, "first_name": "Group",
+                                   "username": "GroupAnonymousBot"})
+    assert telegram(payload) is None
+    edited = {"update_id": 1, "edited_message": {**payload["message"], "edit_date": 1767261800}}
+    assert telegram(edited) is None
+    post = telegram(fixture("telegram/channel_post"))  # a channel's own post: sender_chat is the chat too
+    assert post is not None and post.sender.platform_id == "-1002233445566"
+
+
+def test_telegram_two_edits_in_one_second_get_two_ids_and_a_redelivery_keeps_its_id() -> None:
+    payload = fixture("telegram/edited_message")
+    first, again = telegram(payload), telegram(copy.deepcopy(payload), datetime(2026, 6, 1, tzinfo=UTC))
+    payload["edited_message"]["text"] = "250 AZN, not 200"
+    second = telegram(payload)
+    assert first is not None and again is not None and second is not None
+    assert first.id == again.id and first.id != second.id
+    assert first.external_id.startswith("5123456789:1204#edit:1767261655.")
+    assert second.external_id.startswith("5123456789:1204#edit:1767261655.")
+    assert first.thread.references == second.thread.references == ("5123456789:1204",)
+
+
+def test_telegram_contact_location_and_venue_become_short_texts() -> None:
+    def shared(**fields: Any) -> InboundMessage | None:
+        payload = fixture("telegram/private_text")
+        del payload["message"]["text"]
+        payload["message"].update(fields)
+        return telegram(payload)
+
+    contact = shared(contact={"phone_number": "+994501234567", "first_name": "Elvin", "last_name": "M\r\nX",
+                              "user_id": 5123456789})
+    location = shared(location={"latitude": 40.409264, "longitude": 49.867092})
+    venue = shared(location={"latitude": 40.4, "longitude": 49.8},
+                   venue={"location": {"latitude": 40.4, "longitude": 49.8}, "title": "BetAz office",
+                          "address": "Nizami St 5"})
+    assert contact is not None and contact.text == "[contact Elvin M X +994501234567]"
+    assert location is not None and location.text == "[location 40.40926,49.86709]"
+    assert venue is not None and venue.text == "[location 40.4,49.8] BetAz office, Nizami St 5"
+    with pytest.raises(PayloadError) as err:
+        shared(location={"latitude": "north", "longitude": 49.8})
+    assert err.value.loc == ("message", "location", "latitude")
+
+
+def test_telegram_live_location_updates_are_not_new_messages() -> None:
+    payload = fixture("telegram/edited_message")
+    del payload["edited_message"]["text"]
+    payload["edited_message"]["location"] = {"latitude": 40.41, "longitude": 49.87, "live_period": 900}
+    assert telegram(payload) is None
+
+
+def test_telegram_normalised_rejects_a_malformed_update_with_its_bytes() -> None:
+    payload = fixture("telegram/private_text")
+    payload["message"]["date"] = "yesterday"
+    raw = json.dumps(payload).encode()
+    found = telegram_normalised(json.loads(raw), connector="telegram", received_at=NOW, raw=raw)
+    assert found.messages == []
+    (rejected,) = found.rejected
+    assert (rejected.connector, rejected.where, rejected.raw) == ("telegram", "update:874512301", raw)
+    assert rejected.error.loc == ("message", "date")
+    default = telegram_normalised(payload, connector="telegram", received_at=NOW)
+    assert json.loads(default.rejected[0].raw) == payload
+    good = telegram_normalised(fixture("telegram/private_text"), connector="telegram", received_at=NOW)
+    assert [m.external_id for m in good.messages] == ["5123456789:1204"] and good.rejected == []
+    assert telegram_normalised(fixture("telegram/callback_query"), connector="telegram",
+                               received_at=NOW).messages == []
+    with pytest.raises(PayloadError):
+        telegram_normalised([], connector="telegram", received_at=NOW)
 
 
 def test_non_object_payloads_are_refused() -> None:
@@ -326,6 +438,144 @@ def test_instagram_mentions_carry_ids_only() -> None:
     assert comment.sender.platform_id is None and not comment.flags.suppress_autoreply
     assert [p.platform_id for p in comment.recipients] == ["17841405726653026"]  # our account: replies go there
     assert media.external_id == "mention:media:17918195224117999"
+
+
+# --- Meta: events without a sender, malformed parts, attachment references, shared content ---------
+
+POLICY = {"recipient": {"id": "104587302351112"}, "timestamp": 1458692752478,
+          "policy_enforcement": {"action": "block", "reason": "The bot violated our Platform Policies"}}
+
+
+def messenger_with(*events: Any) -> dict[str, Any]:
+    payload = fixture("messenger/text")
+    payload["entry"][0]["messaging"].extend(events)
+    return payload
+
+
+def test_events_without_sender_that_are_not_messages_are_ignored() -> None:
+    assert meta({"object": "page", "entry": [{"id": "104587302351112", "messaging": [POLICY]}]}) == []
+    assert [m.sender.platform_id for m in meta(messenger_with(POLICY, {"read": {"watermark": 1}}))] == [
+        "6954875731257890"]
+
+
+def test_a_customer_message_without_sender_names_the_field() -> None:
+    payload = fixture("messenger/text")
+    payload["entry"][0]["messaging"][0]["sender"] = {}
+    with pytest.raises(PayloadError) as err:
+        meta(payload)
+    assert err.value.loc == ("entry", 0, "messaging", 0, "sender", "id")
+
+
+def test_one_malformed_event_is_rejected_alone_and_the_rest_kept() -> None:
+    bad = copy.deepcopy(fixture("messenger/text")["entry"][0]["messaging"][0])
+    bad["message"] = {"text": "no mid"}
+    payload = messenger_with(bad, POLICY, "not an event")
+    payload["entry"].append(fixture("messenger/reply")["entry"][0])
+    found = meta_parts(payload)
+    assert [m.external_id for m in found.messages] == [
+        fixture("messenger/text")["entry"][0]["messaging"][0]["message"]["mid"],
+        fixture("messenger/reply")["entry"][0]["messaging"][0]["message"]["mid"]]
+    assert [(r.connector, r.where, str(r.error)) for r in found.rejected] == [
+        ("facebook:page", "webhook:entry.0.messaging.3", "entry.0.messaging.3: expected an object"),
+        ("facebook:page", "webhook:entry.0.messaging.1", "entry.0.messaging.1.message.mid: field required")]
+    assert json.loads(found.rejected[1].raw) == bad
+    with pytest.raises(PayloadError):
+        meta(payload)  # meta_batch is all or nothing
+
+
+def test_one_malformed_whatsapp_message_is_rejected_alone() -> None:
+    payload = fixture("whatsapp/batch")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["text"] = "not an object"
+    payload["entry"].append({"id": "1", "changes": [{"field": "messages", "value": {"contacts": 7}}]})
+    found = meta_parts(payload)
+    assert [m.sender.phone for m in found.messages] == ["+905321234567"]
+    assert [(r.where, r.error.loc) for r in found.rejected] == [
+        ("webhook:entry.0.changes.0.value.messages.0", ("entry", 0, "changes", 0, "value", "messages", 0, "text")),
+        ("webhook:entry.1.changes.0", ("entry", 1, "changes", 0, "value", "contacts"))]
+
+
+def test_malformed_entries_and_arrays_are_rejected_without_raising() -> None:
+    found = meta_parts({"object": "page", "entry": "everything"})
+    assert found.messages == [] and [(r.where, str(r.error)) for r in found.rejected] == [
+        ("webhook:entry", "entry: expected an array")]
+    found = meta_parts({"object": "instagram", "entry": [None, {"id": "1", "messaging": {}}]})
+    assert [r.where for r in found.rejected] == ["webhook:entry.0", "webhook:entry.1.messaging"]
+    assert meta_parts({"object": 5, "entry": 5}).rejected == []  # not a Meta object we subscribe to
+    change = {"field": "feed", "value": "not an object"}
+    assert meta_parts({"object": "page", "entry": [{"id": "1", "changes": [change]}]}).rejected == []
+
+
+@pytest.mark.parametrize("url", ["https://x.example/a.jpg\r\nX-Injected: 1", "https://x.example/" + "a" * 5000,
+                                 "https://x.example/\ud800.jpg", "   "])
+def test_messenger_attachment_urls_platform_ref_refuses_are_dropped(url: str) -> None:
+    payload = fixture("messenger/attachments")
+    payload["entry"][0]["messaging"][0]["message"]["attachments"][0]["payload"]["url"] = url
+    m = one(payload)
+    assert [a.name for a in m.attachments] == ["bank_statement.pdf"]
+    assert m.attachments[0].sha256 == reference_digest("facebook", m.attachments[0].ref or "")
+    assert decode(encode(m), InboundMessage) == m
+    payload["entry"][0]["messaging"][0]["message"]["attachments"].pop()
+    payload["entry"][0]["messaging"][0]["message"]["text"] = "see photo"
+    assert one(payload).attachments == ()
+
+
+def test_messenger_sticker_with_a_bad_url_keeps_its_sticker_reference_and_clean_kind() -> None:
+    payload = fixture("messenger/attachments")
+    items = payload["entry"][0]["messaging"][0]["message"]["attachments"]
+    items[0] = {"type": "sticker", "payload": {"url": "https://x/\ud800", "sticker_id": 369239263222822}}
+    items[1] = {"type": "fi\r\nle\ud800", "payload": {"url": "https://cdn.example/"}}
+    m = one(payload)
+    assert [(a.name, a.ref, a.sha256) for a in m.attachments] == [
+        ("sticker", "sticker:369239263222822", reference_digest("facebook", "sticker:369239263222822")),
+        ("fi le", "https://cdn.example/", reference_digest("facebook", "https://cdn.example/"))]
+
+
+def test_whatsapp_location_and_contacts_become_short_texts() -> None:
+    def message(kind: str, content: Any) -> InboundMessage:
+        payload = fixture("whatsapp/text")
+        m = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+        del m["text"]
+        m.update({"type": kind, kind: content})
+        return one(payload)
+
+    location = message("location", {"latitude": 40.3777, "longitude": 49.892, "name": "Filial",
+                                    "address": "Baku\nNizami 5"})
+    contacts = message("contacts", [
+        {"name": {"formatted_name": "Rauf Əliyev", "first_name": "Rauf"},
+         "phones": [{"phone": "+994 50 111 22 33", "wa_id": "994501112233", "type": "CELL"}]},
+        {"name": {"formatted_name": "Nigar"}, "phones": []}])
+    assert location.text == "[location 40.3777,49.892] Filial, Baku Nizami 5"
+    assert contacts.text == "[contact Rauf Əliyev +994 50 111 22 33]\n[contact Nigar]"
+    assert location.sender.phone == "+994501234567"
+
+
+def test_messenger_postback_is_the_button_the_customer_tapped() -> None:
+    tapped = {"sender": {"id": "6954875731257890"}, "recipient": {"id": "104587302351112"},
+              "timestamp": 1767264500000,
+              "postback": {"title": "Withdrawal problem", "payload": "WITHDRAWAL", "mid": "m_postback_1"}}
+    old = {**tapped, "postback": {"title": "Get Started", "payload": "GET_STARTED"}}
+    m, without_mid = one({"object": "page", "entry": [{"id": "1", "messaging": [tapped]}]}), one(
+        {"object": "page", "entry": [{"id": "1", "messaging": [old]}]})
+    assert (m.external_id, m.text, m.sender.platform_id) == ("m_postback_1", "Withdrawal problem", "6954875731257890")
+    assert m.thread.conversation_id == "104587302351112:6954875731257890"
+    assert (without_mid.external_id, without_mid.text) == ("postback:6954875731257890:1767264500000", "Get Started")
+
+
+def test_messages_too_big_for_a_bus_record_are_rejected_not_published() -> None:
+    payload = fixture("whatsapp/batch")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "ə" * 20_000
+    found = meta_parts(payload)
+    found.fit(30_000)
+    assert [m.sender.phone for m in found.messages] == ["+905321234567"]
+    (rejected,) = found.rejected
+    assert type(rejected.error).__name__ == "RecordTooLarge" and "over the bus's 30,000-byte" in str(rejected.error)
+    assert rejected.where.startswith("message:wamid.") and decode(rejected.raw, InboundMessage).text == "ə" * 20_000
+
+
+def test_json_bytes_keeps_lone_surrogates_as_escapes() -> None:
+    value = {"t": "a\ud800b", "n": "Анна"}
+    raw = json_bytes(value)
+    assert json.loads(raw) == value and "Анна".encode() in raw
 
 
 def test_unknown_meta_objects_are_ignored() -> None:
