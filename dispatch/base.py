@@ -29,7 +29,11 @@ class Replier(ABC):
 
     Raises ReplyUnavailable when a retry may succeed (connection refused, 4xx), ReplyError when it
     cannot (recipient rejected, 5xx). Must be safe to call again for the same reply.
+    ``max_send_s``: the longest one send can take, if the replier enforces a bound (the relay then
+    starts a send only when it ends within its lease on the row); None if unknown.
     """
+
+    max_send_s: float | None = None
 
     @abstractmethod
     def send(self, reply: OutboundReply) -> None: ...

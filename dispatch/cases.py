@@ -8,7 +8,12 @@ it did. The message id is the key: a message already stored makes the call a no-
 Threading: an email follow-up joins a case through In-Reply-To / References (our own
 acknowledgement's Message-ID included) or a case reference in the subject; a chat or social
 follow-up through its conversation id. Only a participant joins: a stranger who replies into
-someone else's thread opens a new case flagged with the case it seemed to belong to.
+someone else's thread opens a new case flagged with the case it seemed to belong to. In a shared
+conversation (a group chat, a post several people mention us under) each participant's messages
+are keyed to their own case too, so a second participant's follow-ups join the case their first
+message opened. A copy of a mail already stored (the same Message-ID, delivered to a second
+watched mailbox) joins the case of the first copy as one more message of it: no new case, no new
+acknowledgement, no case event.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +41,13 @@ from dispatch.suppress import ack_decision, reply_address
 from frontdesk.codec import encode
 from frontdesk.messages import URGENCY_ORDER, InboundMessage, Triage, TriagedMessage
 
-_REFERENCE = re.compile(r"\b([A-Z]{1,8}-\d{4}-\d{6})\b")
+
+
+@lru_cache(maxsize=8)
+def reference_pattern(prefix: str) -> re.Pattern[str]:
+    """Case references with ``prefix`` in a subject, any case: ``FD-2026-000042``, and past case
+    999,999 seven digits or more (references are ``{id:06d}``)."""
+    return re.compile(rf"\b({re.escape(prefix)}-\d{{4}}-\d{{6,}})\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -69,9 +81,12 @@ def apply_message(conn: Connection, tm: TriagedMessage, ctx: Context, now: datet
     if stored is not None:
         return ApplyResult(stored, created=False, duplicate=True)
     customer = _customer(conn, msg, now, pending)
-    candidate = _thread_candidate(conn, msg, pending)
     applying = _Apply(conn, tm, ctx, now, customer, pending)
-    if candidate is not None and candidate["customer_id"] == customer.id:
+    same_mail = _case_of_same_mail(conn, msg, pending)
+    candidate = same_mail or _thread_candidate(conn, msg, ctx.settings.reference_prefix, pending)
+    if same_mail is not None and same_mail["customer_id"] == customer.id:
+        result = applying.copy(same_mail["id"])
+    elif candidate is not None and candidate["customer_id"] == customer.id:
         result = applying.follow_up(candidate["id"])
     else:
         result = applying.new_case(candidate["reference"] if candidate else None)
@@ -118,17 +133,34 @@ def rate_key(msg: InboundMessage, s: DispatchSettings) -> str | None:
     return f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}"
 
 
-def _thread_candidate(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
-    keys = []
+def _case_of_same_mail(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
+    """The case already holding a mail with this Message-ID (the ids of the pipeline differ per
+    connector, so a mail sent to two watched mailboxes arrives twice under two ids)."""
+    if msg.channel != "email" or not msg.external_id:
+        return None
+    return rows.case_by_thread_key(conn, [f"mid:{msg.external_id}"], writes)
+
+
+def _participant_key(msg: InboundMessage) -> str | None:
+    """The thread key of this sender's own case in a shared conversation, None without either."""
+    ident = stored_identity(msg)
+    if not msg.thread.conversation_id or ident is None:
+        return None
+    return f"pconv:{msg.connector}:{msg.thread.conversation_id}:{ident[0]}:{ident[1]}"
+
+
+def _thread_candidate(conn: Connection, msg: InboundMessage, prefix: str, writes: Writes) -> dict[str, Any] | None:
+    """The case ``msg`` seems to follow up, whoever its customer: the caller checks that."""
+    keys = [k for k in (_participant_key(msg),) if k]
     if msg.thread.conversation_id:
         keys.append(f"conv:{msg.connector}:{msg.thread.conversation_id}")
     keys += [f"mid:{m}" for m in (msg.thread.in_reply_to, *reversed(msg.thread.references)) if m]
     found = rows.case_by_thread_key(conn, keys, writes)
     if found is not None:
         return found
-    match = _REFERENCE.search(msg.subject or "")
+    match = reference_pattern(prefix).search(msg.subject or "")
     if msg.channel == "email" and match:
-        return rows.case_by_reference(conn, match.group(1), writes)
+        return rows.case_by_reference(conn, match.group(1).upper(), writes)
     return None
 
 
@@ -198,7 +230,15 @@ class _Apply:
         self._event("updated", tuple(changes))
         return ApplyResult(case["reference"] or "", created=False, rerouted=rerouted, ack=ack)
 
-    def _add_message(self) -> None:
+    def copy(self, case_id: int) -> ApplyResult:
+        """Another copy of a mail the case holds (another mailbox): stored as a message of the case;
+        no acknowledgement, no case event, no rerouting."""
+        case = self.case = rows.load_case(self.conn, case_id, self.writes, lock=True) or {}
+        self._add_message("copy_added", connector=self.tm.message.connector)
+        rows.update_case(case_id, {"message_count": case["message_count"], "updated_at": self.now}, self.writes)
+        return ApplyResult(case["reference"] or "", created=False)
+
+    def _add_message(self, event: str = "message_added", **detail: str) -> None:
         msg, case_id = self.tm.message, self.case["id"]
         self.writes.messages.append(dict(
             id=msg.id, case_id=case_id, direction="in", external_id=msg.external_id[:500], connector=msg.connector,
@@ -212,7 +252,9 @@ class _Apply:
         if msg.thread.conversation_id:
             self.writes.thread_keys.setdefault(f"conv:{msg.connector}:{msg.thread.conversation_id}"[: rows.KEY_MAX],
                                                case_id)
-        self._history("message_added", {"category": self.tm.triage.category, "urgency": self.tm.triage.urgency})
+        if (participant := _participant_key(msg)) is not None:
+            self.writes.thread_keys.setdefault(participant[: rows.KEY_MAX], case_id)
+        self._history(event, {"category": self.tm.triage.category, "urgency": self.tm.triage.urgency, **detail})
 
     def _acknowledge(self, route: Route, follow_up: bool) -> str:
         """Queue the acknowledgement in the outbox, or record why none is sent. Returns the reason."""
@@ -223,7 +265,7 @@ class _Apply:
             return self._chat_ack(route, follow_up)
         address = reply_address(msg)
         recent = rows.recent_acks(self.conn, address, self._window_start(), self.writes) if address else 0
-        send, reason = ack_decision(msg, self.tm.triage.category, our_addresses=set(s.our_addresses),
+        send, reason = ack_decision(msg, self.tm.triage.category, our_addresses=s.own_addresses(),
                                     is_follow_up=follow_up, ack_follow_ups=s.ack_follow_ups,
                                     recent_acks_to_sender=recent, max_per_window=s.ack_rate_max)
         if not send or address is None:

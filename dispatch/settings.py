@@ -21,7 +21,8 @@ class DispatchSettings(ComponentSettings):
     from_address: str = Field("support@frontdesk.example", description="From of email acknowledgements")
     from_name: str = "Support"
     message_id_domain: str = Field("frontdesk.example", description="Right-hand side of our Message-IDs")
-    our_addresses: tuple[str, ...] = Field((), description="Our own mailboxes/domains ('@bet.az'): never acknowledged")
+    our_addresses: tuple[str, ...] = Field((), description="Our own mailboxes/domains ('@bet.az'): never "
+                                         "acknowledged (from_address always counts as ours)")
     ack_channels: tuple[str, ...] = Field(("email", "chat", "social"), description="Channels that get an acknowledgement")
     public_mentions: Literal["none", "reply", "dm"] = Field(
         "none", description="Public social mentions: 'none' (no acknowledgement: keeps case numbers out of public "
@@ -35,10 +36,18 @@ class DispatchSettings(ComponentSettings):
     relay_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval")
     relay_batch: int = Field(100, ge=1)
     relay_lease_s: float = Field(60.0, ge=10, description="A claimed outbox row is the relay's for this long (a crashed "
-                                 "relay's rows return after it); sends start only in its first half, so with several "
-                                 "dispatch replicas keep it above twice the slowest send")
-    relay_max_attempts: int = Field(50, ge=1, description="After this many failed attempts an item is 'failed'")
+                                 "relay's rows return after it); a send starts only if it ends within it (SMTP: "
+                                 "smtp.timeout_s, which must be under 90% of it; chat: in its first half, so keep it "
+                                 "above twice the slowest chat send)")
+    relay_max_attempts: int = Field(50, ge=1, description="After this many failed attempts an acknowledgement is "
+                                    "'failed' (case events are retried until published, or dead-lettered if the bus "
+                                    "refuses them for good)")
     reference_prefix: str = Field("FD", pattern=r"^[A-Z]{1,8}$")
+
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses never acknowledged, lower-cased: ``our_addresses`` plus ``from_address``, which is
+        always ours (an acknowledgement to it would answer ourselves: a mail loop)."""
+        return frozenset(a.strip().lower() for a in (*self.our_addresses, self.from_address) if a.strip())
 
 
 class SmtpSettings(ComponentSettings):
@@ -49,4 +58,5 @@ class SmtpSettings(ComponentSettings):
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = Field(None, description="CA bundle to verify the server (default: system)")
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of one whole send (connect, TLS, login, MAIL/RCPT/"
+                                                      "DATA), not of each socket operation")

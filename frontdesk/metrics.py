@@ -44,9 +44,12 @@ _HEALTH_COUNTERS = {"published": "Records published to the bus (messages)",
                     "auth_failures": "Logins the source rejected (IMAP)"}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _RELAY_COUNTERS = {"acks_sent": ("frontdesk_acks_sent", "Acknowledgements the far side accepted"),
-                   "acks_failed": ("frontdesk_acks_failed", "Acknowledgements given up (permanent error, no replier)"),
+                   "acks_failed": ("frontdesk_acks_failed",
+                                   "Acknowledgements given up (permanent error, no replier, or max attempts)"),
                    "retries": ("frontdesk_relay_retries", "Outbox deliveries retried after a transient failure"),
-                   "events_published": ("frontdesk_case_events_published", "Case events published by the relay")}
+                   "events_published": ("frontdesk_case_events_published", "Case events published by the relay"),
+                   "events_dead_lettered": ("frontdesk_case_events_dead_lettered",
+                                            "Case events the bus refused for good, sent to the dead-letter topic")}
 
 
 class MetricsSettings(ComponentSettings):

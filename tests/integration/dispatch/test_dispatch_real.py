@@ -247,3 +247,48 @@ def _all(bus: SqliteBus, topic: str) -> list:  # type: ignore[type-arg]
         while batch := consumer.poll(1000, timeout=0.5):
             out.extend(batch)
     return out
+
+
+def test_copies_shared_conversations_and_long_references_on_the_real_database(database_url: str) -> None:
+    """One mail in two mailboxes is one case; group-chat participants keep their own cases; a
+    reference past case 999,999 in a subject threads (SQLite and PostgreSQL)."""
+    from sqlalchemy import text
+
+    store = SqlCaseStore(database_url, Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file)))
+    first = triaged(1)
+    copy = TriagedMessage(message=first.message.model_copy(update={"connector": "imap:payments", "id": "copy-1"}),
+                          triage=first.triage, triaged_at=first.triaged_at)
+    opened, copied = store.apply_many([first, copy])
+    assert (copied.case_reference, copied.created, copied.ack) == (opened.case_reference, False, "none")
+
+    def group(n: int, user: str) -> TriagedMessage:
+        msg = InboundMessage.create(connector="telegram:bot", external_id=f"-100:{n}", channel="chat",
+                                    platform="telegram", sender=Party(platform_id=user), text=f"m{n}",
+                                    received_at=datetime.now(UTC), thread=ThreadHints(conversation_id="-100"))
+        return TriagedMessage(message=msg, triaged_at=datetime.now(UTC),
+                              triage=Triage(category="bonuses", urgency="normal", language="ru", model_version="t"))
+
+    a, b1 = store.apply(group(1, "1")), store.apply(group(2, "2"))
+    b2, a2 = store.apply_many([group(3, "2"), group(4, "1")])
+    assert b1.possible_thread_match == a.case_reference and b2.case_reference == b1.case_reference != a.case_reference
+    assert a2.case_reference == a.case_reference and not (b2.created or a2.created)
+
+    with store.engine.begin() as conn:  # the id sequence after a million cases
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('cases', 'id'), 999999)"))
+        else:
+            conn.execute(text("INSERT INTO cases(id, status, queue, priority, routing_rule, category, urgency, language,"
+                              " channel, connector, subject, customer_id, created_at, updated_at, message_count,"
+                              " acknowledged, needs_review) SELECT 999999, 'closed', 'q', 3, 'r', 'other', 'normal',"
+                              " 'en', 'email', 'c', '', customer_id, created_at, updated_at, 0, 1, 0 FROM cases"
+                              " LIMIT 1"))  # SQLite: the next id is the largest plus one
+    late = store.apply(triaged(7))
+    assert late.case_reference.endswith("-1000000")
+    reply = triaged(8, "customer7@mail.ru")
+    reply = TriagedMessage(message=reply.message.model_copy(update={"subject": f"re: {late.case_reference.lower()}"}),
+                           triage=reply.triage, triaged_at=reply.triaged_at)
+    assert store.apply(reply).case_reference == late.case_reference
+    counts = {c["reference"]: c["message_count"] for c in list_cases(store, None, None)}
+    assert counts[opened.case_reference] == 2 and counts[late.case_reference] == 2
+    assert len(counts) == (4 if database_url.startswith("postgresql") else 5)
+    store.close()

@@ -1,15 +1,27 @@
-"""The SMTP Replier against the real (aiosmtpd) server: connection reuse and its failure paths."""
+"""The SMTP Replier against real (aiosmtpd) servers: connection reuse, its failure paths, which SMTP
+answers are permanent, and the deadline of one send."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
 
 from dispatch.base import OutboundReply
+from dispatch.cases import Context
+from dispatch.relay import OutboxRelay
+from dispatch.routing import RoutingTable
+from dispatch.settings import SmtpSettings
 from dispatch.smtp import SmtpReplier
-from frontdesk.errors import ReplyUnavailable
-from tests.integration.dispatch.test_dispatch_real import smtp_settings
+from dispatch.store.sql import SqlCaseStore
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.errors import ReplyError, ReplyUnavailable
+from tests.integration.dispatch.test_dispatch_real import SETTINGS, smtp_settings, triaged
 
 pytestmark = pytest.mark.smtp
 
@@ -19,6 +31,14 @@ class Clock:
         self.now = 1000.0
 
     def __call__(self) -> float:
+        return self.now
+
+
+class CaseClock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
         return self.now
 
 
@@ -69,3 +89,119 @@ def test_an_unreachable_server_is_transient_and_leaves_no_connection(smtp_server
     with pytest.raises(ReplyUnavailable, match="unavailable"):
         replier.send(reply(1))
     assert replier.connections == 0 and replier._client is None
+
+
+class _Scripted:
+    """aiosmtpd handler answering MAIL, RCPT and DATA as told, optionally slowly; records what it accepted."""
+
+    def __init__(self) -> None:
+        self.mail, self.rcpt, self.data = "250 OK", "250 OK", "250 OK"
+        self.rcpt_delay = self.data_delay = 0.0
+        self.accepted: list[bytes] = []
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if self.mail.startswith("250"):
+            envelope.mail_from = address
+        return self.mail
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.rcpt_delay)
+        if self.rcpt.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return self.rcpt
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.data_delay)
+        if self.data.startswith("250"):
+            self.accepted.append(envelope.content)
+        return self.data
+
+
+@pytest.fixture()
+def scripted() -> Iterator[tuple[_Scripted, SmtpSettings]]:
+    from aiosmtpd.controller import Controller
+
+    from tests.harness.process import HOST, free_port
+
+    handler, port = _Scripted(), free_port()
+    controller = Controller(handler, hostname=HOST, port=port, server_hostname="localhost")
+    controller.start()
+    try:
+        yield handler, SmtpSettings(host=HOST, port=port, security="none", timeout_s=3.0)
+    finally:
+        controller.stop()
+
+
+@pytest.mark.parametrize(("stage", "answer", "permanent"), [
+    ("mail", "530 5.7.0 Authentication required", False),
+    ("mail", "553 5.7.1 Sender address rejected", False),
+    ("mail", "421 4.3.0 try later", False),
+    ("rcpt", "550 5.1.1 No such user", True),
+    ("rcpt", "450 4.2.0 Mailbox busy", False),
+    ("data", "554 5.7.1 Message rejected as spam", True),
+    ("data", "451 4.3.0 try later", False),
+])
+def test_only_a_refused_recipient_or_message_is_permanent(scripted, stage: str, answer: str, permanent: bool) -> None:  # type: ignore[no-untyped-def]
+    handler, settings = scripted
+    setattr(handler, stage, answer)
+    replier = SmtpReplier(settings, "support@bet.example")
+    with pytest.raises(ReplyError, match=answer.split()[0]) as raised:
+        replier.send(reply(1))
+    assert isinstance(raised.value, ReplyUnavailable) is not permanent
+    setattr(handler, stage, "250 OK")
+    replier.send(reply(1))
+    assert len(handler.accepted) == 1
+    replier.close()
+
+
+def test_a_session_refused_by_the_server_keeps_every_acknowledgement_for_later(scripted) -> None:  # type: ignore[no-untyped-def]
+    """530 at MAIL FROM (expired credentials): retried with backoff, all delivered once it is fixed."""
+    handler, settings = scripted
+    handler.mail = "530 5.7.0 Authentication required"
+    clock = CaseClock()
+    store = SqlCaseStore("sqlite://", Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file)), clock=clock)
+    for n in range(3):
+        store.apply(triaged(n))
+    relay = OutboxRelay(store, MemoryBus(), {"email": SmtpReplier(settings, SETTINGS.from_address)})
+    relay.run_once()
+    assert relay.stats.acks_failed == 0 and relay.stats.retries == 3
+    handler.mail = "250 OK"
+    clock.now += timedelta(seconds=5)
+    relay.run_once()
+    assert relay.stats.acks_sent == 3 and len(handler.accepted) == 3
+
+
+def test_a_slow_server_cannot_stretch_one_send_past_its_deadline(scripted) -> None:  # type: ignore[no-untyped-def]
+    handler, settings = scripted
+    handler.rcpt_delay = handler.data_delay = 2.5  # each operation under the 3 s timeout, the send not
+    replier = SmtpReplier(settings, "support@bet.example")
+    started = time.monotonic()
+    with pytest.raises(ReplyUnavailable, match="deadline of 3s"):
+        replier.send(reply(1))
+    assert time.monotonic() - started < 3.5 and replier._client is None
+    handler.rcpt_delay = handler.data_delay = 0
+    replier.send(reply(2))  # a new connection; the aborted one is gone
+    assert replier.connections == 2 and len(handler.accepted) == 1
+
+
+def test_two_relays_and_a_slow_server_send_one_acknowledgement_once(scripted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Relay A's send is cut off at its deadline, inside its lease and before the message was
+    transferred; relay B, claiming after A's lease, delivers it: the customer gets it once."""
+    handler, settings = scripted
+    handler.rcpt_delay = 5.0
+    store = SqlCaseStore(f"sqlite:///{tmp_path / 'cases.sqlite3'}",
+                         Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file)))
+    store.apply(triaged(1))
+
+    def relay() -> OutboxRelay:
+        return OutboxRelay(store, MemoryBus(), {"email": SmtpReplier(settings, SETTINGS.from_address)}, lease_seconds=4.0)
+
+    a, b = relay(), relay()
+    worker = threading.Thread(target=a.run_once)
+    worker.start()
+    time.sleep(4.5)  # A's lease is over; its send was cut at 3 s and the row handed back
+    handler.rcpt_delay = 0
+    b.run_once()
+    worker.join()
+    assert a.stats.acks_sent == 0 and a.stats.retries == 1 and b.stats.acks_sent == 1
+    assert len(handler.accepted) == 1
