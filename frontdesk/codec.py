@@ -8,6 +8,7 @@ object. A record from a newer schema version is refused (not guessed at).
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,9 @@ from frontdesk.messages import PIPELINE_TYPES, Frozen
 M = TypeVar("M", bound=Frozen)
 
 SCHEMA_DIR = Path(str(resources.files("frontdesk") / "schemas"))
+# Only a \u escape can put a surrogate into a JSON string (raw UTF-8 bytes cannot); this search
+# is cheap, and the full check runs only on records that have such an escape.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def encode(message: Frozen) -> bytes:
@@ -39,6 +43,8 @@ def decode(raw: bytes, expected: type[M]) -> M:
         raise DecodeError(f"not valid JSON: {exc}", raw) from exc
     except RecursionError as exc:
         raise DecodeError("not valid JSON: nested too deeply", raw) from exc
+    if _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(data):
+        raise DecodeError("not Unicode text: a string holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape)", raw)
     if not isinstance(data, dict):
         raise DecodeError("not a JSON object", raw)
     want_kind = expected.model_fields["kind"].default
@@ -54,6 +60,16 @@ def decode(raw: bytes, expected: type[M]) -> M:
         return expected.model_validate(data)
     except ValidationError as exc:
         raise DecodeError(f"invalid {want_kind} message: {_summarise(exc)}", raw) from exc
+
+
+def _holds_lone_surrogate(data: Any) -> bool:
+    """Whether a JSON value holds a string that is not Unicode text (a lone surrogate, which JSON's
+    ``\\u`` escapes can write and UTF-8 cannot: every later encode of it would fail)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -91,6 +91,8 @@ def test_triaged_roundtrip_keeps_unicode() -> None:
         (b'{"kind": "case", "version": 1}', "expected kind 'inbound'"),
         (b'{"kind": "inbound", "version": 2}', "unsupported inbound version 2"),
         (b'{"kind": "inbound", "version": 1, "id": "x"}', "invalid inbound message"),
+        (b'{"kind": "inbound", "version": 1, "subject": "a \\ud83d b"}', "lone UTF-16 surrogate"),
+        (b'{"kind": "inbound", "version": 1, "x": ["\\udc00"]}', "lone UTF-16 surrogate"),
     ],
 )
 def test_decode_errors_carry_raw_bytes(raw: bytes, reason: str) -> None:
@@ -115,3 +117,11 @@ def test_emitted_events_validate_against_the_published_schema() -> None:
     bad["case"]["priority"] = 9
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_escaped_surrogate_pairs_and_escaped_backslashes_are_ordinary_text() -> None:
+    msg = InboundMessage.create(connector="t", external_id="1", channel="chat", sender=Party(handle="u"),
+                                text="x", received_at=datetime.now(UTC))
+    for text, expected in (('\\ud83d\\ude00', "\U0001F600"), ('\\\\ud83d', "\\ud83d")):
+        raw = encode(msg).replace(b'"text":"x"', b'"text":"' + text.encode() + b'"')
+        assert decode(raw, InboundMessage).text == expected
