@@ -1,15 +1,18 @@
 """Language identification for az / ru / en / tr, including the cases detectors get wrong.
 
 Order of evidence:
-1. A letter only Azerbaijani Cyrillic has (ә ғ ҝ ј ө ү һ ҹ) → ``az``. No detector knows
-   Azerbaijani in Cyrillic script.
+1. Azerbaijani in Cyrillic script (:func:`classify.text.is_azerbaijani_cyrillic`: letters only
+   Azerbaijani Cyrillic has, in enough of the words, and no other Cyrillic alphabet's) → ``az``.
+   No detector knows Azerbaijani in Cyrillic script. One such letter is not enough (a Russian
+   message signed with an Azerbaijani name, Kazakh, Serbian, a homoglyph): those go on to 2.
 2. A word + character n-gram logistic regression trained on the project's labelled data: it
    learns Azerbaijani and Turkish typed without diacritics, and Russian in Latin transliteration,
    which lingua confuses (measured on the dev split: lingua + rule 0.894, n-grams + rule 0.989).
    Since 2026-12-06 it reads the category/urgency heads' n-gram features (:func:`fit_ngram_model`),
    so one feature pass serves all three (same dev accuracy, 0.992; ~0.2 ms a message less).
 3. When that model is unsure (max probability below ``min_confidence``), lingua restricted to the
-   configured languages decides; text with no letters is ``und``. Lingua runs in its low-accuracy
+   configured languages decides; text with no letters, or that lingua gives no confidence in any
+   configured language (Arabic, Georgian, Chinese, …), is ``und``. Lingua runs in its low-accuracy
    mode by default (trigram models only): as a fallback it decides few texts, and its full models
    take ~130-180 MB of RAM against ~14 MB (dev split: 0.983 with low, 0.985 with high accuracy).
 """
@@ -74,7 +77,7 @@ class LanguageIdentifier:
 
     def _by_lingua(self, text: str) -> tuple[str, float]:
         values = self._lingua.compute_language_confidence_values(text)
-        if not values:
+        if not values or values[0].value <= 0.0:  # all zeros: none of our languages, not the first
             return ("und", 0.0)
         top = values[0]
         code = top.language.iso_code_639_1.name.lower()

@@ -185,19 +185,29 @@ class TriageModel(Classifier):
         feats = self._features.transform(ngram_texts) if self._features is not None else None
         probs = {task: head.proba(x, ngram_texts, feats).tolist() for task, head in self.heads.items()}
         languages = self.language.identify(plain, feats if self._language_shares else None)
-        return [self._triage(plain[n], {t: p[n] for t, p in probs.items()}, languages[n]) for n in range(len(items))]
+        return [self._triage((plain[n], encoded[n]), {t: p[n] for t, p in probs.items()}, languages[n])
+                for n in range(len(items))]
 
-    def _triage(self, text: str, probs: dict[str, list[float]], lang: tuple[str, float]) -> Triage:
-        """One message's labels from its rows of class probabilities (in ``self._classes`` order)."""
+    def _triage(self, texts: tuple[str, str], probs: dict[str, list[float]], lang: tuple[str, float]) -> Triage:
+        """One message's labels from its rows of class probabilities (in ``self._classes`` order).
+
+        ``texts``: the message as written and as encoded (Azerbaijani Cyrillic transliterated);
+        the rules read both. ``scores`` stay the model's probabilities; ``confidence`` is the
+        model's probability of each label reported, so when a rule raised the urgency it is the
+        (low) probability the model gave that urgency, and the message ``needs_review``: a rule
+        overrode the model, a person should look.
+        """
         best = {t: max(range(len(p)), key=p.__getitem__) for t, p in probs.items()}  # first maximum, as argmax
         category = self._classes["category"][best["category"]]
         urgency = self._classes["urgency"][best["urgency"]]
         reasons: tuple[str, ...] = ()
         if self.settings.use_rules:
-            urgency, reasons = apply_rules(text, category, urgency)
-        confidence = {t: round(probs[t][best[t]], 4) for t in probs}
+            urgency, reasons = apply_rules(texts, category, urgency)
+        by_label = {t: dict(zip(self._classes[t], probs[t], strict=True)) for t in probs}
+        chosen = {"category": category, "urgency": urgency}
+        confidence = {t: round(by_label[t].get(chosen[t], 0.0), 4) for t in probs}
         confidence["language"] = round(lang[1], 4)
-        scores = {t: {c: round(v, 4) for c, v in zip(self._classes[t], probs[t], strict=True)} for t in probs}
-        review = min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
+        scores = {t: {c: round(v, 4) for c, v in row.items()} for t, row in by_label.items()}
+        review = bool(reasons) or min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
         return Triage(category=category, urgency=urgency, language=lang[0], confidence=confidence, scores=scores,
                       model_version=self.model_version, needs_review=review, reasons=reasons)

@@ -9,6 +9,18 @@ import re
 import unicodedata
 
 AZ_CYRILLIC_LETTERS = frozenset("әғҝјөүһҹӘҒҜЈӨҮҺҸ")
+# Once other Cyrillic alphabets' own letters are ruled out (Kazakh's ә comes with қ ң і), ә ҝ ҹ
+# are Azerbaijani only.
+_AZ_DISTINCT = frozenset("әҝҹӘҜҸ")
+# Russian letters that Azerbaijani Cyrillic, as customers write it, never uses (none in our data).
+_RU_ONLY = frozenset("яюёэщъьйцЯЮЁЭЩЪЬЙЦ")
+_RU_WORDS = frozenset(
+    "и в во не на что как это я мы вы мне меня мой моя мои но по за из от для уже так же нет все всё "
+    "был была было только очень если когда или вас вам у с со об ещё еще".split()
+)
+_RU_LETTERS = frozenset("абвгдеёжзийклмнопрстуфхцчшщъыьэюя")
+_AZ_CYRILLIC_ALPHABET = _RU_LETTERS | {c.lower() for c in AZ_CYRILLIC_LETTERS}
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 _AZ_CYR_TO_LAT = {
     "а": "a", "б": "b", "в": "v", "г": "q", "ғ": "ğ", "д": "d", "е": "e", "ә": "ə", "ж": "j",
@@ -25,8 +37,38 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 
 
 def is_azerbaijani_cyrillic(text: str) -> bool:
-    """True if the text uses a letter only Azerbaijani Cyrillic has (ә ғ ҝ ј ө ү һ ҹ)."""
-    return not AZ_CYRILLIC_LETTERS.isdisjoint(text)
+    """True if the text is mostly Azerbaijani in Cyrillic script, judged from its Cyrillic words.
+
+    One letter such as ә or ј is no proof: a Russian message signed "Әлијев", Serbian (ј),
+    Kazakh or Uzbek (ә ғ ө ү һ), a Latin "h" typed as Cyrillic "һ" all have them. So it takes:
+    no letter of another Cyrillic alphabet (Kazakh қ ң і, Uzbek ў ҳ, Serbian љ њ, …); ә, ҝ or ҹ,
+    or two different Azerbaijani letters (ј with ы counts); more words with Azerbaijani letters than words that are
+    Russian (a letter Azerbaijani never uses, or a common Russian word); and no more words in
+    Latin letters than in Cyrillic. Words mixing scripts (homoglyphs) count as neither.
+    """
+    if AZ_CYRILLIC_LETTERS.isdisjoint(text):
+        return False
+    cyrillic, latin = [], 0
+    for word in _LETTERS.findall(text):
+        if all(_is_cyrillic(c) for c in word):
+            cyrillic.append(word.lower())
+        elif not any(_is_cyrillic(c) for c in word):
+            latin += 1
+    used = {c for w in cyrillic for c in w}
+    if not used <= _AZ_CYRILLIC_ALPHABET:
+        return False
+    az_letters = used & AZ_CYRILLIC_LETTERS
+    if "ј" in az_letters and "ы" in used:  # Serbian and Macedonian, the other ј alphabets, lack ы
+        az_letters |= {"ы"}
+    if not (az_letters & _AZ_DISTINCT or len(az_letters) >= 2):
+        return False
+    russian = sum(1 for w in cyrillic if w in _RU_WORDS or not _RU_ONLY.isdisjoint(w))
+    azerbaijani = sum(1 for w in cyrillic if not AZ_CYRILLIC_LETTERS.isdisjoint(w) and _RU_ONLY.isdisjoint(w))
+    return azerbaijani > russian and len(cyrillic) >= latin
+
+
+def _is_cyrillic(char: str) -> bool:
+    return "\u0400" <= char <= "\u052f"
 
 
 def transliterate_az_cyrillic(text: str) -> str:
