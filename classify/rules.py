@@ -165,7 +165,7 @@ def apply_rules(text: str | Sequence[str], category: str, urgency: str,
     ``text``: the message, or several renderings of it (as written and transliterated); a rule
     fires if it matches any. Only rules that raised the urgency are named.
     """
-    texts = [fold(t) for t in ([text] if isinstance(text, str) else text)]
+    texts = list(dict.fromkeys(fold(t) for t in ([text] if isinstance(text, str) else text)))  # most are one
     fired = []
     for rule in rules:
         if URGENCY_ORDER[rule.floor] > URGENCY_ORDER[urgency] and any(rule.applies(t, category) for t in texts):

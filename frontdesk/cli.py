@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -17,7 +17,11 @@ from classify.cli import classifier_settings
 from dispatch.cli import dispatch_store
 from frontdesk import __version__
 from frontdesk.clikit import app, deadletter_app, fail, guard, load, open_configured_bus, stop_on_signals
+from frontdesk.messages import DeadLetter
 from frontdesk.settings import StorageSettings
+
+if TYPE_CHECKING:
+    from frontdesk.bus.base import Bus
 
 __all__ = ["app"]
 
@@ -56,24 +60,49 @@ def schemas(
 def deadletter_list(
     stage: Annotated[Optional[str], typer.Option(help="Only records from this stage")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many records")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many records")] = 100,
 ) -> None:
-    """List dead-letter records (stage, reason, origin) without consuming them."""
-    from frontdesk.codec import decode
-    from frontdesk.messages import DeadLetter
+    """List dead-letter records (stage, reason, origin) without consuming them.
 
+    Reads the topic up to its end offsets at the start, or until ``limit`` records of ``stage``;
+    malformed records are counted (on stderr), never listed.
+    """
     with open_configured_bus() as bus:
-        letters = []
-        with bus.consumer(f"frontdesk-cli-{uuid.uuid4().hex}", [bus.topics.deadletter]) as consumer:
-            while len(letters) < limit and (batch := consumer.poll(500, timeout=1.0)):
-                letters.extend(decode(r.value, DeadLetter) for r in batch)
-        letters = [d for d in letters if stage is None or d.stage == stage][:limit]
+        letters, malformed = guard(lambda: read_dead_letters(bus, stage, limit))
+    if malformed:
+        typer.echo(f"{malformed} malformed dead-letter record(s) passed over", err=True)
     if as_json:
         typer.echo(json.dumps([d.model_dump(mode="json") for d in letters], ensure_ascii=False))
         return
     for d in letters:
         typer.echo(f"{d.failed_at:%Y-%m-%d %H:%M:%S} {d.stage:10} {d.error_type:18} {d.reason[:90]}")
     typer.echo(f"{len(letters)} dead-letter record(s)")
+
+
+def read_dead_letters(bus: Bus, stage: str | None, limit: int, timeout: float = 30.0) -> tuple[list[DeadLetter], int]:
+    """Up to ``limit`` dead letters of ``stage`` (any stage if None) in topic order, read in a
+    throwaway consumer group that commits nothing, and how many malformed records were passed over.
+    Raises BusUnavailable if the topic's partitions are not assigned within ``timeout`` s."""
+    from frontdesk.codec import decode
+    from frontdesk.errors import DecodeError
+    from frontdesk.replay import read_until
+
+    letters: list[DeadLetter] = []
+    malformed = 0
+    ends = bus.end_offsets(bus.topics.deadletter)
+    with bus.consumer(f"frontdesk-cli-{uuid.uuid4().hex}", [bus.topics.deadletter]) as consumer:
+        for batch in read_until(consumer, ends, timeout, 500):
+            for record in batch:
+                try:
+                    letter = decode(record.value, DeadLetter)
+                except DecodeError:
+                    malformed += 1
+                    continue
+                if stage is None or letter.stage == stage:
+                    letters.append(letter)
+                    if len(letters) == limit:
+                        return letters, malformed
+    return letters, malformed
 
 
 @app.command()

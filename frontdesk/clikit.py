@@ -3,6 +3,10 @@
 The command line is the only place that reads the environment: each command loads the settings it
 needs (env ``FRONTDESK_*`` + the optional YAML file) and hands them to components through their
 constructors. Stage packages add their commands in their own ``cli`` modules.
+
+Exit codes: 0 done; 1 a Frontdesk error (:func:`guard`; e.g. a server unreachable); 2 invalid
+settings or usage (a ConfigError from :func:`load` or :func:`guard`, a bad option), which the
+topology supervisor does not restart; 3 not yet implemented.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from frontdesk.errors import ConfigError, FrontdeskError
 from frontdesk.settings import BusSettings, ComponentSettings, KafkaSettings, StorageSettings
 
 T = TypeVar("T")
+CONFIG_ERROR_EXIT = 2  # invalid settings or usage; frontdesk.topology.supervisor does not restart after it
 S = TypeVar("S", bound=ComponentSettings)
 
 app = typer.Typer(
@@ -68,7 +73,7 @@ def load(cls: type[S]) -> S:
     try:
         return cls.load(STATE.config)
     except ConfigError as exc:
-        fail(str(exc), code=2)
+        fail(str(exc), code=CONFIG_ERROR_EXIT)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -81,9 +86,15 @@ def not_yet(what: str, issue: int) -> NoReturn:
 
 
 def guard(action: Callable[[], T]) -> T:
-    """Run ``action``; a Frontdesk error becomes a one-line message and exit code 1."""
+    """Run ``action``; a Frontdesk error becomes a one-line message and an exit code.
+
+    ConfigError exits with 2 like :func:`load` (invalid settings: restarting cannot help, so the
+    topology supervisor does not), every other Frontdesk error with 1.
+    """
     try:
         return action()
+    except ConfigError as exc:
+        fail(str(exc), code=CONFIG_ERROR_EXIT)
     except FrontdeskError as exc:
         fail(str(exc))
 

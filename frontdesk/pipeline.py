@@ -3,6 +3,12 @@
 Stages run in threads with exactly the code they run as separate processes; they talk only
 through the bus and the case store, so stopping (Ctrl-C) and restarting loses nothing: each stage
 resumes from its committed offsets and the outbox.
+
+The status line's ``lag`` is the classify stage's consumer lag on the inbound topic (end offset −
+the classify group's committed offset, ``frontdesk_consumer_lag``, from the StageRunner's
+``lag_snapshot``: on the partitions this process owns, refreshed every 5 s), ``?`` until the stage
+has its first snapshot; the last line, after the stages stopped, repeats the last value. Counting topic records instead would hide unprocessed messages behind the
+triaged records a redelivered batch publishes again.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.codec import encode
+from frontdesk.errors import ConfigError
 from frontdesk.health import Probes
 from frontdesk.messages import InboundMessage, Party
 
@@ -53,29 +62,64 @@ def publish_demo(bus: Bus, examples: list[Any]) -> int:
     return len(msgs)
 
 
-def status_line(bus: Bus, counts: Callable[[], tuple[int, int]]) -> str:
+def consumer_lag(registry: CollectorRegistry, stage: str, topic: str) -> int | None:
+    """``frontdesk_consumer_lag`` of ``stage`` on logical ``topic``, summed over partitions; None
+    while ``registry`` has none (the stage has not taken its first lag snapshot, or has stopped)."""
+    values = [sample.value for family in registry.collect() if family.name == "frontdesk_consumer_lag"
+              for sample in family.samples
+              if sample.labels.get("stage") == stage and sample.labels.get("topic") == topic]
+    return int(sum(values)) if values else None
+
+
+def classify_lag() -> int | None:
+    """The classify stage's consumer lag on the inbound topic in this process (see the module docstring)."""
+    from frontdesk.metrics import default_metrics
+
+    return consumer_lag(default_metrics().registry, "classify", "inbound")
+
+
+def status_line(bus: Bus, counts: Callable[[], tuple[int, int]],
+                lag: Callable[[], int | None] = classify_lag) -> str:
+    """One line: records per topic, cases, acknowledgements, dead letters and the classify lag."""
     inbound = sum(bus.end_offsets(bus.topics.inbound).values())
     triaged = sum(bus.end_offsets(bus.topics.triaged).values())
     dead = sum(bus.end_offsets(bus.topics.deadletter).values())
     cases, acked = counts()
+    behind = lag()
     return (f"in {inbound} | triaged {triaged} | cases {cases} | acknowledged {acked} | dead-letter {dead} | "
-            f"lag ~{max(0, inbound - triaged - dead)}")
+            f"lag {'?' if behind is None else f'~{behind}'}")
+
+
+def _last_known(lag: Callable[[], int | None]) -> Callable[[], int | None]:
+    """``lag`` that repeats its last value once it has none (a stopped stage drops its snapshot)."""
+    last: int | None = None
+
+    def read() -> int | None:
+        nonlocal last
+        value = lag()
+        if value is not None:
+            last = value
+        return last
+
+    return read
 
 
 def run_pipeline(stages: dict[str, Callable[[threading.Event], None]], stop: threading.Event, bus: Bus,
                  counts: Callable[[], tuple[int, int]], echo: Callable[[str], None], every: float = 2.0,
-                 probes: Probes | None = None) -> int:
-    """Start the stages, print a status line every ``every`` seconds until ``stop``; exit code.
+                 probes: Probes | None = None, lag: Callable[[], int | None] = classify_lag) -> int:
+    """Start the stages, print a status line every ``every`` seconds until ``stop``; exit code:
+    0, 2 when a stage died of a ConfigError (invalid settings, as the CLI's exit codes), else 1.
 
     ``probes`` (if given) watches every stage thread, so ``/healthz`` fails when one dies."""
     threads = [StageThread(name, fn, stop) for name, fn in stages.items()]
+    lag = _last_known(lag)
     for t in threads:
         if probes is not None:
             probes.watch_thread(t)
         t.start()
     last = ""
     while not stop.wait(every):
-        line = status_line(bus, counts)
+        line = status_line(bus, counts, lag)
         if line != last:
             echo(f"{datetime.now():%H:%M:%S} {line}")
             last = line
@@ -85,5 +129,7 @@ def run_pipeline(stages: dict[str, Callable[[threading.Event], None]], stop: thr
     failed = [t for t in threads if t.error is not None]
     for t in failed:
         echo(f"stage {t.name} failed: {t.error}")
-    echo(status_line(bus, counts))
+    echo(status_line(bus, counts, lag))
+    if any(isinstance(t.error, ConfigError) for t in failed):
+        return 2
     return 1 if failed else 0

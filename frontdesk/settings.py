@@ -6,10 +6,20 @@ section of the optional YAML file (``--config`` / ``FRONTDESK_CONFIG``), then de
 
 Only the CLI calls :meth:`ComponentSettings.load` (which reads the environment); components take a
 settings object in their constructor and never look at ``os.environ`` themselves.
+
+Misspellings are refused (ConfigError), never ignored: an unknown key inside a section (the classes
+forbid extras), an unknown top-level section of the YAML file (the known ones are the sections of
+the settings classes), and an environment variable ``FRONTDESK_<SECTION>_<X>`` of a known section
+whose ``X`` is no field of it (checked when that section loads; :data:`NOT_SETTINGS` lists the
+exceptions). Error messages never quote the YAML text or a variable's value: either may be a secret.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -28,6 +38,10 @@ from frontdesk.errors import ConfigError
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("frontdesk_config_file", default=None)
 _ENV_ENABLED: ContextVar[bool] = ContextVar("frontdesk_env_enabled", default=False)
 S = TypeVar("S", bound="ComponentSettings")
+# FRONTDESK_<SECTION>_* variables that are not settings: the test harness's Kafka broker JVM options
+# (tests/harness/kafka.py), which a developer's shell may export to the whole test run.
+NOT_SETTINGS = frozenset({"FRONTDESK_KAFKA_JAVA_OPTS"})
+_QUOTED = re.compile(r"'[^'\n]*'")
 
 
 class ComponentSettings(BaseSettings):
@@ -61,33 +75,123 @@ class ComponentSettings(BaseSettings):
 
     @classmethod
     def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
-        """Read env + YAML section (CLI only). Raises ConfigError naming the bad field."""
+        """Read env + YAML section (CLI only).
+
+        Raises ConfigError naming the bad field, an unknown ``FRONTDESK_<SECTION>_*`` variable of this
+        section, or an unknown top-level section of the YAML file.
+        """
         if config_file is not None and not Path(config_file).is_file():
             raise ConfigError(f"config file not found: {config_file}")
+        check_environment(cls, os.environ)
         tokens = (_CONFIG_FILE.set(config_file), _ENV_ENABLED.set(True))
         try:
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(_describe(cls, exc, config_file)) from exc
         except ValueError as exc:
-            raise ConfigError(f"[{cls.section}] in {config_file}: {exc}") from exc
+            raise ConfigError(f"[{cls.section}]{f' in {config_file}' if config_file else ''}: {exc}") from exc
         finally:
             _CONFIG_FILE.reset(tokens[0])
             _ENV_ENABLED.reset(tokens[1])
 
 
 def yaml_section(path: Path, section: str) -> dict[str, Any]:
-    """The mapping under ``section`` in a YAML file ({} when absent). Raises ConfigError."""
+    """The mapping under ``section`` in a YAML file ({} when absent).
+
+    Raises ConfigError when the file cannot be read or parsed (naming the problem, line and column,
+    never the text), is not a mapping of known sections, or ``section`` is not a mapping.
+    """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or type(exc).__name__}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot read config file {path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
-    value = data.get(section) or {}
+    check_sections(data, path)
+    value = {} if data.get(section) is None else data[section]
     if not isinstance(value, dict):
         raise ConfigError(f"config file {path}: section '{section}' must be a mapping")
     return value
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong in a YAML text and where, without its text (a line may hold a password).
+
+    Quoted fragments of PyYAML's message (an alias or tag name may be a mistyped secret) are kept
+    only when they are a token name such as ``'<stream end>'`` or one character.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = _QUOTED.sub(_token_or_hidden, exc.problem or "invalid YAML") + _at(exc.problem_mark)
+        if exc.context:
+            text += f" ({_QUOTED.sub(_token_or_hidden, exc.context)}{_at(exc.context_mark, 'from')})"
+        return text
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{exc.reason} at character {exc.position}"
+    return f"invalid YAML ({type(exc).__name__})"
+
+
+def _at(mark: yaml.Mark | None, word: str = "at") -> str:
+    return f" {word} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _token_or_hidden(match: re.Match[str]) -> str:
+    inner = match.group()[1:-1]
+    return match.group() if len(inner) <= 1 or (inner.startswith("<") and inner.endswith(">")) else "'…'"
+
+
+def check_sections(data: dict[Any, Any], path: Path) -> None:
+    """Raise ConfigError naming the top-level keys of ``data`` that are not a settings section."""
+    loaded = _loaded_sections()  # usually enough: importing every settings module takes ~0.3 s
+    unknown = sorted(str(k) for k in data if k not in loaded)
+    if not unknown:
+        return
+    known = known_sections()
+    unknown = [k for k in unknown if k not in known]
+    if unknown:
+        named = ", ".join(_named(k, known, "'{}'") for k in unknown)
+        raise ConfigError(f"config file {path}: unknown top-level section {named}; "
+                          f"known sections: {', '.join(sorted(known))}")
+
+
+def check_environment(cls: type[ComponentSettings], environ: Iterable[str]) -> None:
+    """Raise ConfigError naming the ``FRONTDESK_<SECTION>_*`` variables in ``environ`` that are no
+    field of ``cls`` (case-insensitive, like the settings; values are never shown)."""
+    if not cls.section:
+        return
+    prefix = f"FRONTDESK_{cls.section.upper()}_"
+    known = {prefix + name.upper() for name in cls.model_fields}
+    unknown = sorted(n for n in {k.upper() for k in environ} if n.startswith(prefix)
+                     and n not in known and n not in NOT_SETTINGS)
+    if unknown:
+        named = ", ".join(_named(n, known, "{}") for n in unknown)
+        raise ConfigError(f"unknown [{cls.section}] environment variable {named}; "
+                          f"the [{cls.section}] variables are {prefix}<FIELD> with FIELD one of "
+                          f"{', '.join(name.upper() for name in cls.model_fields)}")
+
+
+def _named(name: str, known: Iterable[str], form: str) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return form.format(name) + (f" (did you mean {form.format(close[0])}?)" if close else "")
+
+
+def _loaded_sections() -> set[str]:
+    found, todo = set(), list(ComponentSettings.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        found.add(cls.section)
+    return found - {""}
+
+
+def known_sections() -> set[str]:
+    """The section of every settings class of the Frontdesk packages (imports the modules defining them)."""
+    from frontdesk.settings_doc import settings_classes  # settings_doc imports this module
+
+    return {cls.section for cls in settings_classes()}
 
 
 def _describe(cls: type[ComponentSettings], exc: ValidationError, path: Path | None) -> str:

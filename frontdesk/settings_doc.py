@@ -7,6 +7,9 @@ environment variable, YAML key, type, default, description. Secrets show as ``se
 value. Defaults that depend on the machine (paths in the checkout or the home directory) are shown
 relative, so the text is the same on every machine.
 
+:func:`settings_classes` is also what :func:`frontdesk.settings.known_sections` asks for the
+top-level sections a YAML file may have.
+
 README.md holds the text between ``<!-- settings:begin -->`` and ``<!-- settings:end -->``;
 ``make docs`` (``frontdesk config-reference --write``) rewrites that block, and a unit test fails
 when it has drifted. Pure apart from the imports and :func:`write_readme`; no environment is read.

@@ -1,43 +1,53 @@
 """``python -m frontdesk.topology`` (or ``scripts/topology``): the compose services as local processes.
 
-    python -m frontdesk.topology --kafka 127.0.0.1:9092 --database-url postgresql+psycopg://… \
+    FRONTDESK_TOPOLOGY_DATABASE_URL=postgresql+psycopg://… python -m frontdesk.topology --kafka 127.0.0.1:9092 \
         [--smtp 127.0.0.1:1025] [--services classify dispatch] [--replicas classify=2] [--env K=V]
 
-Kafka, PostgreSQL and the SMTP server are not started: pass their addresses. Runs until Ctrl-C or
+Kafka, PostgreSQL and the SMTP server are not started: pass their addresses. The database URL
+holds a password, so it is read from ``FRONTDESK_TOPOLOGY_DATABASE_URL`` (``--database-url``, which
+every local user can read in the process list, wins when both are given). Runs until Ctrl-C or
 SIGTERM, then stops every process cleanly (SIGTERM, then SIGKILL after the stop timeout).
-Exit code 2 for an invalid compose file or arguments, 1 when a process exits for good at start-up
-(e.g. invalid settings), else 0.
+Exit code 2 for an invalid compose file, database URL or arguments, 1 when a process exits for
+good at start-up (e.g. invalid settings), else 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from frontdesk.errors import ConfigError, TopologyError
 from frontdesk.topology.supervisor import Topology
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+DATABASE_URL_ENV = "FRONTDESK_TOPOLOGY_DATABASE_URL"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """``python -m frontdesk.topology``: start the services, wait for Ctrl-C / SIGTERM, stop them cleanly."""
     args = _parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
     endpoints: dict[str, Any] = {"kafka": args.kafka}
-    if args.database_url:
-        endpoints["postgres"] = args.database_url
-    if args.smtp:
-        host, _, port = args.smtp.rpartition(":")
-        endpoints["smtp"] = (host, int(port))
     try:
+        if url := database_url(args.database_url, environ):
+            endpoints["postgres"] = url
+        if args.smtp:
+            host, _, port = args.smtp.rpartition(":")
+            endpoints["smtp"] = (host, int(port))
         topo = Topology.from_compose(args.compose, endpoints, env_extra=dict(kv.split("=", 1) for kv in args.env),
                                      log_dir=args.log_dir, services=args.services, state_dir=args.state_dir,
                                      replicas={k: int(v) for k, v in (kv.split("=", 1) for kv in args.replicas)},
-                                     metrics=not args.no_metrics)
+                                     metrics=not args.no_metrics, environ=environ)
     except (ConfigError, ValueError) as exc:
         print(f"frontdesk.topology: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +62,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         print("stopping (SIGTERM to every process)", flush=True)
     return code
+
+
+def database_url(given: str | None, environ: Mapping[str, str]) -> str | None:
+    """``--database-url`` if given, else ``$FRONTDESK_TOPOLOGY_DATABASE_URL`` (None: neither).
+
+    Raises ConfigError for a URL SQLAlchemy cannot use (unparseable, port not in 1-65535, unknown
+    dialect); the message names where the URL came from, never the URL (it holds the password).
+    """
+    source, url = ("--database-url", given) if given else (DATABASE_URL_ENV, environ.get(DATABASE_URL_ENV))
+    if not url:
+        return None
+    try:
+        parsed = make_url(url)
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ConfigError(f"{source}: port {parsed.port} is not in 1-65535")
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(f"{source}: unknown database dialect {parsed.drivername!r}") from None
+    except ArgumentError:
+        raise ConfigError(f"{source}: not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)"
+                          ) from None
+    except ValueError:
+        raise ConfigError(f"{source}: the port of the URL is not a number") from None
+    return url
 
 
 def _until_ready(topo: Topology, stop: threading.Event, timeout: float) -> int:
@@ -79,11 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compose", type=Path, default=default if default.exists() else
                         Path(__file__).resolve().parents[2] / "docker-compose.yml")
     parser.add_argument("--kafka", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
-    parser.add_argument("--database-url", metavar="URL", help="SQLAlchemy URL of the cases database")
+    parser.add_argument("--database-url", metavar="URL",
+                        help=f"SQLAlchemy URL of the cases database; better ${DATABASE_URL_ENV}: the command "
+                        "line is visible to every local user")
     parser.add_argument("--smtp", metavar="HOST:PORT", help="SMTP server (default: acknowledgements as files)")
     parser.add_argument("--services", nargs="+", metavar="NAME", help="Default: every service without a profile")
     parser.add_argument("--replicas", action="append", default=[], metavar="NAME=N", help="Override deploy.replicas")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="Extra environment (last)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra environment (last); not for secrets, which pass from the environment "
+                        "where docker-compose.yml lists them")
     parser.add_argument("--log-dir", type=Path)
     parser.add_argument("--state-dir", type=Path, help="Named volumes and logs (default var/topology)")
     parser.add_argument("--no-metrics", action="store_true", help="Drop the FRONTDESK_METRICS_* settings")

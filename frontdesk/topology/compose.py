@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from frontdesk.errors import ConfigError
+from frontdesk.settings import yaml_problem
 
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_]\w*)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}|([A-Za-z_]\w*))")
 
@@ -59,12 +60,17 @@ def _interpolate_tree(node: Any, environ: Mapping[str, str]) -> Any:
 def load_compose(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The compose file as a dict, every string interpolated with ``environ`` (default: os.environ).
 
-    Raises ConfigError if the file is unreadable, not YAML, or has no ``services`` mapping.
+    Raises ConfigError if the file is unreadable, not YAML (naming line and column, never the
+    text), or has no ``services`` mapping.
     """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read compose file {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read compose file {path}: {exc.strerror or type(exc).__name__}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read compose file {path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:  # PyYAML's message quotes the line, which may hold a password
+        raise ConfigError(f"cannot read compose file {path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ConfigError(f"compose file {path}: no 'services' mapping")
     return _interpolate_tree(data, os.environ if environ is None else environ)

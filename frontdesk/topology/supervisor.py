@@ -4,7 +4,9 @@
 (see :mod:`frontdesk.topology.localise` for how a service becomes a process). A supervisor thread
 restarts a process that dies, with exponential backoff (reset after a minute of uptime), except
 after exit code 2 (invalid settings: restarting cannot help). ``stop`` sends SIGTERM to every
-process (like ``docker stop``), waits, then SIGKILLs the process groups that are left. Each
+process (like ``docker stop``), waits, then SIGKILLs every process group, also those whose leader
+has exited (its children may not have). When a process exits, the supervisor SIGKILLs what is left
+of its group at once, before any restart. Each
 process's output is appended to ``<log_dir>/<service>-<index>.log``, with a ``=== topology``
 line for every start, exit and signal.
 """
@@ -59,6 +61,7 @@ class StageProcess:
     next_start: float | None = None
     failed: str | None = None  # why the supervisor gave up on it
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _group_done: bool = field(default=False, repr=False)  # SIGKILLed or found empty since the last spawn
 
     @property
     def name(self) -> str:
@@ -92,15 +95,28 @@ class StageProcess:
         self.note(f"start #{self.starts}: {shlex.join(self.argv)}")
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started_at, self.next_start = time.monotonic(), None
+        self.started_at, self.next_start, self._group_done = time.monotonic(), None, False
 
     def signal(self, sig: int, group: bool = False) -> None:
-        """Signal the running process (or its whole process group); nothing if it is not running."""
-        if not self.alive:
+        """Signal the process, or (``group``) its whole process group, if one was started.
+
+        The group is signalled even when its leader is gone: members that outlived it (workers,
+        helpers) are still in it. After a SIGKILL to it, or once it is found empty, it is not
+        signalled again until the next spawn: its id may then be reused by an unrelated group.
+        A signal to the leader alone does nothing once the leader has exited.
+        """
+        if self.popen is None:
             return
         try:
-            os.killpg(self.popen.pid, sig) if group else self.popen.send_signal(sig)  # type: ignore[union-attr]
-        except (ProcessLookupError, PermissionError):
+            if not group:
+                if self.alive:
+                    self.popen.send_signal(sig)
+            elif not self._group_done:
+                os.killpg(self.popen.pid, sig)  # the session's group id is its first process's pid
+                self._group_done = sig == signal.SIGKILL
+        except ProcessLookupError:
+            self._group_done = group
+        except PermissionError:
             pass
 
     def close_log(self) -> None:
@@ -250,6 +266,8 @@ class Topology:
                 p.failures = 0
             return
         if p.next_start is None:
+            # Whatever the dead process left in its group must not run on beside a successor, or at all.
+            p.signal(signal.SIGKILL, group=True)
             code = p.returncode
             if not self.restart or code == CONFIG_ERROR_EXIT:
                 p.failed = _exit_text(code) + (" (configuration error)" if code == CONFIG_ERROR_EXIT else "")

@@ -6,9 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
+from frontdesk import clikit
+from frontdesk.bus.base import Outgoing, Record, Topics
+from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.cli import app
+from frontdesk.errors import ConfigError, StoreUnavailable
+from frontdesk.stage import dead_letter
 
 runner = CliRunner()
 
@@ -52,3 +59,66 @@ def test_deadletter_list_on_empty_bus(tmp_path: Path) -> None:
     env = {**os.environ, "FRONTDESK_STORAGE_DATA_DIR": str(tmp_path)}
     result = runner.invoke(app, ["deadletter", "list", "--json"], env=env)
     assert result.exit_code == 0 and result.output.strip() == "[]"
+
+
+def test_a_yaml_syntax_error_exits_2_without_printing_the_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('smtp:\n  host: smtp.example.az\n  password: "s3cretPW-do-not-print\n')
+    result = runner.invoke(app, ["--config", str(cfg), "topics"], env={"FRONTDESK_STORAGE_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2 and "line 4, column 1" in result.output
+    assert "s3cretPW" not in result.output
+
+
+def test_a_misspelt_section_or_variable_exits_2_naming_it(tmp_path: Path) -> None:
+    env = {"FRONTDESK_STORAGE_DATA_DIR": str(tmp_path)}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("smpt:\n  host: smtp.example.az\n")
+    result = runner.invoke(app, ["--config", str(cfg), "topics"], env=env)
+    assert result.exit_code == 2 and "unknown top-level section 'smpt' (did you mean 'smtp'?)" in result.output
+    result = runner.invoke(app, ["topics"], env={**env, "FRONTDESK_BUS_PARTITONS": "8"})
+    assert result.exit_code == 2 and "FRONTDESK_BUS_PARTITONS (did you mean FRONTDESK_BUS_PARTITIONS?)" in result.output
+
+
+def test_a_config_error_raised_by_a_component_exits_2() -> None:
+    # The topology supervisor restarts a process after any exit but 2 (invalid settings).
+    from frontdesk.topology.supervisor import CONFIG_ERROR_EXIT
+
+    assert clikit.CONFIG_ERROR_EXIT == CONFIG_ERROR_EXIT == 2
+    for error, code in ((ConfigError("routing file missing"), 2), (StoreUnavailable("database down"), 1)):
+        with pytest.raises(typer.Exit) as info:
+            clikit.guard(lambda error=error: (_ for _ in ()).throw(error))
+        assert info.value.exit_code == code
+
+
+def test_a_missing_routing_file_exits_2(tmp_path: Path) -> None:
+    env = {"FRONTDESK_STORAGE_DATA_DIR": str(tmp_path), "FRONTDESK_DISPATCH_ROUTING_FILE": str(tmp_path / "nope.yaml")}
+    result = runner.invoke(app, ["cases", "list"], env=env)
+    assert result.exit_code == 2 and "cannot read routing rules" in result.output
+
+
+def dead_letters(tmp_path: Path, stages: list[tuple[str, int]], malformed: int = 0) -> dict[str, str]:
+    bus = SqliteBus(tmp_path / "bus.sqlite3", Topics("frontdesk."), partitions=1)
+    bus.ensure_topics()
+    n = 0
+    for stage, count in stages:
+        records = [Record(bus.topics.inbound, 0, n + i, b"not json", f"k{n + i}".encode()) for i in range(count)]
+        bus.publish([dead_letter(r, stage, ValueError(f"bad {r.offset}"), bus.topics.deadletter) for r in records])
+        n += count
+    bus.publish([Outgoing(bus.topics.deadletter, b"{broken", b"x")] * malformed)
+    bus.close()
+    return {"FRONTDESK_STORAGE_DATA_DIR": str(tmp_path), "FRONTDESK_BUS_PARTITIONS": "1"}
+
+
+def test_deadletter_list_finds_a_stage_behind_many_others(tmp_path: Path) -> None:
+    env = dead_letters(tmp_path, [("classify", 600), ("dispatch", 3), ("classify", 5)], malformed=1)
+    result = runner.invoke(app, ["deadletter", "list", "--stage", "dispatch", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    letters = json.loads(result.stdout)
+    assert [d["reason"] for d in letters] == ["bad 600", "bad 601", "bad 602"]
+    assert "1 malformed dead-letter record(s) passed over" in result.stderr
+    result = runner.invoke(app, ["deadletter", "list", "--stage", "dispatch", "--limit", "2"], env=env)
+    assert result.exit_code == 0 and result.stdout.strip().endswith("2 dead-letter record(s)")
+    result = runner.invoke(app, ["deadletter", "list", "--stage", "classify", "--limit", "1000", "--json"], env=env)
+    assert len(json.loads(result.stdout)) == 605
+    result = runner.invoke(app, ["deadletter", "list", "--stage", "replay", "--json"], env=env)
+    assert result.exit_code == 0 and json.loads(result.stdout) == []

@@ -11,7 +11,9 @@ import pytest
 
 from frontdesk.errors import ConfigError, TopologyError
 from frontdesk.topology import LocalServices, StageProcess, Topology, interpolate, load_compose
-from frontdesk.topology.__main__ import main
+from frontdesk.settings import check_environment
+from frontdesk.settings_doc import settings_classes
+from frontdesk.topology.__main__ import DATABASE_URL_ENV, database_url, main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -164,3 +166,96 @@ def test_cli_exits_when_a_service_cannot_start(tmp_path: Path, capsys: pytest.Ca
     captured = capsys.readouterr()
     assert "gave up on ingest-imap-0" in captured.err and "no mailboxes configured" in captured.err
     assert "stopping" in captured.out
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+LEADER_WITH_STUBBORN_CHILD = (
+    "import signal, subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
+    "print('child-pid', child.pid, flush=True)\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "time.sleep(300)\n")
+
+
+def child_pid(proc: StageProcess) -> int:
+    """The pid the process printed as ``child-pid N`` (the first time)."""
+    def found() -> list[str]:
+        return [line for line in proc.log_tail(100).splitlines() if line.startswith("child-pid ")]
+
+    assert wait_for(lambda: bool(found())), proc.log_tail()
+    return int(found()[0].split()[1])
+
+
+def test_stop_kills_children_that_outlive_their_leader(tmp_path: Path) -> None:
+    leader = sleeper(tmp_path, "leader", LEADER_WITH_STUBBORN_CHILD)
+    topo = Topology([leader], stop_timeout=3.0).start()
+    child = child_pid(leader)
+    assert topo.stop() == {"leader-0": 0}, "the leader exits on SIGTERM; its child ignores it"
+    assert wait_for(lambda: not running(child), 10), "the child was left running in the process group"
+
+
+def test_a_restart_first_kills_what_the_dead_process_left_in_its_group(tmp_path: Path) -> None:
+    flag = tmp_path / "crashed"
+    code = (f"import pathlib, sys\nif not pathlib.Path({str(flag)!r}).exists():\n"
+            f"    pathlib.Path({str(flag)!r}).touch()\n" + "\n".join("    " + line for line in
+                                                               LEADER_WITH_STUBBORN_CHILD.splitlines()[:3])
+            + "\n    sys.exit(1)\nimport time; time.sleep(120)\n")
+    proc = sleeper(tmp_path, "crashy", code)
+    with Topology([proc], backoff=(0.2, 0.2), stop_timeout=3.0) as topo:
+        child = child_pid(proc)
+        assert wait_for(lambda: proc.starts == 2), proc.log_tail()
+        assert wait_for(lambda: not running(child), 10), "the first run's child still runs beside the second run"
+        topo.wait_ready(20)
+
+
+def test_the_database_url_comes_from_the_environment_and_is_checked(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql+psycopg://fd:pw-S3cret@127.0.0.1:15432/cases"
+    assert database_url(None, {DATABASE_URL_ENV: url}) == url
+    assert database_url("sqlite:///x.db", {DATABASE_URL_ENV: url}) == "sqlite:///x.db", "the command line wins"
+    assert database_url(None, {}) is None
+    for bad, why in (("postgresql+psycopg://fd:pw-S3cret@h:5x/db", "the port of the URL is not a number"),
+                     ("postgresql+psycopg://fd:pw-S3cret@h:99999/db", "port 99999 is not in 1-65535"),
+                     ("mysqlx://fd:pw-S3cret@h/db", "unknown database dialect 'mysqlx'"),
+                     ("pw-S3cret", "not a SQLAlchemy URL")):
+        assert main(["--compose", str(COMPOSE), "--kafka", "127.0.0.1:1", "--state-dir", str(tmp_path)],
+                    environ={DATABASE_URL_ENV: bad}) == 2
+        err = capsys.readouterr().err
+        assert f"{DATABASE_URL_ENV}: {why}" in err and "S3cret" not in err
+
+
+def test_the_variables_the_runner_sets_are_settings(tmp_path: Path) -> None:
+    # Unknown FRONTDESK_<SECTION>_* variables are a configuration error: none of the runner's may be one.
+    services = local(tmp_path)
+    for name in services.select(None) + ["ingest-telegram"]:
+        env = services.env(name, 0)
+        for cls in settings_classes():
+            check_environment(cls, env)
+
+
+def test_a_killed_group_is_not_signalled_again_until_the_next_spawn(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once its members are gone, the group id may belong to an unrelated process group.
+    proc = sleeper(tmp_path, "once")
+    proc.spawn()
+    proc.signal(signal.SIGKILL, group=True)
+    assert proc.popen is not None and proc.popen.wait(10) == -signal.SIGKILL
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr("os.killpg", lambda pgid, sig: calls.append((pgid, sig)))
+    proc.signal(signal.SIGKILL, group=True)
+    assert calls == []
+    proc.spawn()
+    proc.signal(signal.SIGTERM, group=True)
+    assert calls == [(proc.pid, signal.SIGTERM)]
+    monkeypatch.undo()
+    proc.signal(signal.SIGKILL, group=True)
+    proc.popen.wait(10)
+    proc.close_log()

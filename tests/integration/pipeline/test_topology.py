@@ -10,6 +10,7 @@ exactly once over SMTP, every case has exactly one event on the cases topic, not
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -188,8 +189,9 @@ def test_command_line_runs_until_interrupted_and_stops_cleanly(kafka_broker, pos
     database_url = postgres_server.create_database(f"topology_cli_{run}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "frontdesk.topology", "--compose", str(COMPOSE), "--kafka", kafka_broker.bootstrap,
-         "--database-url", database_url, "--services", "dispatch", "--state-dir", str(tmp_path),
+         "--services", "dispatch", "--state-dir", str(tmp_path),
          "--env", f"FRONTDESK_BUS_TOPIC_PREFIX=topocli{run}.", "--env", f"FRONTDESK_DISPATCH_GROUP=topocli-{run}"],
+        env={**os.environ, "FRONTDESK_TOPOLOGY_DATABASE_URL": database_url},  # not on the command line
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:

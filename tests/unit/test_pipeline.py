@@ -1,0 +1,64 @@
+"""``frontdesk run``'s loop: the status line's lag and the exit code when a stage dies."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from frontdesk.bus.base import Outgoing, Record
+from frontdesk.bus.memory import MemoryBus
+from frontdesk.errors import ConfigError
+from frontdesk.metrics import Metrics
+from frontdesk.pipeline import consumer_lag, run_pipeline, status_line
+from frontdesk.stage import Outcome, StageRunner
+
+
+class ToTriaged:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def process(self, records: Sequence[Record]) -> list[Outcome]:
+        return [Outcome(r, (Outgoing(self.topic, r.value, r.key),)) for r in records]
+
+
+def test_lag_is_the_classify_groups_and_not_hidden_by_redelivered_records() -> None:
+    bus = MemoryBus(partitions=1)
+    t = bus.topics
+    bus.publish([Outgoing(t.inbound, b"{}", f"m{i}".encode()) for i in range(20)])
+    # A classifier killed between publish and commit republished its first 10 outputs once more.
+    bus.publish([Outgoing(t.triaged, b"{}", f"m{i}".encode()) for i in range(10)])
+    metrics = Metrics(CollectorRegistry())
+    runner = StageRunner("classify", bus, bus.consumer("frontdesk-classify", [t.inbound]), ToTriaged(t.triaged),
+                         max_records=10, poll_timeout=0.01, metrics=metrics, lag_interval=0.0)
+    lag = lambda: consumer_lag(metrics.registry, "classify", "inbound")  # noqa: E731
+    assert lag() is None and status_line(bus, lambda: (0, 0), lag).endswith("| lag ?")
+    assert runner.run_once() == 10
+    # inbound 20 - triaged 20 - dead 0 would say 0: 10 records are still waiting for the classifier
+    assert status_line(bus, lambda: (10, 10), lag) == \
+        "in 20 | triaged 20 | cases 10 | acknowledged 10 | dead-letter 0 | lag ~10"
+    assert runner.run_once() == 10 and status_line(bus, lambda: (20, 20), lag).endswith("| lag ~0")
+
+
+def test_the_last_line_keeps_the_last_lag_and_a_config_error_exits_2() -> None:
+    bus = MemoryBus(partitions=1)
+    lags = iter([7, None, None, None])
+    lines: list[str] = []
+
+    def broken(stop: threading.Event) -> None:
+        raise ConfigError("dispatch.routing_file: cannot read routing rules")
+
+    code = run_pipeline({"dispatch": broken}, threading.Event(), bus, lambda: (0, 0), lines.append, every=0.01,
+                        lag=lambda: next(lags, None))
+    assert code == 2
+    assert lines[-2] == "stage dispatch failed: dispatch.routing_file: cannot read routing rules"
+    assert lines[-1].endswith("| lag ~7"), "the stopped stage dropped its snapshot: the last one is shown"
+
+
+def test_any_other_stage_death_exits_1() -> None:
+    def broken(stop: threading.Event) -> None:
+        raise RuntimeError("boom")
+
+    assert run_pipeline({"classify": broken}, threading.Event(), MemoryBus(), lambda: (0, 0), lambda line: None,
+                        every=0.01, lag=lambda: 0) == 1
