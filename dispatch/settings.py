@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from frontdesk.settings import ComponentSettings
+from frontdesk.settings import ComponentSettings, database_url_problem
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -48,6 +48,14 @@ class DispatchSettings(ComponentSettings):
         """Addresses never acknowledged, lower-cased: ``our_addresses`` plus ``from_address``, which is
         always ours (an acknowledgement to it would answer ourselves: a mail loop)."""
         return frozenset(a.strip().lower() for a in (*self.our_addresses, self.from_address) if a.strip())
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_url(cls, url: str | None) -> str | None:
+        problem = None if url is None else database_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)  # the message, never the URL: it holds the password
+        return url
 
 
 class SmtpSettings(ComponentSettings):

@@ -194,6 +194,26 @@ def known_sections() -> set[str]:
     return {cls.section for cls in settings_classes()}
 
 
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy cannot use ``url`` (unparseable, port not in 1-65535, unknown dialect), or
+    None. The answer never contains the URL: it holds the password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            return f"port {parsed.port} is not in 1-65535"
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database dialect {parsed.drivername!r}"
+    except ArgumentError:
+        return "not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)"
+    except ValueError:
+        return "the port of the URL is not a number"
+    return None
+
+
 def _describe(cls: type[ComponentSettings], exc: ValidationError, path: Path | None) -> str:
     where = f" (config file {path})" if path else ""
     lines = [f"invalid [{cls.section}] settings{where}:"]

@@ -124,7 +124,7 @@ class StageRunner:
         max_records: int = 64,
         poll_timeout: float = 0.5,
         backoff: Backoff | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         metrics: Metrics | None = None,
         lag_interval: float = 5.0,
     ) -> None:
@@ -132,7 +132,8 @@ class StageRunner:
         self.max_records, self.poll_timeout = max_records, poll_timeout
         self.backoff = backoff or Backoff()
         self.stats = StageStats()
-        self._sleep = sleep
+        self._sleep = sleep  # None: wait on the stop event of ``run`` (a backoff must not hold up a stop)
+        self._stop = threading.Event()
         self._must_rewind = False
         self.metrics = metrics or default_metrics()
         self.lag_interval = lag_interval
@@ -142,7 +143,9 @@ class StageRunner:
         self.metrics.watch_stage(self)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; finishes the current cycle, then closes the consumer."""
+        """Loop until ``stop`` is set; finishes the current cycle (a backoff wait ends at once), then
+        closes the consumer."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 self.run_once()
@@ -238,4 +241,4 @@ class StageRunner:
         self._must_rewind = True
         delay = self.backoff.next()
         log.warning("%s: transient failure (%s); retrying in %.1fs", self.name, exc, delay)
-        self._sleep(delay)
+        (self._sleep or self._stop.wait)(delay)

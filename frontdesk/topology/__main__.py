@@ -23,10 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
 from frontdesk.errors import ConfigError, TopologyError
+from frontdesk.settings import database_url_problem
 from frontdesk.topology.supervisor import Topology
 
 
@@ -73,18 +71,9 @@ def database_url(given: str | None, environ: Mapping[str, str]) -> str | None:
     source, url = ("--database-url", given) if given else (DATABASE_URL_ENV, environ.get(DATABASE_URL_ENV))
     if not url:
         return None
-    try:
-        parsed = make_url(url)
-        if parsed.port is not None and not 0 < parsed.port < 65536:
-            raise ConfigError(f"{source}: port {parsed.port} is not in 1-65535")
-        parsed.get_dialect()
-    except NoSuchModuleError:
-        raise ConfigError(f"{source}: unknown database dialect {parsed.drivername!r}") from None
-    except ArgumentError:
-        raise ConfigError(f"{source}: not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)"
-                          ) from None
-    except ValueError:
-        raise ConfigError(f"{source}: the port of the URL is not a number") from None
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     return url
 
 

@@ -118,3 +118,26 @@ def test_no_section_prefix_hides_another_section() -> None:
     # make every FRONTDESK_HTTP_ADMIN_* variable an unknown [http] one.
     sections = known_sections()
     assert not [(a, b) for a in sections for b in sections if a != b and b.startswith(a + "_")]
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("postgresql+psycopg://frontdesk:S3cretPw@127.0.0.1:99999/frontdesk", "port 99999 is not in 1-65535"),
+    ("mongodb://frontdesk:S3cretPw@127.0.0.1/frontdesk", "unknown database dialect"),
+    ("frontdesk:S3cretPw@127.0.0.1", "not a SQLAlchemy URL"),
+])
+def test_an_unusable_dispatch_database_url_is_a_config_error_without_the_password(url: str, problem: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispatch.settings import DispatchSettings
+
+    monkeypatch.setenv("FRONTDESK_DISPATCH_DATABASE_URL", url)
+    with pytest.raises(ConfigError) as info:
+        DispatchSettings.load()
+    assert problem in str(info.value) and "S3cretPw" not in str(info.value)
+    assert "dispatch.database_url" in str(info.value)
+
+
+def test_usable_dispatch_database_urls_pass() -> None:
+    from dispatch.settings import DispatchSettings
+
+    for url in (None, "sqlite:///var/cases.sqlite3", "postgresql+psycopg://u:p@db:5432/frontdesk"):
+        assert DispatchSettings(database_url=url).database_url == url

@@ -88,3 +88,25 @@ def test_crash_between_publish_and_commit_redelivers_with_same_outputs() -> None
     run_until_idle(restarted)
     assert [r.value for r in bus.records("out")] == [b"a", b"b", b"a", b"b"]
     assert sum(bus.end_offsets("in").values()) == 2 and restarted.consumer.lag()[0].lag == 0
+
+
+def test_a_stop_during_a_backoff_ends_the_run_at_once() -> None:
+    import threading
+    import time
+
+    bus, proc = MemoryBus(), Echo()
+    publish(bus, [b"a"])
+    proc.transient_failures_left = 100
+    runner = StageRunner("echo", bus, bus.consumer("g", ["in"]), proc, poll_timeout=0.01,
+                         backoff=Backoff(initial=30.0, maximum=30.0))
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while runner.stats.transient_failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopped = time.monotonic()
+    stop.set()
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - stopped < 2  # not the 30 s backoff
+    assert runner.stats.transient_failures == 1 and bus.records("out") == []
