@@ -68,7 +68,7 @@ def test_small_run_acknowledges_every_mail_and_prints_sane_numbers(servers_avail
     ratio = numbers(rows["pipeline / classifier alone"])[0]
     assert alone > 0 and seconds > 0 and math.isfinite(rate) and rate > 0
     assert ratio == pytest.approx(rate / alone, rel=0.05, abs=0.01)
-    assert math.isclose(rate, N / seconds, rel_tol=0.05)
+    assert N / (seconds + 0.05) * 0.99 <= rate <= N / max(seconds - 0.05, 0.01) * 1.01  # seconds printed to 0.1
 
     ingested, triaged, stored, acknowledged = numbers(rows["throughput: each stage done after"])[:4]
     assert 0 < ingested <= triaged <= stored <= acknowledged == pytest.approx(seconds, abs=0.1), rows
