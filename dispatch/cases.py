@@ -18,6 +18,7 @@ acknowledgement, no case event.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -130,7 +131,15 @@ def rate_key(msg: InboundMessage, s: DispatchSettings) -> str | None:
         return reply_address(msg)
     mode = ack_mode(msg.channel, s.public_mentions)
     recipient = reply_target(msg, mode)[0] if mode else None
-    return f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}"
+    return _fitted(f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}")
+
+
+def _fitted(key: str, size: int = rows.RECIPIENT_MAX) -> str:
+    """``key``, or (longer than the outbox's recipient column) its head and a digest of it: the same
+    key always, distinct for distinct keys, never over ``size``."""
+    if len(key) <= size:
+        return key
+    return f"{key[: size - 17]}#{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
 def _case_of_same_mail(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
@@ -184,7 +193,7 @@ class _Apply:
         case = dict(status="open", queue=route.queue, priority=route.priority, routing_rule=route.rule,
                     category=tri.category, urgency=tri.urgency, language=tri.language, channel=msg.channel,
                     connector=msg.connector, subject=(msg.subject or "")[:500], customer_id=self.customer.id,
-                    first_response_due=msg.received_at + route.sla, created_at=now, updated_at=now,
+                    first_response_due=msg.received_at.astimezone(UTC) + route.sla, created_at=now, updated_at=now,
                     message_count=0, acknowledged=False, needs_review=tri.needs_review,
                     possible_thread_match=possible_match)
         case_id = rows.add_case(self.conn, case)
@@ -215,7 +224,7 @@ class _Apply:
             route = self.ctx.routing.route(_as_case(tm, case["category"]))
             before = [case["queue"], case["priority"], case["urgency"]]
             case.update(urgency=tm.triage.urgency, queue=route.queue, priority=route.priority, routing_rule=route.rule)
-            due = tm.message.received_at + route.sla
+            due = tm.message.received_at.astimezone(UTC) + route.sla
             current = aware(case["first_response_due"])
             case["first_response_due"] = min(current, due) if current else due
             self._history("rerouted", {"from": before, "to": [route.queue, route.priority, case["urgency"]]})
@@ -243,7 +252,8 @@ class _Apply:
         self.writes.messages.append(dict(
             id=msg.id, case_id=case_id, direction="in", external_id=msg.external_id[:500], connector=msg.connector,
             sender=(msg.sender.address or msg.sender.handle or msg.sender.platform_id or msg.sender.phone or "")[:320],
-            subject=(msg.subject or "")[:500], text=msg.text or msg.full_text, received_at=msg.received_at,
+            subject=(msg.subject or "")[:500], text=msg.text or msg.full_text,
+            received_at=msg.received_at.astimezone(UTC),  # SQLite keeps no offset: store UTC
             triage=self.tm.triage.model_dump(mode="json")))
         self.case["message_count"] += 1
         self.writes.references[msg.id] = self.case["reference"] or ""

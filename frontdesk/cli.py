@@ -18,7 +18,7 @@ from dispatch.cli import dispatch_store
 from frontdesk import __version__
 from frontdesk.clikit import app, deadletter_app, fail, guard, load, open_configured_bus, stop_on_signals
 from frontdesk.messages import DeadLetter
-from frontdesk.settings import StorageSettings
+from frontdesk.settings import BusSettings, StorageSettings
 
 if TYPE_CHECKING:
     from frontdesk.bus.base import Bus
@@ -119,7 +119,7 @@ def run(
     from dispatch.store.models import Case
     from frontdesk.health import bus_probes, ops_endpoint
     from frontdesk.metrics import MetricsSettings
-    from frontdesk.pipeline import publish_demo, run_pipeline
+    from frontdesk.pipeline import bus_pruner, publish_demo, run_pipeline
     from ingest.commands import intake_stages
     from ingest.http import HttpIntakeSettings
     from ingest.imap_settings import ImapSettings
@@ -156,7 +156,8 @@ def run(
         with ops_endpoint(metrics, probes) as ops:
             if ops is not None:
                 typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")
-            code = run_pipeline(stages, stop, bus, counts, typer.echo, probes=probes)
+            code = run_pipeline(stages, stop, bus, counts, typer.echo, probes=probes,
+                                prune=bus_pruner(bus, load(BusSettings).embedded_retention_h))
     store.close()
     raise typer.Exit(code)
 

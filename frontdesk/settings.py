@@ -245,6 +245,11 @@ class BusSettings(ComponentSettings):
     partitions: int = Field(4, ge=1, le=1024, description="Partitions per topic when created")
     embedded_path: Path | None = Field(None, description="Embedded bus file; default <data_dir>/bus.sqlite3")
     embedded_session_timeout_s: float = Field(30.0, gt=0)
+    embedded_retention_h: float = Field(
+        168.0, ge=0,
+        description="Hours; `frontdesk run` deletes embedded-bus records older than this (168 = 7 days, Kafka's "
+        "default retention.ms) once every group consuming their topic has committed them; a group that starts "
+        "later cannot read them. 0 keeps everything")
 
 
 class KafkaSettings(ComponentSettings):

@@ -126,8 +126,10 @@ class PackWriter:
         self._pending = False
 
     def _due(self) -> bool:
-        return self._file is not None and (self._failed is not None or self._size >= PACK_MAX_BYTES
-                                           or time.monotonic() - self._opened_at >= ROTATE_AFTER_S)
+        """Time for a new pack: after any failure (also one to create the file: without this the
+        writer would refuse every blob until its process ends), or when this one is full or old."""
+        return self._failed is not None or (self._file is not None and (
+            self._size >= PACK_MAX_BYTES or time.monotonic() - self._opened_at >= ROTATE_AFTER_S))
 
     def _rotate(self) -> None:
         self.close()

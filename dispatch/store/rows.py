@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, tu
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch.store.models import Case, Customer, HistoryEntry, Identity, Message, OutboxRow, ThreadKey
+from frontdesk.errors import StoreError
 
 CASES = Case.__table__
 CUSTOMERS = Customer.__table__
@@ -28,10 +29,12 @@ THREAD_KEYS = ThreadKey.__table__
 HISTORY = HistoryEntry.__table__
 OUTBOX = OutboxRow.__table__
 KEY_MAX = 600
+RECIPIENT_MAX = 320  # outbox.recipient: an email address, or a chat acknowledgement's rate key
 
 # Built once: a statement built per call costs as much CPU again as executing it.
 _INSERT = {table: insert(table) for table in (CASES, CUSTOMERS, IDENTITIES, MESSAGES, THREAD_KEYS, HISTORY, OUTBOX)}
 _NEW_THREAD_KEYS = {backend.dialect.name: backend.insert(THREAD_KEYS).on_conflict_do_nothing(index_elements=["key"])
+                    .returning(THREAD_KEYS.c.key)
                     for backend in (postgresql, sqlite)}  # the two databases the store supports
 _KEYED_CASES = select(THREAD_KEYS.c.key, THREAD_KEYS.c.case_id).where(
     THREAD_KEYS.c.key.in_(bindparam("keys", expanding=True)))
@@ -77,6 +80,10 @@ _RECENT_ACKS = select(func.count()).select_from(OUTBOX).where(
     OUTBOX.c.kind == "ack", OUTBOX.c.recipient == bindparam("recipient"), OUTBOX.c.created_at > bindparam("since"))
 
 
+class ThreadKeyTaken(StoreError):
+    """A concurrent dispatcher stored a thread key this transaction found missing (a unique-key race)."""
+
+
 @dataclass(frozen=True)
 class CustomerInfo:
     """What a case event says about the customer."""
@@ -96,6 +103,7 @@ class Writes:
     messages: list[dict[str, Any]] = field(default_factory=list)
     references: dict[str, str] = field(default_factory=dict)  # message id -> its case's reference
     thread_keys: dict[str, int] = field(default_factory=dict)
+    missing_keys: set[str] = field(default_factory=set)  # looked up and not stored: another writer may race us
     identities: list[dict[str, Any]] = field(default_factory=list)
     cases: dict[int, dict[str, Any]] = field(default_factory=dict)  # case id -> columns to set
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -107,14 +115,20 @@ class Writes:
 
     def flush(self, conn: Connection) -> None:
         """Write everything collected, in foreign-key order; thread keys already stored are kept.
-        Called once, last in the transaction: what was read before is not valid after it."""
+        Called once, last in the transaction: what was read before is not valid after it. Raises
+        ThreadKeyTaken if a key that a lookup of this transaction found missing is stored by now
+        (another dispatcher won the race: the caller rolls back and re-runs, and then finds it)."""
         if self.identities:
             conn.execute(_INSERT[IDENTITIES], self.identities)
         if self.messages:
             conn.execute(_INSERT[MESSAGES], self.messages)
         if self.thread_keys:
-            conn.execute(_NEW_THREAD_KEYS[conn.dialect.name],
-                         [{"key": k, "case_id": case_id} for k, case_id in self.thread_keys.items()])
+            inserted = set(conn.execute(_NEW_THREAD_KEYS[conn.dialect.name],
+                                        [{"key": k, "case_id": case_id} for k, case_id in self.thread_keys.items()]
+                                        ).scalars())
+            taken = sorted(k for k in self.thread_keys if k not in inserted and k in self.missing_keys)
+            if taken:  # found missing, stored meanwhile by another dispatcher: this transaction must re-run
+                raise ThreadKeyTaken(f"thread keys stored by another dispatcher meanwhile: {taken[:3]}")
         updates = sorted(({**v, "case_id_": k} for k, v in self.cases.items()), key=lambda u: sorted(u))
         for _, same_columns in groupby(updates, key=lambda u: sorted(u)):
             conn.execute(_UPDATE_CASE, list(same_columns))
@@ -182,7 +196,9 @@ def case_by_thread_key(conn: Connection, keys: Sequence[str], writes: Writes) ->
     keys = [k[:KEY_MAX] for k in keys]
     if not keys:
         return None
-    found = {**writes.thread_keys, **dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())}  # stored ones win
+    stored = dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())
+    writes.missing_keys.update(k for k in keys if k not in stored)
+    found = {**writes.thread_keys, **stored}  # stored ones win
     first = next((found[k] for k in keys if k in found), None)
     return None if first is None else load_case(conn, first, writes)
 

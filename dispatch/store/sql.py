@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +27,7 @@ from frontdesk.messages import TriagedMessage
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x46445F4D4947  # "FD_MIG": the advisory lock that serialises migrations on PostgreSQL
 
 
 def make_engine(url: str) -> Engine:
@@ -58,10 +59,14 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas starting together: one migrates, the others wait
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except OperationalError as exc:
         raise StoreUnavailable(f"database unavailable during migration: {exc.orig}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error during migration: {exc}") from exc
 
 
 @contextmanager
@@ -74,6 +79,11 @@ def _translated() -> Iterator[None]:
         raise StoreError(f"database error: {exc.orig}") from exc
     except SQLAlchemyError as exc:
         raise StoreError(f"database error: {exc}") from exc
+
+
+def _lost_race(exc: StoreError) -> bool:
+    """Whether another dispatcher stored the same message or thread key first (a re-run sees it)."""
+    return isinstance(exc, rows.ThreadKeyTaken) or isinstance(exc.__cause__, IntegrityError)
 
 
 class SqlCaseStore(CaseStore):
@@ -105,7 +115,7 @@ class SqlCaseStore(CaseStore):
         try:
             return self._apply_chunk([triaged])[0]
         except StoreError as exc:
-            if not isinstance(exc.__cause__, IntegrityError):
+            if not _lost_race(exc):
                 raise
         # A concurrent dispatcher stored the same message (or thread key) first: re-run sees it.
         return self._apply_chunk([triaged])[0]
@@ -119,7 +129,7 @@ class SqlCaseStore(CaseStore):
         try:
             return self._apply_chunk(batch)  # type: ignore[arg-type]
         except StoreError as exc:
-            if not isinstance(exc.__cause__, IntegrityError):
+            if not _lost_race(exc):
                 raise
         return [self.apply(t) for t in batch]
 

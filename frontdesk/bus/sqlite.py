@@ -10,6 +10,9 @@ Same semantics as Kafka for what the pipeline relies on (see :mod:`frontdesk.bus
   split round-robin over the live members sorted by id. A member is dead when its process is gone
   (same machine: checked by pid) or it has not polled for ``session_timeout`` seconds.
 * Commits are per (group, topic, partition) and only move forward; ``rewind`` re-reads from them.
+* Retention: ``prune`` deletes old records every group consuming their topic has committed (the
+  ``frontdesk run`` pipeline calls it periodically, :mod:`frontdesk.pipeline`); offsets are never
+  reused, since a partition's newest record is always kept.
 
 Several processes may share the file (one-machine multi-process runs); SQLite serialises writers.
 The file itself (schema, connections, transactions): :mod:`frontdesk.bus.sqlite_store`.
@@ -104,16 +107,61 @@ class SqliteBus(Bus):
             self.partitions(t)
         return SqliteConsumer(self, group, list(topics))
 
-    def prune(self, older_than_s: float) -> int:
-        """Delete records older than the cut-off that every known group has committed past."""
+    def prune(self, older_than_s: float, *, chunk: int = 5000) -> int:
+        """Delete old records every group that consumes their topic is done with; returns how many.
+
+        Each partition is trimmed from its start (as Kafka deletes segments) up to, not including,
+        the first record that is not older than ``older_than_s`` seconds, or that some group which
+        has committed on the topic has not committed past (a group with no commit on one of the
+        topic's partitions holds that partition back entirely), or the partition's newest record.
+        A topic no group has committed on is trimmed by age alone and, as on Kafka, a group that
+        starts later cannot read what was deleted. The newest record is kept because ``publish``
+        and ``end_offsets`` derive the next offset from it: offsets are never reused (also by older
+        versions sharing the file). A transaction deletes at most ``chunk`` records, so a
+        publisher waits for one chunk at most."""
         cutoff = int((time.time() - older_than_s) * 1000)
-        with self._write() as conn:
-            cur = conn.execute(
-                "DELETE FROM log WHERE ts < ? AND offset < COALESCE((SELECT MIN(o.next_offset) FROM offsets o"
-                " WHERE o.topic = log.topic AND o.partition = log.partition), 0)",
-                (cutoff,),
-            )
-            return cur.rowcount
+        return sum(self._trim(topic, partition, bound, cutoff, chunk) for topic, partition, bound in self._bounds())
+
+    def _bounds(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, first offset to keep whatever its age) per partition holding records.
+
+        Read outside the deletes: a bound only grows afterwards (commits only move forward and the
+        newest record stays), so a stale one deletes less, never too much."""
+        conn = self._db.conn()
+        bounds = []
+        for topic, count in conn.execute("SELECT name, partitions FROM topics").fetchall():
+            groups = [g for (g,) in conn.execute("SELECT DISTINCT grp FROM offsets WHERE topic=?", (topic,))]
+            for partition in range(int(count)):
+                newest = conn.execute(
+                    "SELECT MAX(offset) FROM log WHERE topic=? AND partition=?", (topic, partition)
+                ).fetchone()[0]
+                if newest is None:
+                    continue
+                committed = dict(
+                    conn.execute(
+                        "SELECT grp, next_offset FROM offsets WHERE topic=? AND partition=?", (topic, partition)
+                    )
+                )
+                bounds.append((topic, partition, min([int(newest)] + [int(committed.get(g, 0)) for g in groups])))
+        return bounds
+
+    def _trim(self, topic: str, partition: int, bound: int, cutoff_ms: int, chunk: int) -> int:
+        """Delete the partition's leading records below ``bound`` stamped before ``cutoff_ms``."""
+        deleted = 0
+        while True:
+            with self._write() as conn:
+                rows = conn.execute(
+                    "SELECT offset, ts FROM log WHERE topic=? AND partition=? AND offset<? ORDER BY offset LIMIT ?",
+                    (topic, partition, bound, chunk),
+                ).fetchall()
+                old = list(itertools.takewhile(lambda row: row[1] < cutoff_ms, rows))
+                if old:
+                    conn.execute(
+                        "DELETE FROM log WHERE topic=? AND partition=? AND offset<=?", (topic, partition, old[-1][0])
+                    )
+            deleted += len(old)
+            if len(old) < chunk:
+                return deleted
 
     def close(self) -> None:
         self._db.close()

@@ -292,3 +292,86 @@ def test_copies_shared_conversations_and_long_references_on_the_real_database(da
     assert counts[opened.case_reference] == 2 and counts[late.case_reference] == 2
     assert len(counts) == (4 if database_url.startswith("postgresql") else 5)
     store.close()
+
+
+def test_two_replicas_racing_for_one_thread_key_make_one_case_and_one_ack(database_url: str,  # type: ignore[no-untyped-def]
+                                                                          monkeypatch) -> None:
+    """Both replicas read before either writes (a barrier before the writes): the copy of one mail
+    delivered to two mailboxes, and two messages of one new chat conversation, find no thread key
+    and each opens a case; the loser of the key's insert must re-run and join the winner's case."""
+    from dispatch.store import rows
+
+    settings = DispatchSettings(from_address="support@bet.example", message_id_domain="bet.example")
+    stores = [SqlCaseStore(database_url, Context(settings, RoutingTable.load(settings.routing_file)))
+              for _ in range(2)]
+    barrier, flush = threading.Barrier(2, timeout=10), rows.Writes.flush
+
+    def flush_together(self, conn) -> None:  # type: ignore[no-untyped-def]
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass  # the re-run goes alone
+        flush(self, conn)
+
+    def message(connector: str, external_id: str, channel: str, conv: str | None) -> TriagedMessage:
+        sender = Party(address="known@mail.az") if channel == "email" else Party(platform_id="user-7")
+        inbound = InboundMessage.create(connector=connector, external_id=external_id, channel=channel,
+                                        platform="email" if channel == "email" else "webchat", sender=sender,
+                                        subject="Withdrawal", text="pul gelmedi", received_at=datetime.now(UTC),
+                                        thread=ThreadHints(conversation_id=conv))
+        return TriagedMessage(message=inbound, triaged_at=datetime.now(UTC),
+                              triage=Triage(category="payments", urgency="high", language="az", model_version="t"))
+
+    def race(a: TriagedMessage, b: TriagedMessage) -> list[object]:
+        barrier.reset()
+        out: list[object] = [None, None]
+        threads = [threading.Thread(target=lambda i=i, t=t: out.__setitem__(i, stores[i].apply(t)))
+                   for i, t in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return out
+
+    stores[0].apply(message("imap:support", "<old@mail.az>", "email", None))  # a known customer
+    monkeypatch.setattr(rows.Writes, "flush", flush_together)
+    try:
+        copies = race(message("imap:support", "<m1@mail.az>", "email", None),
+                      message("imap:sales", "<m1@mail.az>", "email", None))
+        chat = race(message("http:webchat", "c-1", "chat", "conv-42"), message("http:webchat", "c-2", "chat", "conv-42"))
+        for results in (copies, chat):
+            assert len({r.case_reference for r in results}) == 1, results  # type: ignore[attr-defined]
+            assert sorted(r.created for r in results) == [False, True], results  # type: ignore[attr-defined]
+            assert sorted(r.ack for r in results) == ["none", "ok"], results  # type: ignore[attr-defined]
+        listed = list_cases(stores[0], None, None)
+        assert len(listed) == 3 and sorted(c["message_count"] for c in listed) == [1, 2, 2]
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_on_an_empty_database_migrate_it_once(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    """Without the advisory lock two simultaneous Alembic upgrades collided (UniqueViolation on
+    pg_type) about every other time; three rounds of three starters each."""
+    settings = DispatchSettings()
+    for round_ in range(3):
+        url = postgres_server.create_database(f"migrate_{os.getpid()}_{round_}_{time.monotonic_ns() % 10**9}")
+        results: list[object] = []
+        barrier = threading.Barrier(3, timeout=30)
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                store = SqlCaseStore(url, Context(settings, RoutingTable.load(settings.routing_file)))
+                results.append(len(list_cases(store, None, None)))
+                store.close()
+            except Exception as exc:  # noqa: BLE001  # collected, asserted below
+                results.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results == [0, 0, 0], results

@@ -300,3 +300,29 @@ def test_the_relay_loop_survives_unexpected_errors_and_backs_off() -> None:
         rel.wake()
         worker.join(timeout=5)
     assert not worker.is_alive()
+
+
+# Store review: timestamps with an offset, and chat rate keys longer than the recipient column.
+
+def test_a_received_at_with_an_offset_is_stored_as_its_utc_instant() -> None:
+    from datetime import UTC, datetime, timezone
+
+    baku = datetime(2026, 12, 6, 16, 0, tzinfo=timezone(timedelta(hours=4)))
+    msg = mail("imap:support", "<tz@mail.az>")
+    cases = []
+    for received in (baku, baku.astimezone(UTC)):  # the same instant, with and without an offset
+        store = make_store(Clock())
+        store.apply(msg.model_copy(update={"message": msg.message.model_copy(update={"received_at": received})}))
+        [case] = list_cases(store, None, None)
+        [stored] = show_case(store, case["reference"])["messages"]  # type: ignore[index]
+        cases.append((stored["received_at"], case["first_response_due"]))
+    assert cases[0] == cases[1] and cases[0][0].startswith("2026-12-06T12:00:00")
+
+
+def test_a_chat_rate_key_longer_than_the_recipient_column_is_cut_with_a_digest() -> None:
+    from dispatch.cases import _fitted
+    from dispatch.store.rows import RECIPIENT_MAX
+
+    long_a, long_b = "whatsapp-business-az:" + "7" * 320, "whatsapp-business-az:" + "7" * 319 + "8"
+    assert len(_fitted(long_a)) == RECIPIENT_MAX and _fitted(long_a) == _fitted(long_a)
+    assert _fitted(long_a) != _fitted(long_b) and _fitted("telegram:42") == "telegram:42"

@@ -432,3 +432,27 @@ def test_a_shared_writer_whose_flush_fails_goes_on_in_a_new_pack(tmp_path: Path,
     assert again.pack not in (None, lost.pack) and kept.pack == lost.pack
     store.commit([kept, again])
     assert store.get(kept.ref) == b"kept" and store.get(again.ref) == b"lost"
+
+
+def test_a_shared_writer_that_could_not_create_its_pack_tries_a_new_one_next_time(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE, EACCES, a full inode table: the failure must not outlive its cause (the writer lives
+    as long as its parser process)."""
+    store = BlobStore(tmp_path)
+    writer = store.writer(shared=True)
+    real_open = open
+
+    def no_descriptors(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if str(path).endswith(".pack") and "x" in mode:
+            raise OSError(24, "Too many open files")
+        return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", no_descriptors)
+    with pytest.raises(BlobWriteFailed, match="Too many open files"):
+        writer.add(b"first chunk")
+    writer.flush()  # nothing was written: nothing to fail
+    monkeypatch.undo()
+    staged = writer.add(b"second chunk")
+    writer.flush()
+    store.commit([staged])
+    assert store.get(staged.ref) == b"second chunk"
