@@ -140,12 +140,15 @@ class KafkaBus(Bus):
             admin.close()
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        consumer = KafkaConsumer(**client_options(self.settings))
+        try:
+            consumer = KafkaConsumer(**client_options(self.settings))
+        except (KafkaError, OSError) as exc:  # no broker to bootstrap from
+            raise _translate(exc, f"reading end offsets of {topic}") from exc
         try:
             parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-        except KafkaError as exc:
+        except (KafkaError, OSError) as exc:
             raise _translate(exc, f"reading end offsets of {topic}") from exc
         finally:
             consumer.close()

@@ -24,3 +24,20 @@ def test_metadata_is_refreshed_well_within_kafka_pythons_five_minutes() -> None:
     refresh; a bounded metadata age keeps that from idling a stage for minutes."""
     assert client_options(KafkaSettings())["metadata_max_age_ms"] == 30_000
     assert KafkaConsumer.DEFAULT_CONFIG["metadata_max_age_ms"] == 300_000
+
+
+def test_end_offsets_without_a_broker_is_bus_unavailable_not_a_raw_kafka_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from kafka.errors import KafkaTimeoutError
+
+    import frontdesk.bus.kafka as kafka_bus
+    from frontdesk.errors import BusUnavailable
+    from frontdesk.settings import KafkaSettings
+
+    for error in (KafkaTimeoutError("Unable to bootstrap from [(127.0.0.1, 1)]"), ConnectionRefusedError(111, "refused")):
+        def refuse(*args: object, error: Exception = error, **kwargs: object) -> None:
+            raise error
+
+        monkeypatch.setattr(kafka_bus, "KafkaConsumer", refuse)
+        with pytest.raises(BusUnavailable, match="reading end offsets of frontdesk.inbound"):
+            kafka_bus.KafkaBus(KafkaSettings()).end_offsets("frontdesk.inbound")
