@@ -119,7 +119,8 @@ def prefetch(conn: Connection, batch: Sequence[TriagedMessage], ctx: Context, wr
     identities = list(dict.fromkeys(i for i in map(stored_identity, msgs) if i is not None))
     recipients = list(dict.fromkeys(r for m in msgs if (r := rate_key(m, ctx.settings)) is not None))
     since = now - timedelta(seconds=ctx.settings.ack_rate_window_s)
-    rows.prefetch(conn, writes, [m.id for m in msgs], identities, recipients, since)
+    keys = [k for m in msgs for k in (*_same_mail_keys(m), *_follow_up_keys(m))]
+    rows.prefetch(conn, writes, [m.id for m in msgs], identities, recipients, since, keys)
 
 
 def rate_key(msg: InboundMessage, s: DispatchSettings) -> str | None:
@@ -145,9 +146,12 @@ def _fitted(key: str, size: int = rows.RECIPIENT_MAX) -> str:
 def _case_of_same_mail(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
     """The case already holding a mail with this Message-ID (the ids of the pipeline differ per
     connector, so a mail sent to two watched mailboxes arrives twice under two ids)."""
-    if msg.channel != "email" or not msg.external_id:
-        return None
-    return rows.case_by_thread_key(conn, [f"mid:{msg.external_id}"], writes)
+    keys = _same_mail_keys(msg)
+    return rows.case_by_thread_key(conn, keys, writes) if keys else None
+
+
+def _same_mail_keys(msg: InboundMessage) -> list[str]:
+    return [f"mid:{msg.external_id}"] if msg.channel == "email" and msg.external_id else []
 
 
 def _participant_key(msg: InboundMessage) -> str | None:
@@ -158,13 +162,18 @@ def _participant_key(msg: InboundMessage) -> str | None:
     return f"pconv:{msg.connector}:{msg.thread.conversation_id}:{ident[0]}:{ident[1]}"
 
 
-def _thread_candidate(conn: Connection, msg: InboundMessage, prefix: str, writes: Writes) -> dict[str, Any] | None:
-    """The case ``msg`` seems to follow up, whoever its customer: the caller checks that."""
+def _follow_up_keys(msg: InboundMessage) -> list[str]:
+    """The thread keys of the case ``msg`` may follow up, best first: the sender's own case in a
+    shared conversation, the conversation's, then the mails it answers (the latest first)."""
     keys = [k for k in (_participant_key(msg),) if k]
     if msg.thread.conversation_id:
         keys.append(f"conv:{msg.connector}:{msg.thread.conversation_id}")
-    keys += [f"mid:{m}" for m in (msg.thread.in_reply_to, *reversed(msg.thread.references)) if m]
-    found = rows.case_by_thread_key(conn, keys, writes)
+    return keys + [f"mid:{m}" for m in (msg.thread.in_reply_to, *reversed(msg.thread.references)) if m]
+
+
+def _thread_candidate(conn: Connection, msg: InboundMessage, prefix: str, writes: Writes) -> dict[str, Any] | None:
+    """The case ``msg`` seems to follow up, whoever its customer: the caller checks that."""
+    found = rows.case_by_thread_key(conn, _follow_up_keys(msg), writes)
     if found is not None:
         return found
     match = reference_pattern(prefix).search(msg.subject or "")

@@ -29,6 +29,7 @@ THREAD_KEYS = ThreadKey.__table__
 HISTORY = HistoryEntry.__table__
 OUTBOX = OutboxRow.__table__
 KEY_MAX = 600
+PREFETCH_KEYS = 2000
 RECIPIENT_MAX = 320  # outbox.recipient: an email address, or a chat acknowledgement's rate key
 
 # Built once: a statement built per call costs as much CPU again as executing it.
@@ -104,6 +105,8 @@ class Writes:
     references: dict[str, str] = field(default_factory=dict)  # message id -> its case's reference
     thread_keys: dict[str, int] = field(default_factory=dict)
     missing_keys: set[str] = field(default_factory=set)  # looked up and not stored: another writer may race us
+    stored_keys: dict[str, int] = field(default_factory=dict)  # thread keys read from the database
+    read_keys: set[str] = field(default_factory=set)  # thread keys whose stored state was read (stored or not)
     identities: list[dict[str, Any]] = field(default_factory=list)
     cases: dict[int, dict[str, Any]] = field(default_factory=dict)  # case id -> columns to set
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -138,10 +141,13 @@ class Writes:
 
 
 def prefetch(conn: Connection, writes: Writes, message_ids: Sequence[str], identities: Sequence[tuple[str, str]],
-             recipients: Sequence[str], since: datetime) -> None:
-    """Read in three statements what the lookups of several messages would read one by one:
-    which are stored, the customers of their identities, and the acknowledgements queued to
-    their recipients after ``since`` (the earliest rate-limit window among them)."""
+             recipients: Sequence[str], since: datetime, thread_keys: Sequence[str] = ()) -> None:
+    """Read in four statements what the lookups of several messages would read one by one:
+    which are stored, the customers of their identities, the acknowledgements queued to their
+    recipients after ``since`` (the earliest rate-limit window among them), and the cases of the
+    thread keys they may look up."""
+    if thread_keys:  # at most PREFETCH_KEYS (a mail can name thousands of References): the rest on demand
+        _read_keys(conn, writes, list(dict.fromkeys(k[:KEY_MAX] for k in thread_keys))[:PREFETCH_KEYS])
     if message_ids:
         for message_id, reference in conn.execute(_STORED_MANY, {"ids": list(message_ids)}):
             writes.references[message_id] = reference or ""
@@ -196,11 +202,18 @@ def case_by_thread_key(conn: Connection, keys: Sequence[str], writes: Writes) ->
     keys = [k[:KEY_MAX] for k in keys]
     if not keys:
         return None
-    stored = dict(conn.execute(_KEYED_CASES, {"keys": keys}).all())
+    _read_keys(conn, writes, [k for k in keys if k not in writes.read_keys])
+    stored = {k: writes.stored_keys[k] for k in keys if k in writes.stored_keys}
     writes.missing_keys.update(k for k in keys if k not in stored)
     found = {**writes.thread_keys, **stored}  # stored ones win
     first = next((found[k] for k in keys if k in found), None)
     return None if first is None else load_case(conn, first, writes)
+
+
+def _read_keys(conn: Connection, writes: Writes, keys: list[str]) -> None:
+    if keys:
+        writes.stored_keys.update(conn.execute(_KEYED_CASES, {"keys": keys}).all())
+        writes.read_keys.update(keys)
 
 
 def case_by_reference(conn: Connection, reference: str, writes: Writes) -> dict[str, Any] | None:
