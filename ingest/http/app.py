@@ -185,7 +185,7 @@ class _Intake:
     async def meta(self, request: Request) -> Published:
         s = self.settings
         _enabled(s.meta_app_secret is not None, "the Meta webhook (http.meta_app_secret)")
-        raw = await _read_body(request, s.max_body_bytes)
+        raw = await _read_body(request, s.meta_max_body_bytes)
         if not _signature_ok(request.headers.get("x-hub-signature-256"), raw, s.meta_app_secret):
             _refuse(request, 401, "missing or invalid X-Hub-Signature-256")
         return await self._publish_body(meta_normalised(

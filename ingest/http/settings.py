@@ -38,6 +38,10 @@ class HttpIntakeSettings(ComponentSettings):
     facebook_connector: str = Field("facebook", pattern=CONNECTOR_PATTERN)
     instagram_connector: str = Field("instagram", pattern=CONNECTOR_PATTERN)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Larger bodies get 413")
+    meta_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Larger Meta webhook bodies get 413 (Meta batches many changes into one delivery, up to 3 MB)",
+    )
     max_text_chars: int = Field(20_000, ge=100, le=1_000_000, description="Longer webhook texts are cut")
     retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 when the bus is down")
     ready_timeout_s: float = Field(5.0, gt=0, description="How long /readyz waits for the bus")

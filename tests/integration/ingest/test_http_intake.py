@@ -46,7 +46,7 @@ LIMIT = 8192
 SETTINGS = HttpIntakeSettings(
     api_tokens=(SecretStr(TOKEN),), hmac_secret=SecretStr(HMAC_SECRET),
     telegram_secret_token=SecretStr(TELEGRAM_SECRET), meta_app_secret=SecretStr(APP_SECRET),
-    meta_verify_token=SecretStr(VERIFY_TOKEN), max_body_bytes=LIMIT, retry_after_s=7,
+    meta_verify_token=SecretStr(VERIFY_TOKEN), max_body_bytes=LIMIT, meta_max_body_bytes=2 * LIMIT, retry_after_s=7,
 )
 
 
@@ -456,6 +456,22 @@ def test_meta_attachment_urls_that_are_not_clean_references_are_dropped(intake: 
     (m,) = intake.published()
     assert [a.name for a in m.attachments] == ["bank_statement.pdf"]
     assert all(a.ref and "\n" not in a.ref and len(a.ref) < 300 for a in m.attachments)
+
+
+def test_meta_delivery_over_the_general_limit_but_within_metas_is_published(intake: Served) -> None:
+    """Meta batches many changes into one delivery, so its limit is its own: a batch bigger than
+    ``max_body_bytes`` that was refused with 413 would be refused on every one of Meta's retries."""
+    payload = json.loads(fixture_bytes("whatsapp/batch"))
+    value = payload["entry"][0]["changes"][0]["value"]
+    template = value["messages"][0]
+    value["messages"] = [{**template, "id": f"wamid.batch{i:04d}", "text": {"body": f"Salam, {i} " + "ə" * 40}}
+                         for i in range(25)]
+    raw = json.dumps(payload).encode()
+    assert LIMIT < len(raw) <= 2 * LIMIT
+    response = intake.http.post("/webhooks/meta", content=raw, headers=signed(raw))
+    assert response.status_code == 200, response.text
+    assert response.json()["published"] == 25
+    assert sorted(m.external_id for m in intake.published()) == [f"wamid.batch{i:04d}" for i in range(25)]
 
 
 def test_meta_body_that_is_not_an_object_is_422(intake: Served) -> None:
