@@ -12,6 +12,7 @@ import functools
 import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,9 +45,16 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _MSG_ID = re.compile(r"<[!-;=?A-~]{1,120}@[!-;=?A-~]{1,120}>")
 _REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|sv|ynt|cvp|ответ|отв)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*", re.IGNORECASE)
 _LINKISH = re.compile(r"://|www\.|@|\bhttps?\b", re.IGNORECASE)
+# A bare host name that mail clients and chat apps turn into a link: "bet-free.com", "t.me/x", "бет.рф".
+# Two-letter endings are country domains; longer ones only where common, so "Dr.Aysel" stays a name.
+_DOMAINISH = re.compile(
+    r"[^\W_](?:[\w-]*[^\W_])?\.(?:[a-z]{2}|com|net|org|info|biz|xyz|top|online|site|club|live|link|click|shop|app"
+    r"|bet|casino|poker|win|vip|pro|games?|space|store|icu|one|fun|рф|рус|бел|укр|қаз|xn--[a-z0-9-]+)(?![\w.-]*[^\W_])",
+    re.IGNORECASE)
 # Raw header values are written as they are: re-folding re-parses them, and the email package
 # decodes "=?...?=" (an RFC 2047 encoded-word, which can carry CR/LF) even inside addresses.
-_POLICY = SMTP.clone(refold_source="none")
+# 7bit: a UTF-8 body is always quoted-printable or base64; as 8bit it would need BODY=8BITMIME.
+_POLICY = SMTP.clone(refold_source="none", cte_type="7bit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +119,13 @@ def clean_line(value: str | None, limit: int) -> str:
 def safe_customer_name(name: str | None) -> str | None:
     """A display name fit to greet with, or None.
 
-    Names carrying links or addresses are dropped: spammers put URLs in display names so that
-    auto-replies carry them to whoever they forged as the sender.
+    Names carrying links, host names or addresses are dropped (also written with full-width or
+    other compatibility letters): spammers put URLs in display names so that auto-replies carry
+    them to whoever they forged as the sender.
     """
     text = clean_line(name, MAX_NAME)
-    return text if text and not _LINKISH.search(text) else None
+    plain = unicodedata.normalize("NFKC", text)
+    return text if text and not _LINKISH.search(plain) and not _DOMAINISH.search(plain) else None
 
 
 def _due_text(due: datetime) -> str:

@@ -4,9 +4,9 @@ Building the reply with the email package costs ~1 ms of CPU, most of it parsing
 value into a header object only to fold it back out (and the dispatcher builds one per new
 case). The values are ours or already checked and cleaned by :mod:`dispatch.ack`, so a header
 whose line is short, plain ASCII is written as it is (what folding it would give); anything
-else — long lines, encoded words, unusual spacing — is folded by the email package's own policy,
-and a body the package would send as 8bit is built by the package altogether. The output is
-byte-for-byte that of ``build_ack_email`` (``tests/unit/dispatch/test_ack_bytes.py``).
+else — long lines, encoded words, unusual spacing — is folded by the email package's own policy.
+The body is 7bit, quoted-printable or base64 (never 8bit: see ``dispatch.ack._POLICY``). The output
+is byte-for-byte that of ``build_ack_email`` (``tests/unit/dispatch/test_ack_bytes.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from email.headerregistry import Address
 from email.utils import format_datetime
 
 from dispatch.ack import _POLICY, MAX_NAME, _check_config, _msg_id, _references, ack_message_id, ack_subject, \
-    build_ack_email, clean_line
+    clean_line
 from dispatch.suppress import reply_address, valid_address
 from frontdesk.errors import ReplyError
 from frontdesk.messages import InboundMessage
@@ -40,9 +40,6 @@ def ack_email_bytes(*, inbound: InboundMessage, case_reference: str, body: str, 
         raise ReplyError(f"message {inbound.id}: no well-formed sender address to acknowledge")
     cte, payload = _encode_text(body, "utf-8", None, _POLICY)
     date = date or datetime.now(UTC)
-    if cte == "8bit":  # the generator re-encodes such a payload: leave it to the package
-        return build_ack_email(inbound=inbound, case_reference=case_reference, body=body, from_address=from_address,
-                               from_name=from_name, message_id_domain=message_id_domain, date=date).as_bytes()
     lines = [_from_line(from_name, from_address), f"To: {to}{_CRLF}", _subject_line(ack_subject(case_reference,
                                                                                                   inbound.subject)),
              _line("Date", format_datetime(date)),

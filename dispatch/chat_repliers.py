@@ -7,7 +7,8 @@ Every replier here keeps the :class:`~dispatch.base.Replier` contract over HTTP 
 * 429 and 5xx (and 408/425, connection errors, timeouts) are retried inside ``send`` with exponential
   backoff, honouring ``Retry-After`` (or Telegram's ``parameters.retry_after``) when it is at most
   ``max_retry_after_s``; after ``max_attempts``, or when the platform asks for a longer wait, it raises
-  :class:`ReplyUnavailable` (``.retry_after`` set when known) and the relay retries later;
+  :class:`ReplyUnavailable` (``.retry_after`` set when known) and the relay retries later, not before
+  ``retry_after`` (an early request prolongs a Telegram flood wait);
 * any other 4xx raises :class:`ReplyError` (bad recipient, blocked bot, bad token: retrying will
   not help). WhatsApp reports throttling as HTTP 400 with a Graph error code; those are retryable;
 * library exceptions never leave ``send``; tokens never appear in errors (httpx's request log line
@@ -24,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -261,16 +263,21 @@ def _retry_after(response: httpx.Response, data: dict[str, Any]) -> float | None
     header = response.headers.get("retry-after")
     if header:
         try:
-            return max(0.0, float(header))
+            return _seconds(float(header))
         except ValueError:
             try:
-                return max(0.0, (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds())
+                return _seconds((parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds())
             except (TypeError, ValueError):
                 return None
     params = data.get("parameters")
     if isinstance(params, dict) and isinstance(params.get("retry_after"), (int, float)):
-        return float(params["retry_after"])
+        return _seconds(float(params["retry_after"]))
     return None
+
+
+def _seconds(value: float) -> float | None:
+    """A wait in seconds (negative: none); None for "inf" / "nan", which say nothing usable."""
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

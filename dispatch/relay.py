@@ -2,7 +2,8 @@
 
 Case events are published to the cases topic (key = case id) and then marked sent; an
 acknowledgement is handed to the channel's Replier and marked sent right after the far side
-accepted it. Transient failures are retried with exponential backoff (capped at 5 minutes).
+accepted it. Transient failures are retried with exponential backoff (capped at 5 minutes), and not
+before the far side's ``Retry-After`` (``ReplyUnavailable.retry_after``, up to a day) when it asks for longer.
 A case event is never given up on a transient failure, however long the broker is away; an event
 the bus refuses for good (or whose payload is unreadable) is published to the dead-letter topic
 (stage ``relay``, source topic the cases topic, so ``frontdesk replay`` re-publishes it) and then
@@ -36,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "relay"  # the stage its dead letters and error metrics name
 MAX_RETRY_DELAY_S = 300.0
+MAX_RETRY_AFTER_S = 86400.0  # the longest wait a far side's Retry-After can put on a row
 MARK_MARGIN = 0.1  # share of the lease a bounded send leaves for marking the row sent
 
 
@@ -237,7 +240,7 @@ class OutboxRelay:
         try:
             replier.send(reply)
         except TransientError as exc:
-            self._retry(item, str(exc))
+            self._retry(item, str(exc), _asked_wait(exc))
             return True
         except ReplyError as exc:
             self._give_up(item, str(exc))
@@ -253,14 +256,15 @@ class OutboxRelay:
             self.store.mark_sent_many(self._delivered)
             self._delivered.clear()
 
-    def _retry(self, item: OutboxItem, error: str) -> None:
-        """Count a failed attempt, retry after a capped exponential delay. Case events are never
-        given up here; an acknowledgement is after ``max_attempts``."""
+    def _retry(self, item: OutboxItem, error: str, asked_wait: float | None = None) -> None:
+        """Count a failed attempt, retry after a capped exponential delay, or after ``asked_wait``
+        (the far side's Retry-After) if that is longer. Case events are never given up here; an
+        acknowledgement is after ``max_attempts``."""
         if item.kind != "event" and item.attempts + 1 >= self.max_attempts:
             self._give_up(item, f"{error} (after {item.attempts + 1} attempts)")
             return
         self.stats.retries += 1
-        delay = min(MAX_RETRY_DELAY_S, 0.5 * 2 ** min(item.attempts, 16))
+        delay = max(min(MAX_RETRY_DELAY_S, 0.5 * 2 ** min(item.attempts, 16)), asked_wait or 0.0)
         log.warning("relay: %s %d (case %s) failed, attempt %d, retrying in %.0fs: %s", item.kind, item.id,
                     item.case_reference or "?", item.attempts + 1, delay, error)
         self.store.mark_retry(item.id, error, delay)
@@ -279,6 +283,14 @@ class OutboxRelay:
 
 
 _UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)  # what reading a malformed payload raises
+
+
+def _asked_wait(exc: BaseException) -> float | None:
+    """The wait a Replier was asked for (``retry_after``), at most ``MAX_RETRY_AFTER_S``; None if none."""
+    wait = getattr(exc, "retry_after", None)
+    if not isinstance(wait, (int, float)) or not math.isfinite(wait):
+        return None
+    return min(max(0.0, float(wait)), MAX_RETRY_AFTER_S)
 
 
 def _case_key(payload: str) -> bytes:

@@ -8,6 +8,7 @@ pure: the caller counts how many acknowledgements it recently sent to the sender
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Set
 
@@ -58,10 +59,29 @@ def is_robot_address(address: str) -> bool:
 
 
 def is_own_address(address: str, our_addresses: Set[str]) -> bool:
-    """True if ``address`` is one of ours; an entry ``@domain`` covers that whole domain."""
-    address = address.lower()
-    ours = {entry.strip().lower() for entry in our_addresses}
-    return address in ours or f"@{address.rpartition('@')[2]}" in ours
+    """True if ``address`` is one of ours; an entry ``@domain`` covers that whole domain.
+
+    Both sides are compared as :func:`valid_address` writes them (any letter case, an IDN domain in
+    its ASCII form) and without a ``+tag``: ``support+x@bet.az`` is delivered to ``support@bet.az``.
+    """
+    mailbox = _mailbox(address)
+    ours = _own_mailboxes(frozenset(our_addresses))
+    return mailbox in ours or f"@{mailbox.rpartition('@')[2]}" in ours
+
+
+@functools.lru_cache(maxsize=16)
+def _own_mailboxes(our_addresses: frozenset[str]) -> frozenset[str]:
+    return frozenset(_mailbox(entry) for entry in our_addresses)
+
+
+def _mailbox(address: str) -> str:
+    """``address`` (or an ``@domain`` entry) in the form :func:`is_own_address` compares."""
+    text = address.strip()
+    if text.startswith("@"):
+        normal = valid_address(f"x{text}")
+        return f"@{normal.rpartition('@')[2]}" if normal else text.lower()
+    local, at, domain = (valid_address(text) or text.lower()).rpartition("@")
+    return f"{local.split('+', 1)[0]}{at}{domain}"
 
 
 def _flag_reason(inbound: InboundMessage) -> str | None:

@@ -254,3 +254,37 @@ def test_build_repliers_serves_facebook_and_instagram_with_one_meta_replier(far:
     assert far.requests[0].path == "/v21.0/104587302351112/messages"
     with pytest.raises(ValidationError):
         ChatReplySettings(meta_page_id="my-page")
+
+
+def test_the_relay_waits_out_a_flood_wait_longer_than_the_replier_does(far: Recorder) -> None:
+    """Telegram's 429 ``retry_after`` (here 10 minutes) is left to the relay: it must not ask again
+    sooner (each early request prolongs the flood wait), however short its own backoff is."""
+    from datetime import timedelta
+
+    from dispatch.relay import OutboxRelay
+    from frontdesk.bus.memory import MemoryBus
+    from tests.unit.dispatch.test_cases import Clock, chat
+    from tests.unit.dispatch.test_review_regressions import make_store, outbox
+
+    clock = Clock()
+    store = make_store(clock)
+    store.apply(chat(1, "5123456789", "5123456789"))
+    far.script = [Answer(429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 600",
+                               "parameters": {"retry_after": 600}})]
+    relay = OutboxRelay(store, MemoryBus(), {"telegram": TelegramReplier(far.base, BOT_TOKEN)})
+    relay.run_once()
+    for _ in range(9):  # 9 minutes: the relay's own backoff would have tried several times
+        clock.now += timedelta(seconds=60)
+        relay.run_once()
+    assert len(far.requests) == 1 and outbox(store, "ack")[0][:2] == ("pending", 1)
+    clock.now += timedelta(seconds=61)
+    relay.run_once()
+    assert len(far.requests) == 2 and outbox(store, "ack")[0][0] == "sent"
+
+
+@pytest.mark.parametrize("header", ["inf", "nan", "1e400"])
+def test_a_retry_after_that_is_not_a_number_of_seconds_is_ignored(far: Recorder, header: str) -> None:
+    far.script = [Answer(429, {"ok": False, "error_code": 429}, {"Retry-After": header})] * 2
+    with pytest.raises(ReplyUnavailable) as info:
+        TelegramReplier(far.base, BOT_TOKEN, max_attempts=2, backoff_s=0.01).send(reply())
+    assert info.value.retry_after is None and len(far.requests) == 2  # type: ignore[attr-defined]

@@ -205,3 +205,30 @@ def test_two_relays_and_a_slow_server_send_one_acknowledgement_once(scripted, tm
     worker.join()
     assert a.stats.acks_sent == 0 and a.stats.retries == 1 and b.stats.acks_sent == 1
     assert len(handler.accepted) == 1
+
+
+def test_an_acknowledgement_from_a_wrapped_template_reaches_the_server_7bit(smtp_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Templates wrapped at ~72 columns, as mail templates often are, gave an Azerbaijani or Turkish
+    body the email package sends as 8bit; the replier declares no BODY=8BITMIME (RFC 6152 forbids
+    8-bit data without it). Every acknowledgement must be 7-bit clean, whatever the template's lines."""
+    from dispatch.ack import render_ack
+    from dispatch.ack_bytes import ack_email_bytes
+    from tests.unit.dispatch.test_ack import inbound
+
+    (tmp_path / "ack.az.txt.j2").write_text(
+        "Salam{% if customer_name %}, {{ customer_name }}{% endif %}!\n\n"
+        "Müraciətinizi aldıq və {{ reference }} nömrəsi ilə qeydə\naldıq. Sizə {{ sla_text }} cavab verəcəyik.\n",
+        encoding="utf-8")
+    body = render_ack("FD-2026-000042", "az", timedelta(hours=4), datetime(2026, 11, 22, 13, tzinfo=UTC), "Aysel",
+                      tmp_path)
+    raw = ack_email_bytes(inbound=inbound(), case_reference="FD-2026-000042", body=body,
+                          from_address="support@bet.example", from_name="Dəstək", message_id_domain="bet.example")
+    smtp_server.clear()
+    replier = SmtpReplier(smtp_settings(smtp_server), "support@bet.example")
+    replier.send(OutboundReply(channel="email", connector="imap:support", recipient="aysel@mail.az", body=body,
+                               message_id="<a@bet.example>", case_reference="FD-2026-000042", raw=raw))
+    replier.close()
+    [got] = smtp_server.wait_for(1)
+    assert all(b < 128 for b in got.raw) or "BODY=8BITMIME" in got.mail_options
+    assert got.message["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
+    assert got.message.get_content().replace("\r\n", "\n") == body

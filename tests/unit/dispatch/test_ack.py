@@ -308,3 +308,43 @@ def test_robot_senders(address: str) -> None:
 @pytest.mark.parametrize("address", ["noreen@x.az", "replyhere@x.az", "post@x.az", "aysel@noreply.az"])
 def test_people_are_not_robots(address: str) -> None:
     assert decide(sender(address)) == (True, "ok")
+
+
+# --- review regressions --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "Free 500 AZN: bet-free.com", "t.me/freebets", "FREEBET.AZ bonus", "bit.ly/x", "Visit ｗｗｗ.x.com",
+    "Бонус на бет.рф", "xn--80ak6aa92e.com", "Leyla (bonus.co.uk)",
+])
+def test_a_name_carrying_a_bare_host_name_is_not_repeated(name: str) -> None:
+    """Mail and chat clients turn "bet-free.com" into a link as surely as "http://bet-free.com"."""
+    assert render("en", name=name).startswith("Hello,\n")
+
+
+@pytest.mark.parametrize("name", ["Dr.Aysel", "J. Smith", "A.B. Məmmədova", "ali.veli", "Prof. Dr. Ahmet", "S.Əliyev"])
+def test_names_with_dots_are_still_greeted(name: str) -> None:
+    assert render("en", name=name).startswith(f"Hello {name},")
+
+
+@pytest.mark.parametrize(("address", "ours"), [
+    ("support+loop@bet.az", {"support@bet.az"}),  # a +tag reaches the same mailbox
+    ("Support+x@Bet.AZ", {"support@bet.az"}),
+    ("destek@şirket.az", {"destek@şirket.az"}),  # an IDN address as configured
+    ("info@şirket.az", {"@şirket.az"}),
+    ("destek@xn--irket-idb.az", {"destek@şirket.az"}),
+    ("support@bet.az", {"support+fd@bet.az"}),
+])
+def test_our_own_address_in_another_spelling_gets_no_acknowledgement(address: str, ours: set[str]) -> None:
+    assert decide(sender(address), our_addresses=ours) == (False, "own_address")
+
+
+def test_other_senders_at_our_domain_or_with_tags_still_get_one() -> None:
+    assert decide(sender("aysel+bet@mail.az"), our_addresses={"support@bet.az"}) == (True, "ok")
+    assert decide(sender("supporter@bet.az"), our_addresses={"support@bet.az"}) == (True, "ok")
+
+
+@pytest.mark.parametrize("language", ["az", "ru", "en", "tr"])
+def test_the_acknowledgement_fits_chat_as_well_as_mail(language: str) -> None:
+    """The same text answers a Telegram or WhatsApp message: it says "message", never "letter"."""
+    text = render(language).lower()
+    assert not any(word in text for word in ("məktub", "письм", "mektup", "letter", "e-mail", "email"))
