@@ -32,7 +32,7 @@ from sqlalchemy import Connection
 from dispatch.ack import ack_message_id, render_ack, render_public_ack
 from dispatch.ack_bytes import ack_email_bytes
 from dispatch.base import ApplyResult
-from dispatch.reply_target import ack_mode, replier_key, reply_target
+from dispatch.reply_target import ack_mode, replier_key, reply_target, reply_thread
 from dispatch.routing import Route, RoutingTable
 from dispatch.settings import DispatchSettings
 from dispatch.snapshot import aware, case_event
@@ -130,7 +130,7 @@ def rate_key(msg: InboundMessage, s: DispatchSettings) -> str | None:
         return None
     if msg.channel == "email":
         return reply_address(msg)
-    mode = ack_mode(msg.channel, s.public_mentions)
+    mode = ack_mode(msg, s.public_mentions)
     recipient = reply_target(msg, mode)[0] if mode else None
     return _fitted(f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}")
 
@@ -306,10 +306,11 @@ class _Apply:
     def _chat_ack(self, route: Route, follow_up: bool) -> str:
         """Queue a chat/social acknowledgement for the platform's Replier, or record why not.
 
-        Chat messages are answered in their conversation; public mentions as ``dispatch.public_mentions``
-        says (:mod:`dispatch.reply_target`). A public reply carries the public template only: no reference."""
+        Chat messages are answered in their conversation; public mentions, and chat messages in a Telegram
+        group, as ``dispatch.public_mentions`` says (:mod:`dispatch.reply_target`). A public reply carries
+        the public template only: no reference."""
         msg, s, case = self.tm.message, self.ctx.settings, self.case
-        mode = ack_mode(msg.channel, s.public_mentions)
+        mode = ack_mode(msg, s.public_mentions)
         recipient, target = reply_target(msg, mode) if mode else (None, {})
         counted_as = rate_key(msg, s) or ""
         recent = rows.recent_acks(self.conn, counted_as, self._window_start(), self.writes)
@@ -331,7 +332,7 @@ class _Apply:
         mid = ack_message_id(case["reference"] or "", msg.id, s.message_id_domain)
         payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector,
                    "replier": replier_key(msg), "mode": mode, "recipient": recipient, "target": target,
-                   "thread_id": msg.external_id if mode == "chat" else None, "body": body, "message_id": mid}
+                   "thread_id": reply_thread(msg, mode), "body": body, "message_id": mid}
         self._outbox("ack", self._ack_key(follow_up), payload, recipient=counted_as)
         self._history("ack_queued", {"message_id": mid, "platform": msg.platform, "mode": mode})
         return "ok"

@@ -20,19 +20,36 @@ from __future__ import annotations
 
 from typing import Literal
 
-from frontdesk.messages import Channel, InboundMessage
+from frontdesk.messages import InboundMessage
 
 Mode = Literal["chat", "public_reply", "dm"]
 _META = ("facebook", "instagram")
 
 
-def ack_mode(channel: Channel, public_mentions: str) -> Mode | None:
-    """The mode of an acknowledgement on ``channel``; None when social mentions get none."""
-    if channel == "chat":
+def ack_mode(msg: InboundMessage, public_mentions: str) -> Mode | None:
+    """The mode of an acknowledgement of ``msg``; None when it gets none (email: not a Replier's).
+
+    A chat message from a group, supergroup or channel (:func:`in_group_chat`) is answered as a
+    public mention is (``dispatch.public_mentions``): every member of the group would read a chat
+    acknowledgement, with the customer's name and case reference.
+    """
+    if msg.channel == "chat" and not in_group_chat(msg):
         return "chat"
-    if channel == "social":
+    if msg.channel in ("chat", "social"):
         return {"reply": "public_reply", "dm": "dm"}.get(public_mentions)  # type: ignore[return-value]
     return None
+
+
+def in_group_chat(msg: InboundMessage) -> bool:
+    """True for a chat message our Telegram connector took from a group, supergroup or channel (it
+    names that chat as the recipient; a private chat has none)."""
+    return msg.channel == "chat" and replier_key(msg) == "telegram" and bool(msg.recipients)
+
+
+def reply_thread(msg: InboundMessage, mode: Mode) -> str | None:
+    """The message an acknowledgement in ``mode`` answers as a reply (``OutboundReply.thread_id``), if any:
+    the chat message itself, also under a public reply in a group chat."""
+    return msg.external_id if mode == "chat" or (mode == "public_reply" and in_group_chat(msg)) else None
 
 
 def replier_key(msg: InboundMessage) -> str:
@@ -52,7 +69,7 @@ def chat_recipient(msg: InboundMessage) -> str | None:
 def reply_target(msg: InboundMessage, mode: Mode) -> tuple[str | None, dict[str, str]]:
     """``(recipient, target ids)`` of an acknowledgement of ``msg`` in ``mode``; ``(None, {})`` if it cannot go.
 
-    * ``chat``: the chat recipient, no further ids.
+    * ``chat``, and a public reply in a Telegram group: the chat recipient, no further ids.
     * A mention from our Meta webhook: public reply → under the comment (or the post / Instagram
       media), with ``post_id``/``comment_id`` (Facebook) or ``account_id``/``media_id``/``comment_id``
       (Instagram); dm → a Meta private reply keyed by the comment (or Facebook post) id, the only
@@ -62,7 +79,7 @@ def reply_target(msg: InboundMessage, mode: Mode) -> tuple[str | None, dict[str,
       (target: ``external_id``, ``permalink``, ``conversation_id``, ``author_id``, ``author_handle``);
       dm → the author's platform id, with the same target ids.
     """
-    if mode == "chat":
+    if mode == "chat" or (mode == "public_reply" and in_group_chat(msg)):
         recipient = chat_recipient(msg)
         return (recipient, {}) if recipient else (None, {})
     if replier_key(msg) in _META:

@@ -25,7 +25,8 @@ class DispatchSettings(ComponentSettings):
                                          "acknowledged (from_address always counts as ours)")
     ack_channels: tuple[str, ...] = Field(("email", "chat", "social"), description="Channels that get an acknowledgement")
     public_mentions: Literal["none", "reply", "dm"] = Field(
-        "none", description="Public social mentions: 'none' (no acknowledgement: keeps case numbers out of public "
+        "none", description="Public social mentions and Telegram group messages: 'none' (no acknowledgement: keeps "
+                            "case numbers out of public "
                             "threads), 'reply' (a short public reply under the mention from the public_ack "
                             "templates: no reference, no name), 'dm' (the full acknowledgement privately: a Meta "
                             "private reply, or to the author's id through the webhook)")

@@ -294,6 +294,23 @@ def test_public_mentions_are_not_acknowledged_by_default(store: SqlCaseStore) ->
     assert store.apply(mention).ack == "public_mention_policy"
 
 
+def in_group(tm: TriagedMessage) -> TriagedMessage:
+    """``tm`` as our Telegram connector gives a group message: the group is its recipient."""
+    group = Party(platform_id=tm.message.thread.conversation_id, name="Bet fans")
+    return tm.model_copy(update={"message": tm.message.model_copy(update={"recipients": (group,)})})
+
+
+def test_a_telegram_group_message_gets_no_case_reference_in_the_group(clock: Clock) -> None:
+    assert mention_store("none", clock).apply(in_group(chat(1, "42", "-100777"))).ack == "public_mention_policy"
+    store = mention_store("reply", clock)
+    result = store.apply(in_group(chat(1, "42", "-100777")))
+    telegram = MemoryReplier()
+    OutboxRelay(store, MemoryBus(), {"telegram": telegram}).run_once()
+    [sent] = telegram.sent
+    assert (sent.recipient, sent.thread_id, sent.extra["mode"]) == ("-100777", "-100777:1", "public_reply")
+    assert result.case_reference not in sent.body
+
+
 def mention_store(mode: str, clock: Clock) -> SqlCaseStore:
     settings = DispatchSettings(public_mentions=mode)  # type: ignore[arg-type]
     return SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=clock)

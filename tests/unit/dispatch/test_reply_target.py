@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dispatch.reply_target import ack_mode, chat_recipient, replier_key, reply_target
+from dispatch.reply_target import ack_mode, chat_recipient, in_group_chat, replier_key, reply_target, reply_thread
 from frontdesk.messages import InboundMessage
 from ingest.http.api import MessageIn, api_message
 from ingest.http.meta import MetaConnectors, meta_batch
@@ -42,9 +42,32 @@ def forwarded(**over: Any) -> InboundMessage:
 
 
 def test_modes_follow_the_channel_and_the_setting() -> None:
-    assert [ack_mode("chat", m) for m in ("none", "reply", "dm")] == ["chat"] * 3
-    assert [ack_mode("social", m) for m in ("none", "reply", "dm")] == [None, "public_reply", "dm"]
-    assert ack_mode("email", "reply") is None
+    private, mention = telegram("telegram/private_text"), forwarded()
+    email = private.model_copy(update={"channel": "email", "platform": None})
+    assert [ack_mode(private, m) for m in ("none", "reply", "dm")] == ["chat"] * 3
+    assert [ack_mode(mention, m) for m in ("none", "reply", "dm")] == [None, "public_reply", "dm"]
+    assert ack_mode(email, "reply") is None
+
+
+@pytest.mark.parametrize("name", ["telegram/group_text", "telegram/forum_topic", "telegram/channel_post"])
+def test_a_telegram_group_is_answered_as_a_public_mention_is(name: str) -> None:
+    """Every member of a group reads what the bot writes there: no case reference or name unless
+    dispatch.public_mentions allows it; a public reply answers the message in its chat (and topic)."""
+    m = telegram(name)
+    assert in_group_chat(m)
+    assert [ack_mode(m, p) for p in ("none", "reply", "dm")] == [None, "public_reply", "dm"]
+    assert reply_target(m, "public_reply") == (m.thread.conversation_id, {})
+    assert reply_thread(m, "public_reply") == m.external_id
+    assert reply_target(m, "dm")[0] == m.sender.platform_id and reply_thread(m, "dm") is None
+
+
+def test_private_chats_and_forwarded_chats_are_not_group_chats() -> None:
+    assert not in_group_chat(telegram("telegram/private_text"))
+    assert not in_group_chat(meta("whatsapp/text")) and not in_group_chat(meta("messenger/text"))
+    group = telegram("telegram/group_text")
+    relayed = group.model_copy(update={"connector": "http:telegram"})
+    assert relayed.recipients and not in_group_chat(relayed)  # the forwarding tool chose "chat"
+    assert reply_thread(telegram("telegram/private_text"), "chat") == telegram("telegram/private_text").external_id
 
 
 def test_our_connectors_use_their_platform_replier_and_forwarded_messages_the_webhook() -> None:
