@@ -22,6 +22,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 
@@ -137,6 +138,15 @@ def _due_text(due: datetime) -> str:
 
 
 @functools.lru_cache(maxsize=8)
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; raises ValueError if this machine's time zone data lacks it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Baku or UTC)") from exc
+
+
+@functools.lru_cache(maxsize=8)
 def _environment(templates_dir: str) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir), autoescape=False, undefined=jinja2.StrictUndefined,
@@ -180,15 +190,17 @@ def render_ack(
     customer_name: str | None,
     templates_dir: Path,
     fallback_language: str = "en",
+    timezone: str | None = None,
 ) -> str:
     """Render the plain-text acknowledgement in ``language`` (``fallback_language`` if no template).
 
     Templates ``ack.<lang>.txt.j2`` get ``reference``, ``customer_name`` (cleaned, or None),
     ``sla_text`` ("within 4 hours", localised), ``sla_duration`` ("4 hours"), ``due_text``
-    ("2026-11-22 14:30 UTC+04:00") and ``language``. ``due`` must be timezone-aware.
+    ("2026-11-22 14:30 UTC+04:00": ``due``, which must be timezone-aware, in the IANA zone
+    ``timezone``, or as given) and ``language``.
     Raises ConfigError for a missing fallback template or a broken template.
     """
-    due_text = _due_text(due)
+    due_text = _due_text(due.astimezone(zone(timezone)) if timezone and due.tzinfo is not None else due)
     return _render("ack", language, fallback_language, templates_dir, lambda used: {
         "reference": case_reference, "customer_name": safe_customer_name(customer_name),
         "sla_text": sla_phrase(sla, used), "sla_duration": duration_text(sla, used), "due_text": due_text,

@@ -292,7 +292,7 @@ class _Apply:
         reference = case["reference"] or ""
         due = aware(case["first_response_due"]) or self.now + route.sla
         body = render_ack(reference, case["language"], route.sla, due, msg.sender.name, s.templates_dir,
-                          s.fallback_language)
+                          s.fallback_language, s.timezone)
         email = ack_email_bytes(inbound=msg, case_reference=reference, body=body, from_address=s.from_address,
                                 from_name=s.from_name, message_id_domain=s.message_id_domain)
         mid = ack_message_id(reference, msg.id, s.message_id_domain)
@@ -328,7 +328,7 @@ class _Apply:
         else:
             body = render_ack(case["reference"] or "", case["language"], route.sla,
                               aware(case["first_response_due"]) or self.now + route.sla,
-                              msg.sender.name, s.templates_dir, s.fallback_language)
+                              msg.sender.name, s.templates_dir, s.fallback_language, s.timezone)
         mid = ack_message_id(case["reference"] or "", msg.id, s.message_id_domain)
         payload = {"channel": msg.channel, "platform": msg.platform, "connector": msg.connector,
                    "replier": replier_key(msg), "mode": mode, "recipient": recipient, "target": target,

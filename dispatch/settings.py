@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
+from dispatch.ack import zone
 from frontdesk.settings import ComponentSettings, database_url_problem
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -44,11 +45,19 @@ class DispatchSettings(ComponentSettings):
                                     "'failed' (case events are retried until published, or dead-lettered if the bus "
                                     "refuses them for good)")
     reference_prefix: str = Field("FD", pattern=r"^[A-Z]{1,8}$")
+    timezone: str = Field("Asia/Baku", description="IANA time zone of the due time acknowledgements state "
+                                                 "(shown with its UTC offset), e.g. Europe/Istanbul or UTC")
 
     def own_addresses(self) -> frozenset[str]:
         """Addresses never acknowledged, lower-cased: ``our_addresses`` plus ``from_address``, which is
         always ours (an acknowledgement to it would answer ourselves: a mail loop)."""
         return frozenset(a.strip().lower() for a in (*self.our_addresses, self.from_address) if a.strip())
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        zone(name)  # raises ValueError naming the zone
+        return name
 
     @field_validator("database_url")
     @classmethod

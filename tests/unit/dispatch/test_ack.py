@@ -8,9 +8,11 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dispatch.ack import (ack_message_id, ack_subject, build_ack_email, duration_text, render_ack, render_public_ack,
                           sla_phrase)
+from dispatch.settings import DispatchSettings
 from dispatch.suppress import ack_decision, reply_address
 from frontdesk.errors import ConfigError, ReplyError
 from frontdesk.messages import Flags, InboundMessage, Party, ThreadHints
@@ -63,6 +65,23 @@ def test_templates_render_in_four_languages(language: str, phrase: str, greeting
     assert REF in text and phrase in text
     assert "2026-11-22 14:45 UTC+04:00" in text
     assert "{{" not in text and "{#" not in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize(("zone", "shown"), [("Asia/Baku", "2026-11-22 13:00 UTC+04:00"),
+                                             ("Europe/Istanbul", "2026-11-22 12:00 UTC+03:00"),
+                                             ("UTC", "2026-11-22 09:00 UTC"), (None, "2026-11-22 09:00 UTC")])
+def test_the_due_time_is_shown_in_the_configured_time_zone(zone: str | None, shown: str) -> None:
+    """Cases keep their due time in UTC; a customer in Baku reads it in Baku time (dispatch.timezone)."""
+    text = render_ack(REF, "en", timedelta(hours=4), datetime(2026, 11, 22, 9, tzinfo=UTC), None, TEMPLATES,
+                      timezone=zone)
+    assert f"(by {shown})" in text
+
+
+def test_an_unknown_time_zone_is_a_settings_error() -> None:
+    assert DispatchSettings().timezone == "Asia/Baku"
+    for name in ("Mars/Olympus", "../../etc/passwd", ""):
+        with pytest.raises(ValidationError, match="time zone"):
+            DispatchSettings(timezone=name)
 
 
 @pytest.mark.parametrize(("minutes", "counted", "phrase"), [

@@ -285,6 +285,7 @@ def test_chat_acknowledgement_goes_to_the_platform_replier_once(store: SqlCaseSt
     OutboxRelay(store, bus, {"email": email_out, "telegram": telegram}).run_once()
     [sent] = telegram.sent
     assert (sent.recipient, sent.channel) == ("-100777", "chat") and first.case_reference in sent.body
+    assert "UTC+04:00" in sent.body  # dispatch.timezone: Asia/Baku by default
     assert email_out.sent == []
 
 
