@@ -42,6 +42,7 @@ _SIMPLE_PARTY = re.compile(
     r"[ \t]*(?:(?:\"([^\"\\\r\n]*)\"|((?:" + _PHRASE_WORD + r"[ \t]+)*" + _PHRASE_WORD + r")?)[ \t]*<(" + _ADDR_SPEC
     + r")>|(" + _ADDR_SPEC + r"))[ \t]*"
 )
+_NULL_PATH = re.compile(r"\s*<\s*>\s*")
 _BULK_PRECEDENCE = {"bulk", "list", "junk"}
 _SUPPRESS_TOKENS = {"all", "autoreply", "oof"}
 _DAEMONS = {"mailer-daemon", "postmaster"}
@@ -212,7 +213,7 @@ def mail_flags(message: Message, *, subject: str, sender: str | None) -> Flags:
     }
     bounce, bounced_id = _bounce(message, sender)
     return Flags(
-        auto_submitted=auto_submitted not in ("", "no"),
+        auto_submitted=auto_submitted not in ("", "no") or _null_return_path(message),
         auto_reply=auto_reply,
         bounce=bounce,
         bounced_message_id=bounced_id,
@@ -222,6 +223,12 @@ def mail_flags(message: Message, *, subject: str, sender: str | None) -> Flags:
         list_id=list_id,
         suppress_autoreply=bool(suppress & _SUPPRESS_TOKENS),
     )
+
+
+def _null_return_path(message: Message) -> bool:
+    """True if the delivering server recorded an empty envelope sender (``Return-Path: <>``): bounces,
+    receipts and auto-replies are sent so, and an answer to one has nowhere to go (RFC 3834 §2)."""
+    return _NULL_PATH.fullmatch(header_text(message, "Return-Path", 200)) is not None
 
 
 def _list_id(value: str) -> str | None:
