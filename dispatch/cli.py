@@ -65,14 +65,20 @@ def cases_list(
     queue: Annotated[Optional[str], typer.Option()] = None,
     status: Annotated[Optional[str], typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many cases, the most urgent")] = 500,
 ) -> None:
-    """List cases, most urgent first."""
-    from dispatch.commands import list_cases
+    """List cases, most urgent first; a list cut at ``--limit`` says so (on stderr with ``--json``)."""
+    from dispatch.commands import count_cases, list_cases
 
     _, store = dispatch_store()
-    rows = guard(lambda: list_cases(store, queue, status))
+    rows = guard(lambda: list_cases(store, queue, status, limit))
+    shown = len(rows)
+    total = shown if shown < limit else guard(lambda: count_cases(store, queue, status))
+    footer = f"{shown} case(s)" if total == shown else f"{shown} of {total} case(s), the most urgent first (--limit N for more)"
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
+        if total != shown:
+            typer.echo(footer, err=True)
         return
     typer.echo(f"{'reference':16} {'queue':20} {'pri':>3} {'category':20} {'urgency':8} {'lang':4} {'chan':6} "
                f"{'ack':3} {'msgs':>4}  customer")
@@ -81,7 +87,7 @@ def cases_list(
         typer.echo(f"{c['reference']:16} {c['queue']:20} {c['priority']:>3} {c['category']:20} {c['urgency']:8} "
                    f"{c['language']:4} {c['channel']:6} {'yes' if c['acknowledged'] else 'no':3} "
                    f"{c['message_count']:>4}  {who}")
-    typer.echo(f"{len(rows)} case(s)")
+    typer.echo(footer)
 
 
 @cases_app.command("show")

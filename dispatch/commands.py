@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from dispatch.base import Replier
@@ -96,15 +96,26 @@ def _case_row(case: Case) -> dict[str, Any]:
 
 
 def list_cases(store: SqlCaseStore, queue: str | None, status: str | None, limit: int = 500) -> list[dict[str, Any]]:
+    """The ``limit`` most urgent cases of ``queue`` with ``status`` (None: any); :func:`count_cases` says
+    how many there are in all."""
     def query(session: Session) -> list[dict[str, Any]]:
         stmt = select(Case).order_by(Case.priority, Case.first_response_due, Case.id).limit(limit)
-        if queue:
-            stmt = stmt.where(Case.queue == queue)
-        if status:
-            stmt = stmt.where(Case.status == status)
-        return [_case_row(c) for c in session.scalars(stmt).unique()]
+        return [_case_row(c) for c in session.scalars(_where(stmt, queue, status)).unique()]
 
     return store.read(query)
+
+
+def count_cases(store: SqlCaseStore, queue: str | None, status: str | None) -> int:
+    """How many cases :func:`list_cases` would list without a limit."""
+    return store.read(lambda session: session.scalar(_where(select(func.count(Case.id)), queue, status)) or 0)
+
+
+def _where(stmt: Select[Any], queue: str | None, status: str | None) -> Select[Any]:
+    if queue:
+        stmt = stmt.where(Case.queue == queue)
+    if status:
+        stmt = stmt.where(Case.status == status)
+    return stmt
 
 
 def show_case(store: SqlCaseStore, reference: str) -> dict[str, Any] | None:

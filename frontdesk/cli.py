@@ -165,7 +165,8 @@ def run(
 @app.command()
 def replay(
     source: Annotated[str, typer.Option("--from", help="What to re-drive: 'deadletter'")],
-    stage: Annotated[Optional[str], typer.Option(help="Only dead letters of this stage (classify, dispatch)")] = None,
+    stage: Annotated[Optional[str], typer.Option(
+        help="Only dead letters of this stage (classify, dispatch, relay, ingest)")] = None,
     error_type: Annotated[Optional[str], typer.Option(help="Only this error type, e.g. StoreError")] = None,
     since: Annotated[Optional[str], typer.Option(
         help="ISO time or 30m/2h/7d ago; older dead letters of the selection are passed over for good")] = None,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,6 +13,16 @@ from frontdesk.clikit import app, fail, guard, ingest_app, load, open_configured
 from frontdesk.health import bus_probes, ops_endpoint
 from frontdesk.metrics import MetricsSettings, default_metrics
 from frontdesk.settings import StorageSettings
+
+
+def once_summary(healths: Sequence[Any]) -> str:
+    """The line a ``--once`` run prints: messages published to the inbound topic and, apart, records
+    dead-lettered (the connectors' ``run_once`` counts both as records published). ``healths``: the
+    connectors' ``health``, fresh at the start of the run."""
+    published = sum(h.published for h in healths)
+    dead = sum(h.dead_lettered for h in healths)
+    line = f"published {published} message(s)"
+    return f"{line}, dead-lettered {dead} (frontdesk deadletter list)" if dead else line
 
 
 @ingest_app.command("imap")
@@ -27,8 +38,9 @@ def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over
     with open_configured_bus() as bus:
         conns = connectors(settings, bus, storage.data_dir, storage.blobs)  # type: ignore[arg-type,attr-defined]
         if once:
-            total = sum(guard(lambda c=c: c.run_once()) for c in conns)
-            typer.echo(f"published {total} message(s)")
+            for c in conns:
+                guard(c.run_once)
+            typer.echo(once_summary([c.health for c in conns]))
             return
         metrics = load(MetricsSettings)
         probes = bus_probes(bus, metrics)
@@ -57,7 +69,8 @@ def ingest_telegram(once: Annotated[bool, typer.Option("--once", help="One getUp
     with open_configured_bus() as bus:
         poller = guard(lambda: TelegramPoller(settings, bus, settings.offset_dir or storage.data_dir / "telegram"))
         if once:
-            typer.echo(f"published {guard(poller.run_once)} message(s)")
+            guard(poller.run_once)
+            typer.echo(once_summary([poller.health]))
             return
         default_metrics().watch_connector(poller)
         metrics = load(MetricsSettings)
