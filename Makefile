@@ -8,7 +8,9 @@
 setup:
 	@scripts/setup.sh
 
-run: setup
+# the embedded default needs no servers: no PostgreSQL, Dovecot, Java or Kafka jars to install
+run:
+	@scripts/setup.sh --no-servers
 	.venv/bin/frontdesk run
 
 test: setup
@@ -21,5 +23,6 @@ bench: setup
 	.venv/bin/python -m bench.dispatch
 	.venv/bin/python -m bench.pipeline
 
-docs: setup
+docs:
+	@scripts/setup.sh --no-servers
 	.venv/bin/frontdesk config-reference --write

@@ -6,9 +6,10 @@ Stage commands live beside their stages (``classify/cli.py``, ``dispatch/cli.py`
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from frontdesk.bus.base import Bus
 
 __all__ = ["app"]
+T = TypeVar("T")
+
 
 @app.command()
 def version() -> None:
@@ -105,6 +108,16 @@ def read_dead_letters(bus: Bus, stage: str | None, limit: int, timeout: float = 
     return letters, malformed
 
 
+def demo_samples(examples: list[T], n: int) -> list[T]:
+    """The first ``n`` of ``examples`` taken by turns from each language (in the order the languages
+    first appear), so that a short demo shows every one of them. Pure."""
+    by_language: dict[str, list[T]] = {}
+    for example in examples:
+        by_language.setdefault(getattr(example, "language", ""), []).append(example)
+    turns = itertools.zip_longest(*by_language.values())
+    return [e for e in itertools.chain.from_iterable(turns) if e is not None][:n]
+
+
 @app.command()
 def run(
     demo: Annotated[int, typer.Option(help="On an empty bus, publish this many sample messages (0: none)")] = 40,
@@ -141,7 +154,7 @@ def run(
         probes = bus_probes(bus, metrics)
         probes.add_readiness("database", database_answers(store))
         if demo:
-            added = publish_demo(bus, read_examples(DEV_FILE)[:demo])
+            added = publish_demo(bus, demo_samples(read_examples(DEV_FILE), demo))
             if added:
                 typer.echo(f"published {added} sample customer messages (connector 'demo') to {bus.topics.inbound}")
         typer.echo(f"data in {storage.data_dir.resolve()}; acknowledgements: "  # type: ignore[attr-defined]
@@ -152,7 +165,7 @@ def run(
             "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev, probes),
         }
         stages.update(intake_stages(bus, storage.data_dir, storage.blobs, load(ImapSettings),  # type: ignore[attr-defined]
-                                    load(HttpIntakeSettings), load(TelegramSettings), typer.echo))
+                                    load(HttpIntakeSettings), load(TelegramSettings), typer.echo, probes))
         with ops_endpoint(metrics, probes) as ops:
             if ops is not None:
                 typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from frontdesk import clikit
 from frontdesk.bus.base import Outgoing, Record, Topics
 from frontdesk.bus.sqlite import SqliteBus
-from frontdesk.cli import app
+from frontdesk.cli import app, demo_samples
 from frontdesk.errors import ConfigError, StoreUnavailable
 from frontdesk.stage import dead_letter
 
@@ -25,6 +25,17 @@ def test_help_lists_stage_commands() -> None:
     assert result.exit_code == 0
     for command in ("run", "ingest", "classify", "dispatch", "cases", "replay", "train", "eval", "parse-mail"):
         assert command in result.output
+
+
+def test_the_demo_takes_its_samples_from_every_language_by_turns() -> None:
+    from classify.data import DEV_FILE, read_examples
+    examples = read_examples(DEV_FILE)
+    assert {e.language for e in examples[:40]} == {"az"}  # the file's head: one language only
+    chosen = demo_samples(examples, 40)
+    assert [e.language for e in chosen[:4]] == ["az", "ru", "en", "tr"]
+    assert {lang: sum(e.language == lang for e in chosen) for lang in ("az", "ru", "en", "tr")} == dict.fromkeys(
+        ("az", "ru", "en", "tr"), 10)
+    assert len(demo_samples(examples, 10_000)) == len(examples) and demo_samples(examples, 0) == []
 
 
 def test_module_entry_point() -> None:

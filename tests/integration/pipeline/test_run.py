@@ -53,3 +53,4 @@ def test_first_run_then_restart(tmp_path: Path) -> None:
     assert len(list((tmp_path / "var" / "outgoing").glob("*.*"))) == sum(
         1 for c in _cases(tmp_path) if c["acknowledged"]) >= len(outgoing)
     assert emails and all(c["routing_rule"] for c in cases)
+    assert {c["language"] for c in cases} >= {"az", "ru", "en", "tr"}  # the samples take turns by language
