@@ -11,6 +11,8 @@ import typer
 from classify.settings import ClassifierSettings
 from frontdesk.clikit import app, guard, load, open_configured_bus, stop_on_signals
 
+CHANNELS = ("email", "chat", "social")
+
 
 def classifier_settings() -> ClassifierSettings:
     return load(ClassifierSettings)
@@ -28,11 +30,18 @@ def classify() -> None:
         guard(lambda: run_stage(bus, settings, stop_on_signals()))
 
 
+def _one_of_channels(value: str) -> str:
+    if value not in CHANNELS:
+        raise typer.BadParameter(f"one of {', '.join(CHANNELS)}")
+    return value
+
+
 @app.command("classify-text")
 def classify_text(
     text: str,
     subject: Annotated[str, typer.Option(help="Email subject, if any")] = "",
-    channel: Annotated[str, typer.Option(help="email, chat or social")] = "email",
+    channel: Annotated[str, typer.Option(help="email, chat or social (the labels do not depend on it today)",
+                                         callback=_one_of_channels)] = "email",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print labels and confidences for one message."""

@@ -38,6 +38,11 @@ def test_the_demo_takes_its_samples_from_every_language_by_turns() -> None:
     assert len(demo_samples(examples, 10_000)) == len(examples) and demo_samples(examples, 0) == []
 
 
+def test_classify_text_refuses_an_unknown_channel_before_loading_the_model() -> None:
+    result = runner.invoke(app, ["classify-text", "Pulum gəlmədi", "--channel", "sms"])
+    assert result.exit_code == 2 and "--channel" in result.output
+
+
 def test_module_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "frontdesk", "version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0.1.0"
