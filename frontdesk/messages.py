@@ -78,13 +78,19 @@ class Flags(Frozen):
     edited: bool = False
 
 
-def message_id(connector: str, external_id: str) -> str:
+def message_id(connector: str, external_id: str, content_digest: str | None = None) -> str:
     """The stable pipeline id of a message: the same source message always gets the same id.
 
     This is what makes a re-published message (after a crash, a replayed webhook, a UIDVALIDITY
-    re-scan) a no-op downstream.
+    re-scan) a no-op downstream. ``content_digest`` is for sources whose external id does not tell
+    messages apart: the sender chooses a mail's Message-ID, and web forms and broken mailers give
+    every mail the same one, so the IMAP connector adds the sha256 of the raw mail (a server stores a
+    mail unchanged: fetched again, it has the same digest). Pure.
     """
-    digest = hashlib.sha256(f"{connector}\x00{external_id}".encode()).hexdigest()
+    key = f"{connector}\x00{external_id}"
+    if content_digest is not None:
+        key += f"\x00{content_digest}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"msg_{digest[:32]}"
 
 
@@ -93,7 +99,8 @@ class InboundMessage(Frozen):
 
     kind: Literal["inbound"] = "inbound"
     version: Literal[1] = 1
-    id: str = Field(description="message_id(connector, external_id)")
+    id: str = Field(description="message_id(connector, external_id[, content digest]); mail adds the sha256 of "
+                                "its raw bytes (senders reuse Message-IDs)")
     channel: Channel
     connector: str = Field(description="Configured connector name, e.g. 'imap:support'")
     platform: str | None = Field(None, description="email, telegram, whatsapp, facebook, ...")
@@ -112,10 +119,11 @@ class InboundMessage(Frozen):
     flags: Flags = Flags()
 
     @classmethod
-    def create(cls, *, connector: str, external_id: str, **fields: object) -> InboundMessage:
-        """Build a message whose id is derived from (connector, external_id)."""
+    def create(cls, *, connector: str, external_id: str, content_digest: str | None = None,
+               **fields: object) -> InboundMessage:
+        """Build a message whose id is derived from (connector, external_id[, content_digest]): :func:`message_id`."""
         return cls(
-            id=message_id(connector, external_id),
+            id=message_id(connector, external_id, content_digest),
             connector=connector,
             external_id=external_id,
             **fields,  # type: ignore[arg-type]

@@ -17,14 +17,23 @@ Per folder, one pass:
    ``PREFETCH + 1`` batches in memory); then, on a publisher thread while the next batch is
    fetched, the batch's blobs are committed (one sync, one index transaction) and the batch is
    published — messages to the inbound topic, unparseable or oversized mail as dead-letter records;
+   mail the server refuses to hand over (a FETCH answered NO, a response that cannot be read or
+   lacks the mail) is isolated from the rest (:mod:`ingest.imap_isolate`): its batch fails the
+   pass (the batches before it are flagged and checkpointed first) until the mail has been refused
+   in ``GiveUp.attempts`` passes over ``GiveUp.after_s`` in which the server handed over other
+   mail; then it is a dead-letter record too (flagged Seen with ``after_import: seen``, never
+   moved or deleted: it stays where it is);
 4. only once the bus has acknowledged it, mark the batch Seen / move it / delete it, and then
    advance the checkpoint (saved on a thread of its own: its fsync does not hold up the next
    fetch; a pass returns once its last checkpoint is durable). A pass that fails waits for the
    publisher thread before it returns.
 
 Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and published again with the
-same ids (the Message-ID, or a hash of the bytes): no-ops downstream. A UIDVALIDITY change
-re-scans the folder the same way. Rejected mail is still flagged, so it cannot loop. Then IDLE
+same ids (derived from the Message-ID and the sha256 of the mail, which the server stores
+unchanged): no-ops downstream. A UIDVALIDITY change re-scans the folder the same way. Rejected mail
+is still flagged, so it cannot loop. How often a mail was refused is saved as it is counted, so a
+crash or a restart (``--once``) keeps the count; a connection that drops is never counted as a
+refusal (it is retried, and dead-letters nothing). Then IDLE
 (re-issued before the 29-minute limit) or polling waits for new mail — unless the server announced
 new mail during the pass, which IDLE would not report again: then the next pass starts at once; any connection error
 (refused, dropped, certificate not trusted, login rejected) shows in ``Health`` and is retried
@@ -50,9 +59,9 @@ from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
 from ingest import imap_fetch
 from ingest.blobs import BlobStore, Staged
-from ingest.imap_batch import Delivery, batch_records, batches
-from ingest.imap_state import (Checkpoint, CheckpointSaver, CheckpointStore, Health, PendingMail, aware,
-                               oldest_from)
+from ingest.imap_batch import Delivery, Fetched, Where, batch_records, batches
+from ingest.imap_isolate import GiveUp, Refusals, describe, fetch_each
+from ingest.imap_state import Checkpoint, CheckpointSaver, CheckpointStore, Health, PendingMail, oldest_from
 from ingest.imap_connect import connect, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
@@ -62,21 +71,21 @@ __all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
 
 log = logging.getLogger(__name__)
 
-_Where = tuple[str, Checkpoint, CheckpointSaver]  # folder, its checkpoint when the pass began, its saver
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
-DESCRIBE_CHUNK = 2000  # UIDs per FETCH (RFC822.SIZE INTERNALDATE): the command stays well under 64 KiB
 
 
 class MailboxConnector:
     """Imports one mailbox (all its folders). ``run_once`` is one pass; ``run`` loops with IDLE.
 
-    Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`).
+    Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`). ``give_up``: when a
+    mail the server refuses to hand over is dead-lettered (:mod:`ingest.imap_isolate`).
     """
 
     def __init__(self, box: MailboxSettings, bus: Bus, checkpoints: CheckpointStore, blobs: BlobStore | None,
                  limits: MailLimits, *, reconnect: tuple[float, float] = (1.0, 300.0),
-                 pool: ParsePool | None = None) -> None:
+                 pool: ParsePool | None = None, give_up: GiveUp = GiveUp()) -> None:
         self.box, self.bus, self.checkpoints, self.blobs, self.limits = box, bus, checkpoints, blobs, limits
+        self.give_up = give_up
         self.connector = f"imap:{box.name}"
         self.health = Health()
         self.reconnect = reconnect
@@ -145,49 +154,36 @@ class MailboxConnector:
             return uidnext - 1
         return max(client.search(["ALL"]), default=0)
 
-    def _describe(self, client: IMAPClient, uids: list[int]) -> list[PendingMail]:
-        """Sizes and INTERNALDATEs of ``uids`` (a UID expunged by another client meanwhile is left out)."""
-        mails: list[PendingMail] = []
-        for start in range(0, len(uids), DESCRIBE_CHUNK):
-            chunk = uids[start : start + DESCRIBE_CHUNK]
-            described = imap_fetch.fetch(client, chunk, imap_fetch.SIZE_AND_DATE)
-            for uid in chunk:
-                item = described.get(uid)
-                if item is not None:
-                    mails.append(PendingMail(uid, int(item.get(b"RFC822.SIZE", 0)), aware(item.get(b"INTERNALDATE"))))
-        return mails
-
     def _import(self, client: IMAPClient, folder: str, start_cp: Checkpoint, uids: list[int]) -> int:
         """Describe, fetch, parse (in the pool), store, publish, flag and checkpoint ``uids`` batch by
         batch. The first batch is described and fetched alone, so that it is parsing while the rest of
         the folder is described; a batch is stored and published on a thread while the next one is
         fetched, and flagged once the bus has acknowledged it."""
         published = 0
-        window: deque[tuple[int, list[PendingMail], dict[int, bytes], Pending]] = deque()
+        window: deque[Fetched] = deque()
         publisher = ThreadPoolExecutor(1, thread_name_prefix=f"{self.connector}-publish")
         saver = CheckpointSaver(self.checkpoints, self.box.name, folder)
+        where = Where(folder, start_cp, saver, Refusals.load(self.checkpoints, self.box.name, folder, start_cp))
         inflight: Delivery | None = None
         try:
-            head = self._describe(client, uids[: self.box.batch])
+            head = describe(client, uids[: self.box.batch], where.refusals)
             first = next(batches(head, self.box.batch, self.limits), None)
             if first is not None:
-                window.append((first[0], first[1], *self._fetch(client, first[1])))
-            mails = head + self._describe(client, uids[self.box.batch :])
+                window.append(self._fetch(client, *first, where.refusals))
+            mails = head + describe(client, uids[self.box.batch :], where.refusals)
             oldest = oldest_from(mails)
             self._note_backlog(folder, oldest[0])
             start = first[0] if first is not None else 0
             for end, batch in batches(mails[start:], self.box.batch, self.limits):
-                window.append((start + end, batch, *self._fetch(client, batch)))
+                window.append(self._fetch(client, start + end, batch, where.refusals))
                 while len(window) > PREFETCH:
-                    inflight, settled = self._advance(client, (folder, start_cp, saver), window.popleft(),
-                                                      inflight, publisher, oldest)
+                    inflight, settled = self._advance(client, where, window.popleft(), inflight, publisher, oldest)
                     published += settled
             while window:
-                inflight, settled = self._advance(client, (folder, start_cp, saver), window.popleft(), inflight,
-                                                  publisher, oldest)
+                inflight, settled = self._advance(client, where, window.popleft(), inflight, publisher, oldest)
                 published += settled
             if inflight is not None:
-                published += self._settle(client, (folder, start_cp, saver), inflight, oldest)
+                published += self._settle(client, where, inflight, oldest)
             if start_cp.scan_until is not None:
                 last = inflight.batch[-1].uid if inflight is not None else start_cp.last_uid
                 saver.save(start_cp.handled(last).scanned())  # everything the scan selected is handled
@@ -195,30 +191,43 @@ class MailboxConnector:
         finally:
             publisher.shutdown(wait=True)  # a failed pass leaves no write behind; unflagged batches come again
             saver.close(check=False)
-            for *_, pending in window:
-                if self.blobs is not None:
-                    self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
+            for entry in window:
+                self._abandon(entry.pending)
         return published
 
-    def _advance(self, client: IMAPClient, where: _Where,
-                 entry: tuple[int, list[PendingMail], dict[int, bytes], Pending], inflight: Delivery | None,
+    def _abandon(self, pending: Pending) -> None:
+        if self.blobs is not None:
+            self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
+
+    def _advance(self, client: IMAPClient, where: Where, entry: Fetched, inflight: Delivery | None,
                  publisher: ThreadPoolExecutor, oldest: list[datetime | None]) -> tuple[Delivery, int]:
-        """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it."""
-        done, batch, raws, pending = entry
-        parsed = self.pool.finish(pending)
-        records, staged = batch_records(self.job, self.bus.topics, batch, raws, parsed, self.blobs,
-                                         self.bus.max_record_bytes)
+        """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it. A batch
+        with mail the server refused, not yet given up, fails the pass once the one before it is settled."""
+        unfetchable, wait = where.refusals.verdict(entry.refused, self.connector, self.give_up, datetime.now(UTC))
+        if wait is not None:
+            self._abandon(entry.pending)
+            if inflight is not None:
+                self._settle(client, where, inflight, oldest)
+            raise SourceError(wait)
+        parsed = self.pool.finish(entry.pending)
+        records, staged = batch_records(self.job, self.bus.topics, entry.batch, entry.raws, parsed, self.blobs,
+                                         self.bus.max_record_bytes, unfetchable)
         after = inflight.future if inflight is not None else None
-        delivery = Delivery(done, batch, records, publisher.submit(self._deliver, staged, records, after))
+        delivery = Delivery(entry.done, entry.batch, records, publisher.submit(self._deliver, staged, records, after),
+                            frozenset(unfetchable))
         settled = self._settle(client, where, inflight, oldest) if inflight is not None else 0
         return delivery, settled
 
-    def _fetch(self, client: IMAPClient, batch: list[PendingMail]) -> tuple[dict[int, bytes], Pending]:
-        """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing."""
+    def _fetch(self, client: IMAPClient, done: int, batch: list[PendingMail], refusals: Refusals) -> Fetched:
+        """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing; count the
+        mail the server refuses to hand over (:mod:`ingest.imap_isolate`)."""
         wanted = [m.uid for m in batch if m.size <= self.limits.max_message_bytes]
-        bodies = imap_fetch.fetch(client, wanted, imap_fetch.BODY)
-        raws = {uid: bodies[uid][b"BODY[]"] for uid in wanted if b"BODY[]" in bodies.get(uid, {})}
-        return raws, self.pool.start(self.job, list(raws.items()))
+        bodies = fetch_each(client, wanted, imap_fetch.BODY, b"BODY[]", refusals.session)
+        raws = {uid: item[b"BODY[]"] for uid, item in bodies.items.items()}
+        refusals.served = refusals.served or bool(raws)
+        refusals.session.update(bodies.refused)
+        refusals.count(bodies.refused, datetime.now(UTC))
+        return Fetched(done, batch, raws, bodies.refused, self.pool.start(self.job, list(raws.items())))
 
     def _deliver(self, staged: list[Staged], records: list[Outgoing], after: Future[None] | None) -> None:
         """On the publisher thread: commit the blobs, then publish (returns once the bus acknowledged);
@@ -235,12 +244,14 @@ class MailboxConnector:
     def _delivered(future: Future[None]) -> None:
         future.result()  # blocks; raises what the publisher thread raised
 
-    def _settle(self, client: IMAPClient, where: _Where, delivery: Delivery, oldest: list[datetime | None]) -> int:
+    def _settle(self, client: IMAPClient, where: Where, delivery: Delivery, oldest: list[datetime | None]) -> int:
         """Once ``delivery`` is on the bus: flag its mail, queue the checkpoint; records published."""
-        folder, start_cp, saver = where
+        folder, start_cp, saver, _ = where
         self._delivered(delivery.future)
         crashpoint("imap.after_publish")
-        self._after_import(client, [m.uid for m in delivery.batch])
+        # A mail the server cannot read is not moved (that copies it) nor deleted (it has no other copy).
+        kept = delivery.unfetchable if self.box.after_import != "seen" else frozenset()
+        self._after_import(client, [m.uid for m in delivery.batch if m.uid not in kept])
         saver.save(start_cp.handled(delivery.batch[-1].uid))
         dead = sum(1 for r in delivery.records if r.topic == self.bus.topics.deadletter)
         self.health.published += len(delivery.records) - dead
@@ -253,6 +264,8 @@ class MailboxConnector:
         self.health.oldest_unprocessed_at = min((d for d in self._backlog.values() if d is not None), default=None)
 
     def _after_import(self, client: IMAPClient, uids: list[int]) -> None:
+        if not uids:
+            return
         if self.box.after_import == "seen":
             client.add_flags(uids, [b"\\Seen"], silent=True)
         elif self.box.after_import == "move":

@@ -1,31 +1,59 @@
-"""One batch of an IMAP pass: how mail is cut into batches, a parsed batch's records, and a batch on
-its way to the bus (:class:`Delivery`). The order of the steps is :mod:`ingest.imap`'s."""
+"""One batch of an IMAP pass: how mail is cut into batches, a fetched batch (:class:`Fetched`), its
+records, and a batch on its way to the bus (:class:`Delivery`); what the pass they belong to works
+on (:class:`Where`). The order of the steps is :mod:`ingest.imap`'s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Outgoing, Topics, record_size
 from frontdesk.deadletter import build_dead_letter
 from ingest.blobs import BlobStore, BlobWriteFailed, Staged
+from ingest.imap_isolate import Refusals
+from ingest.imap_parse import Pending
 from ingest.imap_worker import ParseJob, Parsed
-from ingest.imap_state import PendingMail
+from ingest.imap_state import Checkpoint, CheckpointSaver, PendingMail
 from ingest.mail.parse import MailLimits, over_limit
 
 BATCH_BYTES = 32 * 1024 * 1024  # a batch also ends here: memory is bounded by (PREFETCH + 1) batches
 
 
+class Where(NamedTuple):
+    """The folder a pass imports, its checkpoint when the pass began, its saver, and the mail its
+    server refused to hand over."""
+
+    folder: str
+    start_cp: Checkpoint
+    saver: CheckpointSaver
+    refusals: Refusals
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A batch fetched and parsing (``pending``): the raw mails by UID, and the UIDs the server
+    refused to hand over (``refused``: UID → its answer); ``done`` as in :class:`Delivery`."""
+
+    done: int
+    batch: list[PendingMail]
+    raws: dict[int, bytes]
+    refused: dict[int, str]
+    pending: Pending
+
+
 @dataclass(frozen=True)
 class Delivery:
     """A batch on its way to the bus: ``future`` ends when its blobs are committed and the bus has
-    acknowledged ``records``; ``done`` is where the batch ends in the pass's list of mails."""
+    acknowledged ``records``; ``done`` is where the batch ends in the pass's list of mails;
+    ``unfetchable``: the UIDs dead-lettered because the server would not hand them over."""
 
     done: int
     batch: list[PendingMail]
     records: list[Outgoing]
     future: Future[None]
+    unfetchable: frozenset[int] = field(default_factory=frozenset)
 
 
 def batches(mails: list[PendingMail], most: int, limits: MailLimits) -> Iterator[tuple[int, list[PendingMail]]]:
@@ -46,12 +74,14 @@ def batches(mails: list[PendingMail], most: int, limits: MailLimits) -> Iterator
 
 
 def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws: dict[int, bytes],
-                  parsed: list[Parsed], blobs: BlobStore | None,
-                  max_record: int = DEFAULT_MAX_RECORD_BYTES) -> tuple[list[Outgoing], list[Staged]]:
+                  parsed: list[Parsed], blobs: BlobStore | None, max_record: int = DEFAULT_MAX_RECORD_BYTES,
+                  unfetchable: Mapping[int, str] | None = None) -> tuple[list[Outgoing], list[Staged]]:
     """The batch's records (inbound or dead-letter, in UID order) and the blobs they name. A blob
     that could not be staged fails the whole batch (``BlobWriteFailed``, transient), its staged
     blobs discarded. A message over the bus's ``max_record`` bytes is dead-lettered (the bus would
-    refuse the batch every time), and a dead letter keeps what of the mail fits."""
+    refuse the batch every time), and a dead letter keeps what of the mail fits. A mail the server
+    would not hand over is dead-lettered with the reason in ``unfetchable`` (UID → reason), without
+    bytes; any other mail without raw bytes was expunged meanwhile and has no record."""
     by_uid = {p.uid: p for p in parsed}
     staged = [s for p in parsed for s in p.staged]
     failed = next((p.store_error for p in parsed if p.store_error), None)
@@ -63,7 +93,10 @@ def batch_records(job: ParseJob, topics: Topics, batch: list[PendingMail], raws:
     for mail in batch:
         raw = raws.get(mail.uid)
         if raw is None:
-            if mail.size > job.limits.max_message_bytes:
+            if unfetchable and mail.uid in unfetchable:
+                records.append(dead_letter_record(topics, job.connector, mail.uid, b"", unfetchable[mail.uid],
+                                                  max_record, error_type="MailUnfetchable"))
+            elif mail.size > job.limits.max_message_bytes:
                 records.append(dead_letter_record(topics, job.connector, mail.uid, b"", _over(mail.size, job.limits),
                                                   max_record))
             continue  # expunged by another client since the FETCH of sizes: nothing to import
@@ -91,11 +124,11 @@ def inbound_record(topics: Topics, connector: str, parsed: Parsed) -> Outgoing:
 
 
 def dead_letter_record(topics: Topics, connector: str, uid: int, raw: bytes, reason: str,
-                       max_record: int = DEFAULT_MAX_RECORD_BYTES) -> Outgoing:
+                       max_record: int = DEFAULT_MAX_RECORD_BYTES, *, error_type: str = "MailRejected") -> Outgoing:
     """The dead-letter record of a rejected mail (``raw``: the mail, cut to fit ``max_record``:
     :mod:`frontdesk.deadletter`), keyed by mailbox and UID."""
     return build_dead_letter(
         topics.deadletter, f"{connector}:{uid}".encode(), raw, stage="ingest", reason=reason,
-        error_type="MailRejected", max_bytes=max_record, source_topic=f"{connector}/uid:{uid}",
-        headers=(("frontdesk-stage", b"ingest"), ("frontdesk-error", b"MailRejected"),
+        error_type=error_type, max_bytes=max_record, source_topic=f"{connector}/uid:{uid}",
+        headers=(("frontdesk-stage", b"ingest"), ("frontdesk-error", error_type.encode()),
                  ("frontdesk-imap-uid", str(uid).encode())))

@@ -10,17 +10,22 @@ response through imapclient's parser instead, so the result is always what ``IMA
 would return (tests compare both on a real server and on crafted responses). It reaches into
 imapclient for the connection (``IMAPClient._imap``) and its result check (``_checkok``): the
 version is bounded in ``pyproject.toml`` and the tests fail if they change.
+
+:func:`fetch_answer` is the same command for a caller that wants what came with a refusal: the
+responses a server sent before it answered NO are returned with the answer, not raised.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.datetime_util import parse_to_datetime
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 from imapclient.imapclient import join_message_ids, seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
 
@@ -46,6 +51,36 @@ def fetch(client: IMAPClient, uids: Sequence[int], items: Sequence[str]) -> Resp
     typ, data = imap._untagged_response(typ, data, "FETCH")
     parsed = read_response(data, tuple(items), client.normalise_times)
     return {uid: parsed[uid] for uid in uids if uid in parsed}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server answered a UID FETCH: the responses it sent (``None``: they could not be
+    read) and, if it refused the command (NO, BAD) or its responses could not be read, why."""
+
+    response: Response | None
+    refused: str | None = None
+
+
+def fetch_answer(client: IMAPClient, uids: Sequence[int], items: Sequence[str]) -> Answer:
+    """:func:`fetch` (called through this module, so a wrapper of it sees every FETCH), but a
+    refusal (NO, BAD) or an unreadable response is returned, not raised, with the responses the
+    server sent before its answer (servers send what they can, then answer NO). Raises only what
+    ends the connection: imaplib's abort (a BYE too) or an OSError. Blocking."""
+    try:
+        return Answer(fetch(client, uids, items))
+    except IMAPClientAbortError:
+        raise
+    except (ProtocolError, ValueError) as exc:  # imapclient's parser or its lexer
+        return Answer(None, f"unreadable FETCH response: {exc}")
+    except IMAPClientError as exc:
+        refused = str(exc)
+    sent = client._imap.untagged_responses.pop("FETCH", [])  # imaplib would hand them to the next FETCH
+    try:
+        parsed = read_response(sent, tuple(items), client.normalise_times) if sent else {}
+    except (ProtocolError, ValueError):
+        return Answer(None, refused)
+    return Answer({uid: parsed[uid] for uid in uids if uid in parsed}, refused)
 
 
 def read_response(data: list[Any], items: tuple[str, ...], normalise_times: bool) -> Response:

@@ -1,7 +1,8 @@
 """Where each IMAP folder's import stands: the checkpoint (UIDVALIDITY, the highest UID handled and,
 during a first-start scan, where that scan ends), the mail still pending, and each mailbox's health.
 
-A checkpoint only ever advances after the mail up to it is on the bus and flagged, so losing the
+A checkpoint only ever advances after the mail up to it is on the bus and flagged (a mail the server
+would not hand over is dead-lettered, and at most flagged Seen: :mod:`ingest.imap_isolate`), so losing the
 latest save (a crash right after it) only re-imports a batch, with the same ids. An unreadable
 checkpoint file is set aside (``*.corrupt``) and the folder scanned as on first start: unseen mail
 only (plus ``backfill_since``), each with its stable id.
@@ -57,9 +58,13 @@ class CheckpointStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def _path(self, mailbox: str, folder: str) -> Path:
+    def _path(self, mailbox: str, folder: str, kind: str = "") -> Path:
         safe = base64.urlsafe_b64encode(folder.encode()).decode().rstrip("=")
-        return self.directory / f"{mailbox}.{safe}.json"
+        return self.directory / f"{mailbox}.{safe}{kind}.json"
+
+    def state_path(self, mailbox: str, folder: str, kind: str) -> Path:
+        """Where more state of the folder's import is kept, beside its checkpoint (``kind``: ``.refused``)."""
+        return self._path(mailbox, folder, kind)
 
     def load(self, mailbox: str, folder: str) -> Checkpoint:
         """The saved checkpoint, or an empty one if there is none or it cannot be read (then the file
@@ -79,14 +84,19 @@ class CheckpointStore:
             return Checkpoint()
 
     def save(self, mailbox: str, folder: str, cp: Checkpoint) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(mailbox, folder)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid, "scan_until": cp.scan_until}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_json(self._path(mailbox, folder),
+                   {"uidvalidity": cp.uidvalidity, "last_uid": cp.last_uid, "scan_until": cp.scan_until})
+
+
+def write_json(path: Path, data: object) -> None:
+    """Replace ``path`` with ``data`` as JSON atomically, fsynced (blocking); creates its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _uid_or_none(value: object) -> int | None:

@@ -28,7 +28,7 @@ from io import BytesIO
 from typing import Any, Literal
 
 from frontdesk.messages import Attachment, InboundMessage, ThreadHints
-from ingest.blobs import BlobStore, blob_ref
+from ingest.blobs import REF_PREFIX, BlobStore, blob_ref
 from ingest.mail import flags as headers
 from ingest.mail.bounds import MailLimits, MailRejected, check_bounds, check_structure, over_limit, repair_header_section
 from ingest.mail.message import parse_bytes
@@ -53,8 +53,10 @@ def parse_mail(raw: bytes, *, connector: str, channel: Literal["email", "social"
                limits: MailLimits, received_at: datetime | None = None) -> InboundMessage:
     """Normalise ``raw`` (contract: module docstring) and store its blobs in ``blobs`` (if given).
 
-    ``external_id`` is the Message-ID, or ``<sha256(raw)@frontdesk.invalid>`` without one, so a
-    re-import of the same bytes has the same pipeline id. ``received_at`` must be aware.
+    ``external_id`` is the Message-ID, or ``<sha256(raw)@frontdesk.invalid>`` without one. The
+    pipeline id is derived from it and the sha256 of ``raw`` (:func:`~frontdesk.messages.message_id`),
+    so a re-import of the same bytes has the same id, and two different mails with one Message-ID (web
+    forms and broken mailers reuse a fixed one) have two. ``received_at`` must be aware.
     """
     inbound, payloads = normalise_mail(raw, connector=connector, channel=channel, store=blobs is not None,
                                        limits=limits, received_at=received_at)
@@ -74,11 +76,12 @@ def normalise_mail(raw: bytes, *, connector: str, channel: Literal["email", "soc
     try:
         message = parse_bytes(repair_header_section(raw, limits.max_header_bytes))
         check_structure(message, limits)
-        fields, payloads = _normalise(message, raw, limits, store=store)
+        digest = hashlib.sha256(raw).hexdigest()
+        fields, payloads = _normalise(message, digest, limits, store=store)
         inbound = InboundMessage.create(
             connector=connector, channel=channel, platform="email" if channel == "email" else None,
-            received_at=(received_at or datetime.now(UTC)).astimezone(UTC),
-            raw_ref=blob_ref(raw) if store else None, **fields)
+            received_at=(received_at or datetime.now(UTC)).astimezone(UTC), content_digest=digest,
+            raw_ref=REF_PREFIX + digest if store else None, **fields)
     except MailRejected:
         raise
     except RecursionError as exc:
@@ -89,9 +92,10 @@ def normalise_mail(raw: bytes, *, connector: str, channel: Literal["email", "soc
 
 
 def _normalise(
-    message: Message, raw: bytes, limits: MailLimits, *, store: bool
+    message: Message, digest: str, limits: MailLimits, *, store: bool
 ) -> tuple[dict[str, Any], list[bytes]]:
-    """The InboundMessage fields (but the connector's) and the attachment bytes to store."""
+    """The InboundMessage fields (but the connector's and the id's) and the attachment bytes to store
+    (``digest``: the raw mail's sha256)."""
     bodies: list[Message] = []
     parts: list[Message] = []
     _visit(message, bodies, parts, in_body=True)
@@ -102,7 +106,7 @@ def _normalise(
     sender = headers.mail_sender(message)
     fields = {
         "external_id": headers.normalise_msgid(headers.header_text(message, "Message-ID", 4000))
-        or f"<{hashlib.sha256(raw).hexdigest()}@{SYNTHETIC_DOMAIN}>",
+        or f"<{digest}@{SYNTHETIC_DOMAIN}>",
         "thread": ThreadHints(
             in_reply_to=headers.normalise_msgid(headers.header_text(message, "In-Reply-To", 4000)),
             references=headers.msgid_list(headers.header_text(message, "References", 200_000)),

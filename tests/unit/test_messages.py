@@ -54,6 +54,10 @@ def test_message_id_is_stable_and_source_scoped() -> None:
     assert message_id("imap:a", "<1@x>") == message_id("imap:a", "<1@x>")
     assert message_id("imap:a", "<1@x>") != message_id("imap:b", "<1@x>")
     assert inbound().id == message_id("imap:support", "<abc@mail.az>")
+    assert message_id("imap:a", "<1@x>", "d1") == message_id("imap:a", "<1@x>", "d1")
+    assert len({message_id("imap:a", "<1@x>"), message_id("imap:a", "<1@x>", "d1"),
+                message_id("imap:a", "<1@x>", "d2")}) == 3, "the content digest tells apart mails of one Message-ID"
+    assert inbound(content_digest="d1").id == message_id("imap:support", "<abc@mail.az>", "d1")
 
 
 def test_messages_are_frozen_and_strict() -> None:

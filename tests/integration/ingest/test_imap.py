@@ -318,6 +318,7 @@ def test_connection_dropped_mid_fetch_recovers(dovecot_server, bus, tmp_path, fo
     assert proxy.connections >= 2 and conn.health.consecutive_failures == 0 and conn.health.last_error
     uids = {int(r.header("frontdesk-imap-uid")) for r in records(bus, bus.topics.inbound)}
     assert uids == set(range(1, len(mails) + 1))
+    assert records(bus, bus.topics.deadletter) == [], "a dropped connection is no refused mail"
 
 
 def test_uidvalidity_change_rescans_without_new_ids(dovecot_server, bus, tmp_path, folder) -> None:  # type: ignore[no-untyped-def]
@@ -333,6 +334,32 @@ def test_uidvalidity_change_rescans_without_new_ids(dovecot_server, bus, tmp_pat
     assert conn.run_once() == len(mails)
     again = [r.key for r in records(bus, bus.topics.inbound)]
     assert len(again) == 2 * len(mails) and set(again) == ids
+
+
+def test_two_mails_with_one_message_id_get_two_ids_and_a_reimport_the_same(dovecot_server, bus, tmp_path,  # type: ignore[no-untyped-def]
+                                                                         folder) -> None:
+    """A web form sends every mail with the same Message-ID. Keyed on the Message-ID alone, the second
+    mail had the first one's id, and dispatch dropped it as a redelivery."""
+    form = ("From: Web form <form@site.example>\r\nTo: support@bet.az\r\nSubject: Contact form\r\n"
+            "Message-ID: <contact-form@site.example>\r\n\r\n")
+    fill(dovecot_server, folder, [f"{form}My deposit is missing.\r\n".encode(),
+                                  f"{form}My account was hacked!\r\n".encode()])
+    assert connector(dovecot_server, bus, tmp_path, folder).run_once() == 2
+    first = {uid: msg for uid, (_, msg) in by_uid(bus).items()}
+    assert [m.external_id for m in first.values()] == ["<contact-form@site.example>"] * 2  # type: ignore[attr-defined]
+    assert first[1].id != first[2].id and "hacked" in first[2].text  # type: ignore[attr-defined]
+    # The connector's state is lost and the mail unread again: the same mails are imported again.
+    with IMAPClient(dovecot_server.host, dovecot_server.port, ssl=False) as imap:
+        imap.login(USER, DOVECOT_PASSWORD)
+        imap.select_folder(folder)
+        imap.remove_flags(imap.search(["ALL"]), [b"\\Seen"], silent=True)
+    again = MailboxConnector(box(dovecot_server, folder), bus, CheckpointStore(tmp_path / "imap-lost"),
+                             BlobStore(tmp_path / "blobs"), MailLimits())
+    assert again.run_once() == 2
+    ids: dict[int, set[str]] = {}
+    for r in records(bus, bus.topics.inbound):
+        ids.setdefault(int(r.header("frontdesk-imap-uid")), set()).add(decode(r.value, InboundMessage).id)
+    assert ids == {1: {first[1].id}, 2: {first[2].id}}, "each mail twice, under its own id both times"  # type: ignore[attr-defined]
 
 
 def read_except(server, folder: str, unread: set[int]) -> list[int]:  # type: ignore[no-untyped-def]

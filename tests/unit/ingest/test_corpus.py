@@ -55,7 +55,7 @@ def assert_headers(mail: CorpusMail, msg: InboundMessage) -> None:
     assert msg.sender.name == mail.sender_name
     expected_id = mail.external_id or f"<{hashlib.sha256(mail.raw).hexdigest()}@frontdesk.invalid>"
     assert msg.external_id == expected_id
-    assert msg.id == message_id(CONNECTOR, expected_id)
+    assert msg.id == message_id(CONNECTOR, expected_id, hashlib.sha256(mail.raw).hexdigest())
     assert msg.thread.in_reply_to == mail.in_reply_to
     assert msg.thread.references == mail.references
     assert msg.thread.conversation_id is None

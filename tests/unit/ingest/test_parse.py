@@ -63,9 +63,20 @@ def test_header_injection_is_flattened_in_subject_and_names() -> None:
 def test_the_same_bytes_give_the_same_message_and_id() -> None:
     raw = mail(headers="Message-ID: <abc.1@mail.az>\r\n")
     first, second = parse(raw), parse(raw, received_at=NOW + timedelta(days=3))
-    assert first.id == second.id == message_id("imap:support", "<abc.1@mail.az>")
+    assert first.id == second.id == message_id("imap:support", "<abc.1@mail.az>", hashlib.sha256(raw).hexdigest())
     assert first.model_copy(update={"received_at": NOW}) == second.model_copy(update={"received_at": NOW})
     assert parse(raw, connector="imap:other").id != first.id
+
+
+def test_two_different_mails_with_one_message_id_get_two_ids_under_that_message_id() -> None:
+    """Web forms and broken mailers send every mail with the same fixed Message-ID: keyed on the
+    Message-ID alone, the second mail had the first one's id and was dropped downstream as a redelivery."""
+    first = mail("Depozit gəlmədi.", headers="Message-ID: <form@site.example>\r\n")
+    second = mail("Hesabım oğurlanıb!", headers="Message-ID: <form@site.example>\r\n")
+    a, b = parse(first), parse(second)
+    assert a.external_id == b.external_id == "<form@site.example>", "threading and replies still use it"
+    assert a.id != b.id
+    assert parse(first, received_at=NOW + timedelta(days=1)).id == a.id, "the same mail fetched again: the same id"
 
 
 def test_missing_message_id_gets_a_deterministic_synthetic_one() -> None:
