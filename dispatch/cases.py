@@ -144,14 +144,19 @@ def _fitted(key: str, size: int = rows.RECIPIENT_MAX) -> str:
 
 
 def _case_of_same_mail(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
-    """The case already holding a mail with this Message-ID (the ids of the pipeline differ per
-    connector, so a mail sent to two watched mailboxes arrives twice under two ids)."""
+    """The case already holding this very mail (the ids of the pipeline differ per connector, so a
+    mail sent to two watched mailboxes arrives twice under two ids)."""
     keys = _same_mail_keys(msg)
     return rows.case_by_thread_key(conn, keys, writes) if keys else None
 
 
 def _same_mail_keys(msg: InboundMessage) -> list[str]:
-    return [f"mid:{msg.external_id}"] if msg.channel == "email" and msg.external_id else []
+    """The key of a mail by its Message-ID *and* what it says: a copy in another mailbox has both;
+    another mail reusing the Message-ID (web forms and broken mailers do) is a message of its own."""
+    if msg.channel != "email" or not msg.external_id:
+        return []
+    said = "\x00".join((msg.external_id, msg.subject or "", msg.full_text or msg.text or ""))
+    return [f"copy:{hashlib.sha256(said.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}"]
 
 
 def _participant_key(msg: InboundMessage) -> str | None:
@@ -268,6 +273,8 @@ class _Apply:
         self.writes.references[msg.id] = self.case["reference"] or ""
         if msg.channel == "email":
             self.writes.thread_keys.setdefault(f"mid:{msg.external_id}"[: rows.KEY_MAX], case_id)
+            for key in _same_mail_keys(msg):
+                self.writes.thread_keys.setdefault(key, case_id)
         if msg.thread.conversation_id:
             self.writes.thread_keys.setdefault(f"conv:{msg.connector}:{msg.thread.conversation_id}"[: rows.KEY_MAX],
                                                case_id)

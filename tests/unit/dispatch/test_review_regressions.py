@@ -85,6 +85,21 @@ def test_one_mail_in_two_mailboxes_is_one_case_with_one_acknowledgement(together
     assert store.apply(copies[1]).duplicate  # each copy is still idempotent under its own id
 
 
+def test_two_different_mails_reusing_one_message_id_are_two_cases() -> None:
+    """A web form that gives every mail the same Message-ID: the second mail is a request of its own
+    (its own case and acknowledgement), not a copy of the first."""
+    store = make_store(Clock())
+    first, second = (mail("imap:support", "<form@bet.az>", subject=s) for s in ("Withdrawal", "Bonus"))
+    second = second.model_copy(update={"message": InboundMessage.create(
+        **second.message.model_dump(exclude={"id", "connector", "external_id"}), connector="imap:support",
+        external_id="<form@bet.az>", content_digest="b" * 64)})
+    results = [store.apply(first), store.apply(second)]
+    assert [(r.created, r.ack) for r in results] == [(True, "ok"), (True, "ok")]
+    assert len({r.case_reference for r in results}) == 2
+    case = show_case(store, results[1].case_reference)
+    assert case is not None and "copy_added" not in [h["event"] for h in case["history"]]
+
+
 def test_a_stranger_reusing_a_message_id_never_joins_the_case() -> None:
     store = make_store(Clock())
     first = store.apply(mail("imap:support", "<same@mail.az>"))
