@@ -23,9 +23,10 @@ delivery.
 
 Several relays: a send starts only if it will end within the relay's lease on the row (a Replier
 with a bound, ``Replier.max_send_s``: the SMTP one ends each send within ``smtp.timeout_s``), or,
-for a Replier without one, in the first half of the lease; so another relay cannot claim a row
-while it is being sent. A send cut off by its deadline is retried; if the far side had accepted
-it just before, that retry repeats it (same Message-ID), as after a timeout.
+for a Replier without one, in the first half of the lease, counted from the start of the claim (the
+database leases the row then, however long the claim waits for a lock); so another relay cannot
+claim a row while it is being sent. A send cut off by its deadline is retried; if the far side had
+accepted it just before, that retry repeats it (same Message-ID), as after a timeout.
 
 The loop never dies: an unexpected exception is logged with the row and case, counted
 (``stats.errors``, ``frontdesk_stage_errors{stage="relay",kind="unexpected"}``), its row retried
@@ -132,8 +133,8 @@ class OutboxRelay:
         """Mark what was delivered but not marked, then claim, publish and deliver one batch.
         Raises TransientError while the database is unavailable (nothing delivered is forgotten)."""
         self._mark_delivered()
+        claimed = self._clock()  # the lease runs from the claim's start: a claim that waited leaves less of it
         items = self.store.claim_outbox(self.batch, self.lease_seconds)
-        claimed = self._clock()
         events = [i for i in items if i.kind == "event"]
         if events:
             self._publish(events)
@@ -200,10 +201,11 @@ class OutboxRelay:
             self._retry(item, f"{error}; its dead letter was not published: {exc}")
             return
         log.error("relay: case event %d (case %s) dead-lettered: %s", item.id, item.case_reference or "?", error)
+        self.store.mark_retry(item.id, f"dead-lettered: {error}", 0, permanent=True)
+        # Counted once marked: if marking fails, the row comes back and is dead-lettered (and counted) then.
         self.stats.events_dead_lettered += 1
         self.metrics.errors.labels(STAGE, "poison", type(error).__name__).inc()
         self.metrics.dead_lettered.labels(STAGE).inc()
-        self.store.mark_retry(item.id, f"dead-lettered: {error}", 0, permanent=True)
 
     def _event_letter(self, item: OutboxItem, error: BaseException) -> Outgoing:
         """The dead letter of a case event: its bytes and key, the cases topic as its source."""
@@ -271,8 +273,8 @@ class OutboxRelay:
 
     def _give_up(self, item: OutboxItem, error: str) -> None:
         log.error("relay: %s %d (case %s) failed for good: %s", item.kind, item.id, item.case_reference or "?", error)
-        self.stats.acks_failed += 1
         self.store.mark_retry(item.id, error, 0, permanent=True)
+        self.stats.acks_failed += 1  # once marked: a row whose marking failed comes back and is given up again
 
     def _unexpected(self, exc: BaseException, item: OutboxItem | None) -> None:
         """Log (with the row and case, if any) and count an exception the relay did not expect."""

@@ -20,11 +20,15 @@ Contract:
   skipped): positions in a log are offsets, so keeping old records for later would hold back all
   newer ones. ``limit`` stops early and passes over nothing. ``dry_run`` reads the same records and
   publishes and commits nothing.
-* Not replayable, reported and passed over: records dead-lettered by a connector (their source is
-  a mailbox or a platform, not a topic: re-deliver them at the source) and records naming a topic
-  that is not a pipeline topic of this bus (use ``to_topic``), and records whose original bytes were cut
-  to fit the bus's record limit (:mod:`frontdesk.deadletter`). Malformed dead-letter records are
-  reported with their position and the decode error; they belong to no cell.
+* Not replayable without ``to_topic``, reported and left in place (not committed, so a later run
+  with ``to_topic`` re-drives them; ``since`` passes them over): records dead-lettered by a
+  connector (their source is a mailbox or a platform, not a topic: re-deliver them at the source)
+  and records naming a topic that is not a pipeline topic of this bus. A position holds everything
+  before it, so the later dead letters of the same cell and partition wait with such a record
+  (reported as held) and go with it to ``to_topic``. Not replayable at all, reported and passed
+  over: records whose original bytes were cut to fit the bus's record limit
+  (:mod:`frontdesk.deadletter`). Malformed dead-letter records are reported with their position
+  and the decode error; they belong to no cell.
 * Every consumer group of the source topic sees a replayed record again, not only the one that
   failed; Frontdesk's stages are idempotent per message id, so for them this is a no-op.
 * Blocking, one thread. Raises BusUnavailable when the bus is down or a cell's partitions stay
@@ -55,6 +59,7 @@ REPLAY_HEADER = "frontdesk-replay-of"
 BEFORE_SINCE = "failed before --since (passed over)"
 NOT_A_TOPIC = "source is not a pipeline topic (connector input: re-deliver at the source, or use --to-topic)"
 TRUNCATED = "original cut to fit the bus's record limit (not the record any more: re-deliver at the source)"
+HELD = "behind a dead letter of its cell and partition that needs --to-topic (replayed with it)"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _AGO = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -208,29 +213,41 @@ class Replayer:
 
     def _replay_cell(self, cell: Cell, ends: dict[int, int], summary: ReplaySummary) -> None:
         o = self.options
+        held: set[int] = set()  # partitions whose position stays at a dead letter that needs to_topic
         with self.bus.consumer(cell_group(o.group, cell), [self.topic]) as consumer:
             for batch in read_until(consumer, ends, o.assign_timeout_s, o.batch):
-                handled, out, stop = self._plan(batch, cell, summary)
+                handled, out, stop = self._plan(batch, cell, summary, held)
                 if not o.dry_run:
                     self.bus.publish(out)
                     consumer.commit(handled)
                 if stop:
                     return
 
-    def _plan(self, batch: list[Record], cell: Cell, summary: ReplaySummary
+    def _plan(self, batch: list[Record], cell: Cell, summary: ReplaySummary, held: set[int]
               ) -> tuple[list[Record], list[Outgoing], bool]:
-        """Records handled (to commit), records to publish, and whether the limit stopped the batch."""
+        """Records handled (to commit), records to publish, and whether the limit stopped the batch.
+        Adds to ``held`` the partitions of records left for a run with ``to_topic``: nothing after
+        them there is handled (committing it would commit them too)."""
         handled: list[Record] = []
         out: list[Outgoing] = []
         for record in batch:
             if self._limit_reached(summary):
                 return handled, out, True
-            handled.append(record)
             parsed = self._parse(record, summary)
-            if parsed is None or (parsed[0].stage, parsed[0].error_type) != cell:
+            ours = parsed is not None and (parsed[0].stage, parsed[0].error_type) == cell
+            if record.partition in held:
+                if ours:
+                    summary.skipped[HELD] += 1
+                continue
+            if parsed is None or not ours:
+                handled.append(record)
                 continue
             letter, value, key = parsed
             target, skip = self._target(letter) if record.header(TRUNCATED_HEADER) is None else (None, TRUNCATED)
+            if skip == NOT_A_TOPIC:
+                held.add(record.partition)
+            else:
+                handled.append(record)
             if target is None:
                 summary.skipped[skip] += 1
                 continue

@@ -9,9 +9,9 @@ One cycle:
 4. ``commit`` the batch.
 
 Crash behaviour, between any two steps: before 3 completes nothing was published and the batch is
-redelivered; between 3 and 4 the batch is redelivered and its outputs are published again with the
-same message ids (consumers downstream treat a known id as a no-op). Nothing is lost: a commit
-never precedes the durable publish of what the batch produced.
+redelivered; between 3 and 4 (``crashpoint("<stage>.after_publish")``) the batch is redelivered and
+its outputs are published again with the same message ids (consumers downstream treat a known id as
+a no-op). Nothing is lost: a commit never precedes the durable publish of what the batch produced.
 
 Failures: a :class:`~frontdesk.errors.TransientError` (bus, database, SMTP down) rewinds to the
 committed offsets and backs off; the same records are retried, nothing is dead-lettered. Any other
@@ -39,6 +39,7 @@ from typing import Protocol
 from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Bus, Consumer, Lag, Outgoing, Record, record_size
 from frontdesk.deadletter import build_dead_letter
 from frontdesk.errors import DecodeError, FrontdeskError, RecordTooLarge, TransientError
+from frontdesk.faults import crashpoint
 from frontdesk.metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class StageRunner:
         outcomes = [too_large(oc, self.bus.max_record_bytes) for oc in self._process(records)]
         outgoing = self._outgoing(outcomes)
         self.bus.publish(outgoing)
+        crashpoint(f"{self.name}.after_publish")
         self.consumer.commit(records)
         self.oldest_pending_ms = None
         self._count(records, outcomes, outgoing, time.perf_counter() - started)

@@ -12,16 +12,17 @@ Endpoints (OpenAPI document: ``GET /openapi.json``, committed as ``ingest/http/o
 Guarantees of every POST: the body is read with a size limit (413, checked against Content-Length
 first and while reading) and authenticated before it is parsed (401: nothing published); a 2xx is
 sent only after ``bus.publish`` returned, i.e. the messages are durable. If the bus fails, the
-answer is 503 with Retry-After and the sender's retry is safe: ids are stable, so a message that
-was in fact written is a no-op downstream. Webhook events that are not customer messages get
-200 and publish nothing (platforms retry non-2xx answers). A webhook body that is JSON but not an
-object gets 422; any other part that cannot be read (a Telegram update, a Meta entry, change,
-event or WhatsApp message with the wrong shape, or a message too big for a bus record) goes to
-the dead-letter topic (stage ``ingest``, the reason, the part's bytes: :mod:`ingest.http.deadletter`,
-as the Telegram poller does) in the same publish as the good messages, and the answer is 200:
-retrying cannot mend it, and one bad part must not hold back the customer messages around it.
-Secrets are never logged. Running the
-app: :mod:`ingest.http.server`.
+answer is 503 with Retry-After and the sender's retry is safe: ids are stable, so a message that was
+in fact written is a no-op downstream (a crash after the publish and before the 2xx,
+``crashpoint("http.after_publish")``, is such a case). A ``/v1/messages`` message too big for a bus
+record (``max_record_bytes``) gets 413, not 503: no retry could publish it. Webhook events that are
+not customer messages get 200 and publish nothing (platforms retry non-2xx answers). A webhook body
+that is JSON but not an object gets 422; any other part that cannot be read (a Telegram update, a
+Meta entry, change, event or WhatsApp message with the wrong shape, or a message too big for a bus
+record) goes to the dead-letter topic (stage ``ingest``, the reason, the part's bytes:
+:mod:`ingest.http.deadletter`, as the Telegram poller does) in the same publish as the good
+messages, and the answer is 200: retrying cannot mend it, and one bad part must not hold back the
+customer messages around it. Secrets are never logged. Running the app: :mod:`ingest.http.server`.
 """
 
 from __future__ import annotations
@@ -47,14 +48,16 @@ from starlette.concurrency import run_in_threadpool
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.codec import encode
-from frontdesk.errors import FrontdeskError, TransientError
+from frontdesk.errors import FrontdeskError, RecordTooLarge, TransientError
+from frontdesk.faults import crashpoint
 from frontdesk.messages import InboundMessage
-from frontdesk.metrics import instrument_app
+from frontdesk.metrics import Metrics, default_metrics, instrument_app
 from ingest.http.api import Accepted, MessageIn, Problem, Published, ValidationProblem, api_message
 from ingest.http.deadletter import dead_letter_record
 from ingest.http.meta import MetaConnectors, meta_normalised
 from ingest.http.normalise import Normalised, PayloadError, Rejected, telegram_normalised
 from ingest.http.settings import HttpIntakeSettings
+from ingest.http.tally import API_CONNECTOR, IntakeTallies
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -82,7 +85,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: {"model": Problem, "description": "The body is not valid JSON; nothing was published"},
         401: {"model": Problem, "description": "Missing or invalid credentials; nothing was published"},
         404: {"model": Problem, "description": "Endpoint disabled: its credential is not configured"},
-        413: {"model": Problem, "description": "Body larger than the configured limit; nothing was published"},
+        413: {"model": Problem, "description": "Body larger than the configured limit, or (messages API) its "
+                                                "message too big for a bus record; nothing was published"},
         422: {"model": ValidationProblem, "description": "Schema error; `detail[].loc` names the field"},
         503: {"model": Problem, "description": "The message bus is unavailable; nothing was accepted, retry later",
               "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}},
@@ -98,9 +102,11 @@ def _webhook_responses() -> dict[int | str, dict[str, Any]]:
 
 
 def create_app(settings: HttpIntakeSettings, bus: Bus, *,
-               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
-    """The intake application publishing to ``bus.topics.inbound``. Does not start a server."""
-    intake = _Intake(settings, bus, clock)
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC), metrics: Metrics | None = None) -> FastAPI:
+    """The intake application publishing to ``bus.topics.inbound``, counted on ``metrics`` (default: the
+    process's; per connector: :mod:`ingest.http.tally`). Does not start a server."""
+    metrics = metrics or default_metrics()
+    intake = _Intake(settings, bus, clock, metrics)
     app = FastAPI(title="Frontdesk HTTP intake", version=VERSION, redoc_url=None,
                   description="Receives customer messages (messages API, Telegram and Meta webhooks) and "
                               "publishes them to the inbound topic. A 2xx means the bus has them.")
@@ -132,7 +138,7 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                       summary="The process is up")
     app.add_api_route("/readyz", intake.readyz, methods=["GET"], operation_id="readyz", tags=["operations"],
                       summary="The bus answers", responses={503: {"description": "The bus does not answer"}})
-    instrument_app(app)  # GET /metrics (not in the OpenAPI document) and request counters
+    instrument_app(app, metrics)  # GET /metrics (not in the OpenAPI document) and request counters
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -140,10 +146,12 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
 class _Intake:
     """The endpoint handlers, bound to one settings object and one bus."""
 
-    def __init__(self, settings: HttpIntakeSettings, bus: Bus, clock: Callable[[], datetime]) -> None:
+    def __init__(self, settings: HttpIntakeSettings, bus: Bus, clock: Callable[[], datetime], metrics: Metrics) -> None:
         self.settings, self.bus, self.clock = settings, bus, clock
         self.meta_connectors = MetaConnectors(settings.whatsapp_connector, settings.facebook_connector,
                                               settings.instagram_connector)
+        self.tallies = IntakeTallies((API_CONNECTOR, settings.telegram_connector, settings.whatsapp_connector,
+                                      settings.facebook_connector, settings.instagram_connector), metrics)
 
     async def post_message(self, request: Request) -> Accepted:
         s = self.settings
@@ -158,7 +166,7 @@ class _Intake:
             raise RequestValidationError([{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]}
                                           for e in exc.errors(include_url=False)]) from None
         message = api_message(body, received_at=self.clock())
-        await self._publish([message])
+        await self._publish([message], connector=API_CONNECTOR)
         return Accepted(id=message.id)
 
     async def telegram(self, request: Request) -> Published:
@@ -204,24 +212,31 @@ class _Intake:
         """Publish a webhook body's messages and the dead letters of its rejected parts (and of messages too
         big for a bus record)."""
         found.fit(self.bus.max_record_bytes)
-        return await self._publish(found.messages, found.rejected)
+        return await self._publish(found.messages, found.rejected, connector=found.connector)
 
-    async def _publish(self, messages: list[InboundMessage], rejected: Sequence[Rejected] = ()) -> Published:
-        """Publish the messages and the dead letters of the rejected parts in one call and wait until durable;
-        503 (+ Retry-After) if the bus is unavailable."""
+    async def _publish(self, messages: list[InboundMessage], rejected: Sequence[Rejected] = (), *,
+                       connector: str) -> Published:
+        """Publish the messages and the dead letters of the rejected parts in one call and wait until durable,
+        then count them under ``connector`` (a name from the settings); 503 (+ Retry-After) if the bus is
+        unavailable."""
         records = [Outgoing(self.bus.topics.inbound, encode(m), m.id.encode(),
                             (("frontdesk-connector", m.connector.encode()),)) for m in messages]
         records += [dead_letter_record(self.bus.topics.deadletter, r, self.bus.max_record_bytes) for r in rejected]
         if records:
+            retry_after = {"Retry-After": str(self.settings.retry_after_s)}
             try:
                 await run_in_threadpool(self.bus.publish, records)
+            except RecordTooLarge as exc:  # only /v1/messages: webhook bodies were fitted; a retry cannot mend it
+                log.warning("refused with 413, %d record(s): %s", len(records), exc)
+                raise HTTPException(413, f"the message is too big for the bus: {exc}") from exc
             except TransientError as exc:
                 log.warning("bus unavailable, %d record(s) refused with 503: %s", len(records), exc)
-                raise HTTPException(503, "the message bus is unavailable; retry later",
-                                    headers={"Retry-After": str(self.settings.retry_after_s)}) from exc
+                raise HTTPException(503, "the message bus is unavailable; retry later", headers=retry_after) from exc
             except FrontdeskError as exc:
                 log.error("bus error, %d record(s) refused with 503: %s", len(records), exc)
-                raise HTTPException(503, "the message bus failed; retry later") from exc
+                raise HTTPException(503, "the message bus failed; retry later", headers=retry_after) from exc
+            crashpoint("http.after_publish")
+            self.tallies.count(connector, len(messages), len(rejected))
             for m in messages:
                 log.info("published %s from %s (%s)", m.id, m.connector, m.external_id[:80])
             for r in rejected:

@@ -16,6 +16,7 @@ from frontdesk.errors import BusUnavailable, RecordError, StoreError
 from frontdesk.messages import DeadLetter
 from frontdesk.replay import (
     BEFORE_SINCE,
+    HELD,
     NOT_A_TOPIC,
     REPLAY_HEADER,
     TRUNCATED,
@@ -195,6 +196,48 @@ def test_connector_dead_letters_are_skipped_unless_a_topic_is_given() -> None:
     assert dry.total == 0 and dry.skipped == {NOT_A_TOPIC: 1}
     assert replay(bus, stage="ingest", to_topic="quarantine").replayed == {("ingest", "quarantine"): 1}
     assert [r.value for r in bus.records("quarantine")] == [b"From: a\r\n\r\nx"]
+
+
+def test_connector_dead_letters_stay_for_a_to_topic_run_after_an_ordinary_one() -> None:
+    """The skip reason says "use --to-topic": an unfiltered run must not pass them over for good."""
+    bus = MemoryBus()
+    letter = DeadLetter(stage="ingest", reason="bad update", error_type="PayloadError",
+                        source_topic="telegram/update:7", value_b64=base64.b64encode(b'{"update_id": 7}').decode(),
+                        failed_at=NOW)
+    bus.publish([Outgoing(bus.topics.deadletter, encode(letter), b"telegram:update:7")])
+    send(bus, bus.topics.inbound, b"i1:poison")
+    drain(bus, "classify", bus.topics.inbound, Picky(bus.topics.triaged))
+    first = replay(bus)
+    assert first.total == 1 and first.skipped == {NOT_A_TOPIC: 1}
+    again = replay(bus)
+    assert again.total == 0 and again.skipped == {NOT_A_TOPIC: 1}  # still there, still reported
+    moved = replay(bus, stage="ingest", to_topic="quarantine")
+    assert moved.replayed == {("ingest", "quarantine"): 1}
+    assert [r.value for r in bus.records("quarantine")] == [b'{"update_id": 7}']
+    last = replay(bus, to_topic="quarantine")
+    assert last.total == 0 and last.skipped == {}
+
+
+def test_a_dead_letter_waiting_for_to_topic_holds_back_its_partition_of_the_cell_not_others() -> None:
+    """Commits are positions: what follows a held dead letter in its cell and partition waits with it,
+    reported, and is replayed once (never twice) by the run that moves the held one."""
+    bus = MemoryBus(partitions=1)
+    t = bus.topics
+
+    def letter(source: str, value: bytes) -> Outgoing:
+        dead = DeadLetter(stage="dispatch", reason="x", error_type="StoreError", source_topic=source,
+                          value_b64=base64.b64encode(value).decode(), key_b64=base64.b64encode(b"k").decode(),
+                          failed_at=NOW)
+        return Outgoing(t.deadletter, encode(dead), b"k")
+
+    bus.publish([letter(t.triaged, b"before"), letter("old.triaged", b"renamed"), letter(t.triaged, b"after")])
+    first = replay(bus)
+    assert values(bus, t.triaged) == [b"before"]
+    assert first.skipped == {NOT_A_TOPIC: 1, HELD: 1}
+    assert replay(bus).total == 0 and values(bus, t.triaged) == [b"before"]
+    moved = replay(bus, to_topic="quarantine")
+    assert sorted(r.value for r in bus.records("quarantine")) == [b"after", b"renamed"] and moved.total == 2
+    assert replay(bus).total == 0 and replay(bus).skipped == {}
 
 
 def test_a_dead_letter_cut_to_fit_is_passed_over_even_with_a_topic() -> None:

@@ -29,7 +29,7 @@ from frontdesk.bus.base import Bus, Record
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
-from frontdesk.errors import BusUnavailable, SourceError
+from frontdesk.errors import BusError, BusUnavailable, SourceError
 from frontdesk.messages import DeadLetter, InboundMessage, message_id
 from ingest.http.app import OPENAPI_PATH, create_app
 from ingest.http.server import make_server, serve
@@ -512,6 +512,29 @@ def test_a_message_too_big_for_a_bus_record_is_dead_lettered_not_refused_forever
     (letter,) = intake.dead_letters()
     assert (letter.error_type, letter.source_topic) == ("RecordTooLarge", "telegram/message:5123456789:1204")
     assert all(len(r.value) <= 5_000 for r in intake.records(intake.bus.topics.deadletter))
+
+
+def test_an_api_message_too_big_for_a_bus_record_is_413_not_503_forever(intake: Served) -> None:
+    intake.bus.max_record_bytes = 5_000
+    body = api_body(text="x" * 3_000)  # in text and full_text: over 6 KB as a record, under the body limit
+    for _ in range(2):  # a retry cannot mend it: the sender must be told so, not to retry later
+        response = intake.http.post("/v1/messages", json=body, headers=bearer())
+        assert response.status_code == 413, response.text
+        assert "over the bus's 5,000-byte limit" in response.json()["detail"]
+    assert intake.published() == [] and intake.dead_letters() == []
+
+
+def test_any_bus_failure_is_503_with_retry_after(intake: Served) -> None:
+    working = intake.bus.publish
+
+    def failed(records: Any) -> None:
+        intake.bus.publish = working  # type: ignore[method-assign]
+        raise BusError("Kafka error while publishing 1 records: TopicAuthorizationFailedError()")
+
+    intake.bus.publish = failed  # type: ignore[method-assign]
+    down = intake.http.post("/v1/messages", json=api_body(), headers=bearer())
+    assert down.status_code == 503 and down.headers["retry-after"] == "7" and intake.published() == []
+    assert intake.http.post("/v1/messages", json=api_body(), headers=bearer()).status_code == 202
 
 
 # --- Operations, disabled endpoints, OpenAPI ------------------------------------------------------
