@@ -2,7 +2,9 @@
 become files — ``.eml`` for email, ``.txt`` (recipient line + text) for chat.
 
 Files are written atomically (temp file + rename) and named after the deterministic Message-ID,
-so a repeated send overwrites the same file instead of creating a second one.
+so a repeated send overwrites the same file instead of creating a second one. ``send`` returns
+once the file and its directory entry are on disk (fsync): the relay then marks the row sent, and
+a power cut must not lose a reply recorded as sent.
 """
 
 from __future__ import annotations
@@ -32,8 +34,28 @@ class MaildropReplier(Replier):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except OSError:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _sync_directory(self.directory)
         except OSError as exc:
             raise ReplyUnavailable(f"cannot write {target}: {exc}") from exc
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory, so that a rename into it survives a power cut (a no-op where directories
+    cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -121,6 +121,17 @@ class OutboxRelay:
                 continue
             if not busy:
                 self._wake.wait(interval)
+        self._mark_before_stop()
+
+    def _mark_before_stop(self) -> None:
+        """A last try to mark what was delivered; if the database is still away, those replies are
+        sent again after the restart (same Message-IDs), as after a crash: say so."""
+        try:
+            self._mark_delivered()
+        except Exception as exc:  # noqa: BLE001 - stopping: report, never raise
+            log.warning("relay stopped with %d delivered acknowledgement(s)/event(s) not marked sent (%s): they "
+                        "will be delivered again after the restart: outbox rows %s", len(self._delivered), exc,
+                        self._delivered[:50])
 
     def _pause(self, stop: threading.Event, seconds: float) -> None:
         """Wait ``seconds`` or until stopped; wakes (new rows) do not cut a backoff short."""

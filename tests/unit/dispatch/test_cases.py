@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -202,6 +203,32 @@ def test_an_outage_between_send_and_mark_does_not_repeat_the_acknowledgement(sto
     rel.run_once()
     assert len(replier.sent) == 1 and len(bus.records(bus.topics.cases)) == 1
     assert calls[1] == calls[2] == calls[3] and store.claim_outbox(10, lease_seconds=60) == []
+
+
+@pytest.mark.parametrize("back_at_stop", [True, False])
+def test_a_stop_during_an_outage_marks_what_it_can_and_says_what_it_cannot(
+        store: SqlCaseStore, clock: Clock, back_at_stop: bool, caplog: pytest.LogCaptureFixture) -> None:
+    store.apply(email(1))
+    rel, _, replier = relay(store)
+    real_mark, down = store.mark_sent_many, [True]
+
+    def mark(ids: list[int]) -> None:
+        if down[0] and any(i in rel._delivered for i in ids) and replier.sent:
+            raise StoreUnavailable("database unavailable: connection refused")
+        real_mark(ids)
+
+    store.mark_sent_many = mark  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        rel.run_once()  # the acknowledgement was accepted; marking it failed
+    down[0] = not back_at_stop
+    stop = threading.Event()
+    stop.set()
+    rel.run(stop)  # a clean stop: one last try to mark it, never an exception
+    clock.now += timedelta(seconds=61)
+    down[0] = False
+    relay(store)[0].run_once()  # the restarted relay, past the lease
+    resent = len(replier.sent) - 1
+    assert resent == 0 if back_at_stop else "will be delivered again after the restart" in caplog.text
 
 
 class SlowReplier(MemoryReplier):
@@ -404,7 +431,6 @@ def test_acknowledged_follow_ups_keep_the_due_time_aware_on_sqlite(clock: Clock)
 
 
 def test_a_woken_relay_delivers_at_once_not_at_its_next_poll(store: SqlCaseStore) -> None:
-    import threading
     import time
 
     from dispatch.stage import DispatchProcessor
