@@ -216,7 +216,9 @@ class StageRunner:
 
     def _process(self, records: Sequence[Record]) -> list[Outcome]:
         try:
-            return list(self.processor.process(records))
+            outcomes = list(self.processor.process(records))
+            _check_one_each(records, outcomes)
+            return outcomes
         except TransientError:
             raise
         except Exception as exc:
@@ -244,3 +246,12 @@ class StageRunner:
         delay = self.backoff.next()
         log.warning("%s: transient failure (%s); retrying in %.1fs", self.name, exc, delay)
         (self._sleep or self._stop.wait)(delay)
+
+
+def _check_one_each(records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
+    """A processor must answer every record exactly once; a record without an outcome would be
+    committed unprocessed (lost). Raises ValueError (a processor bug: the records are isolated)."""
+    where = [(r.topic, r.partition, r.offset) for r in records]
+    answered = [(oc.record.topic, oc.record.partition, oc.record.offset) for oc in outcomes]
+    if sorted(answered) != sorted(where):
+        raise ValueError(f"the processor answered {len(answered)} outcome(s) for {len(where)} record(s)")

@@ -110,3 +110,20 @@ def test_a_stop_during_a_backoff_ends_the_run_at_once() -> None:
     worker.join(5)
     assert not worker.is_alive() and time.monotonic() - stopped < 2  # not the 30 s backoff
     assert runner.stats.transient_failures == 1 and bus.records("out") == []
+
+
+class Forgetful(Echo):
+    """Answers nothing for values starting with b'forget' (a processor bug)."""
+
+    def process(self, records: Sequence[Record]) -> list[Outcome]:
+        return [oc for oc in super().process(records) if not oc.record.value.startswith(b"forget")]
+
+
+def test_a_record_the_processor_does_not_answer_is_dead_lettered_not_committed_silently() -> None:
+    bus, proc = MemoryBus(), Forgetful()
+    publish(bus, [b"a", b"forget-me", b"b"])
+    runner, _ = runner_for(bus, proc)
+    run_until_idle(runner)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b"]
+    [letter] = bus.records(bus.topics.deadletter)
+    assert b"1 outcome(s) for 1 record(s)" not in letter.value and b"0 outcome(s) for 1 record(s)" in letter.value
