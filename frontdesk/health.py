@@ -3,10 +3,10 @@
 * ``GET /metrics`` — the Prometheus registry (:mod:`frontdesk.metrics`), OpenMetrics on request.
 * ``GET /healthz`` — 200 while every watched stage thread is alive; 503 (JSON ``reason``) once one
   has died. A restart is the remedy, so this is the liveness probe.
-* ``GET /readyz`` — 200 when every readiness check answers (the bus; for dispatch the database);
-  503 with a JSON ``reason`` otherwise. Checks run at request time in a helper thread, bounded by
-  ``ready_timeout_s``; a check still hanging from an earlier probe counts as "not ready" instead
-  of piling up threads.
+* ``GET /readyz`` — 200 when every readiness check answers (the bus; for dispatch the database; for
+  a pulling connector, its source: :func:`connector_answers`); 503 with a JSON ``reason``
+  otherwise. Checks run at request time in a helper thread, bounded by ``ready_timeout_s``; a
+  check still hanging from an earlier probe counts as "not ready" instead of piling up threads.
 
 The server (stdlib ``ThreadingHTTPServer``) runs in a daemon thread; it only reads state, so a
 slow scraper never slows a stage. :func:`ops_endpoint` starts it for the duration of a command.
@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from frontdesk.bus.base import Bus
+from frontdesk.errors import SourceError
 from frontdesk.metrics import MetricsSettings, default_metrics, exposition
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,20 @@ def _call(check: Callable[[], object], outcome: list[BaseException | None]) -> N
 def bus_answers(bus: Bus) -> Callable[[], object]:
     """A readiness check: the bus returns the end offsets of the inbound topic."""
     return lambda: bus.end_offsets(bus.topics.inbound)
+
+
+def connector_answers(connector: Any) -> Callable[[], object]:
+    """A readiness check of a pulling connector (an IMAP mailbox, the Telegram poller): fails, naming
+    its last error, while its last connection attempt or pass failed (``health.consecutive_failures``),
+    and passes again after its next success. Reads the connector's own state, never the network, so
+    the probe stays cheap and never waits for the source."""
+    def check() -> None:
+        health = connector.health
+        if health.consecutive_failures:
+            raise SourceError(f"{health.consecutive_failures} failed attempt(s) since the last success: "
+                              f"{health.last_error}")
+
+    return check
 
 
 def bus_probes(bus: Bus, settings: MetricsSettings) -> Probes:

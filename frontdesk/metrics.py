@@ -9,10 +9,11 @@ Two kinds of sources:
 * code on the hot path increments counters directly (the stage loop, classify, dispatch, the
   HTTP middleware);
 * long-lived objects that already keep their own counters are *watched* and read at scrape time:
-  stage runners (consumer lag, age of the oldest record in flight), connectors (their ``Health``),
-  the outbox relay (its ``stats``). Watching keeps a weak reference, so it never keeps an object
-  alive, and reading never calls into the object's thread-unsafe parts (the stage thread itself
-  refreshes the lag snapshot it publishes).
+  stage runners (consumer lag, age of the oldest record in flight), connectors (their ``Health``;
+  the HTTP intake's per-connector tallies, :mod:`ingest.http.tally`), the outbox relay (its
+  ``stats``). Watching keeps a weak reference, so it never keeps an object alive, and reading never
+  calls into the object's thread-unsafe parts (the stage thread itself refreshes the lag snapshot
+  it publishes).
 
 Served by :mod:`frontdesk.health` (``/metrics``, ``/healthz``, ``/readyz``) and, on its own port,
 by the HTTP intake (:func:`instrument_app`).
@@ -104,7 +105,8 @@ class Metrics:
         self._watched.add("stages", runner)
 
     def watch_connector(self, connector: Any) -> None:
-        """Export ``connector.health`` (IMAP mailbox, Telegram poller) under ``connector.connector``."""
+        """Export ``connector.health`` (IMAP mailbox, Telegram poller, HTTP intake tally) under
+        ``connector.connector``."""
         self._watched.add("connectors", connector)
 
     def watch_relay(self, relay: Any) -> None:
@@ -173,7 +175,8 @@ class _WatchedCollector(Collector):
         for field in _HEALTH_COUNTERS:
             if hasattr(h, field):
                 out[field][(name,)] += getattr(h, field)
-        out["consecutive_failures"][(name,)] += getattr(h, "consecutive_failures", 0)
+        if hasattr(h, "consecutive_failures"):  # a pulling connector (the HTTP intake's tallies have none)
+            out["consecutive_failures"][(name,)] += h.consecutive_failures
         last = getattr(h, "last_success", None)
         if isinstance(last, datetime):
             out["last_success"][(name,)] = max(out["last_success"][(name,)], last.timestamp())

@@ -86,14 +86,28 @@ def classify_lag() -> int | None:
 
 def status_line(bus: Bus, counts: Callable[[], tuple[int, int]],
                 lag: Callable[[], int | None] = classify_lag) -> str:
-    """One line: records per topic, cases, acknowledgements, dead letters and the classify lag."""
-    inbound = sum(bus.end_offsets(bus.topics.inbound).values())
-    triaged = sum(bus.end_offsets(bus.topics.triaged).values())
-    dead = sum(bus.end_offsets(bus.topics.deadletter).values())
-    cases, acked = counts()
-    behind = lag()
+    """One line: records per topic, cases, acknowledgements, dead letters and the classify lag.
+
+    Never raises: a number whose source does not answer (the bus or the case store down) is shown
+    as ``?``; the stages wait such an outage out, and the line must not end the run."""
+    def ends(topic: str) -> Callable[[], int]:
+        return lambda: sum(bus.end_offsets(topic).values())
+
+    t = bus.topics
+    inbound, triaged, dead = (_or_unknown(topic, ends(topic), "?") for topic in (t.inbound, t.triaged, t.deadletter))
+    cases, acked = _or_unknown("case counts", counts, ("?", "?"))
+    behind = _or_unknown("lag", lag, None)
     return (f"in {inbound} | triaged {triaged} | cases {cases} | acknowledged {acked} | dead-letter {dead} | "
             f"lag {'?' if behind is None else f'~{behind}'}")
+
+
+def _or_unknown(what: str, read: Callable[[], Any], unknown: Any) -> Any:
+    """``read()``, or ``unknown`` when it fails (logged at debug level: the stages log the outage)."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - a status line is telemetry: whatever failed, the run goes on
+        log.debug("status line: %s unavailable (%s: %s)", what, type(exc).__name__, exc)
+        return unknown
 
 
 def _last_known(lag: Callable[[], int | None]) -> Callable[[], int | None]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from frontdesk.clikit import app, fail, guard, ingest_app, load, open_configured_bus, stop_on_signals
-from frontdesk.health import bus_probes, ops_endpoint
+from frontdesk.health import bus_probes, connector_answers, ops_endpoint
 from frontdesk.metrics import MetricsSettings, default_metrics
 from frontdesk.settings import StorageSettings
 
@@ -44,6 +44,8 @@ def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over
             return
         metrics = load(MetricsSettings)
         probes = bus_probes(bus, metrics)
+        for conn in conns:
+            probes.add_readiness(conn.connector, connector_answers(conn))
         with ops_endpoint(metrics, probes):
             run_forever(conns, stop_on_signals(), probes)
 
@@ -74,7 +76,9 @@ def ingest_telegram(once: Annotated[bool, typer.Option("--once", help="One getUp
             return
         default_metrics().watch_connector(poller)
         metrics = load(MetricsSettings)
-        with ops_endpoint(metrics, bus_probes(bus, metrics)):
+        probes = bus_probes(bus, metrics)
+        probes.add_readiness(poller.connector, connector_answers(poller))
+        with ops_endpoint(metrics, probes):
             guard(lambda: poller.run(stop_on_signals()))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from frontdesk.bus.base import Bus
-from frontdesk.health import Probes
+from frontdesk.health import Probes, connector_answers
 from frontdesk.metrics import default_metrics
 from ingest.blobs import BlobError, BlobStore
 from ingest.imap import CheckpointStore, MailboxConnector
@@ -63,17 +63,20 @@ def run_forever(conns: list[MailboxConnector], stop: threading.Event, probes: Pr
 
 
 def intake_stages(bus: Bus, data_dir: Path, blob_dir: Path, imap: ImapSettings, http: HttpIntakeSettings,
-                  telegram: TelegramSettings,
-                  echo: Callable[[str], None]) -> dict[str, Callable[[threading.Event], None]]:
+                  telegram: TelegramSettings, echo: Callable[[str], None],
+                  probes: Probes | None = None) -> dict[str, Callable[[threading.Event], None]]:
     """The configured connectors as ``frontdesk run`` stages (name → blocking ``run(stop)``): one per
     mailbox, the HTTP intake when any of its credentials is set, Telegram polling when a bot token is.
-    Says on ``echo`` what runs and what the next step would be."""
+    Says on ``echo`` what runs and what the next step would be; ``probes`` (if given) gets a readiness
+    check per mailbox and poller (:func:`frontdesk.health.connector_answers`)."""
     from ingest.http import serve
     from ingest.telegram import TelegramPoller
 
     stages: dict[str, Callable[[threading.Event], None]] = {}
+    pulling: list[MailboxConnector | TelegramPoller] = []
     for conn in connectors(imap, bus, data_dir, blob_dir):
         stages[conn.connector] = conn.run
+        pulling.append(conn)
         echo(f"watching mailbox {conn.connector} ({conn.box.host}, {', '.join(conn.box.folders)})")
     if not imap.mailboxes:
         echo("no mailboxes configured: add imap.mailboxes to a config file (see config/frontdesk.yaml)")
@@ -84,5 +87,9 @@ def intake_stages(bus: Bus, data_dir: Path, blob_dir: Path, imap: ImapSettings, 
         poller = TelegramPoller(telegram, bus, telegram.offset_dir or data_dir / "telegram")
         default_metrics().watch_connector(poller)
         stages[telegram.connector] = poller.run
+        pulling.append(poller)
         echo(f"polling Telegram ({telegram.api_base}) as connector {telegram.connector}")
+    for source in pulling:
+        if probes is not None:
+            probes.add_readiness(source.connector, connector_answers(source))
     return stages

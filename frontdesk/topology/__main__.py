@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     with topo:
         for name, procs in topo.processes.items():
             print(f"{name}: {len(procs)} process(es), logs {procs[0].log_path.parent}/{name}-*.log", flush=True)
+            for p in procs:  # the ports are picked free per process: say where each one is scraped
+                if p.ready_port is not None:
+                    print(f"  {p.name}: http://127.0.0.1:{p.ready_port}/metrics, /healthz, /readyz", flush=True)
         code = _until_ready(topo, stop, args.ready_timeout)
         while code == 0 and not stop.wait(5.0):
             pass
@@ -113,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                         "where docker-compose.yml lists them")
     parser.add_argument("--log-dir", type=Path)
     parser.add_argument("--state-dir", type=Path, help="Named volumes and logs (default var/topology)")
-    parser.add_argument("--no-metrics", action="store_true", help="Drop the FRONTDESK_METRICS_* settings")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="Serve no /metrics, /healthz, /readyz (FRONTDESK_METRICS_ENABLED=false)")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     return parser
 

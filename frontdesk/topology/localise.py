@@ -93,6 +93,8 @@ class LocalServices:
             local = self._localise(name, key, value, env, mounts)
             if local is not None:
                 out[key] = local
+        if not self.metrics:  # dropping the variables is not enough: the config file may enable the endpoint
+            out["FRONTDESK_METRICS_ENABLED"] = "false"
         for key in LISTEN_PORTS:
             if key in out:
                 out[key] = str(free_port())

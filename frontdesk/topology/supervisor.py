@@ -154,7 +154,8 @@ class Topology:
         ``endpoints``: ``kafka`` "host:port", ``postgres`` a SQLAlchemy URL, ``smtp`` (host, port);
         without ``smtp`` acknowledgements are written as files under the data directory.
         Named volumes live in ``state_dir/volumes/<name>`` unless ``volumes`` maps them elsewhere;
-        ``env_extra`` is applied last; ``metrics=False`` drops the metrics settings.
+        ``env_extra`` is applied last; ``metrics=False`` serves no metrics endpoint
+        (``FRONTDESK_METRICS_ENABLED=false``).
         Raises ConfigError for an unknown service or a missing endpoint.
         """
         environ = dict(os.environ if environ is None else environ)

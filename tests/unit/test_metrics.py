@@ -32,7 +32,7 @@ from dispatch.store.sql import SqlCaseStore
 from frontdesk.bus.base import Outgoing, Record
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.codec import encode
-from frontdesk.errors import BusUnavailable, StoreUnavailable
+from frontdesk.errors import BusUnavailable, RecordTooLarge, StoreUnavailable, TransientError
 from frontdesk.health import OpsServer, Probes, bus_answers, ops_endpoint
 from frontdesk.messages import Flags, InboundMessage, Party, ThreadHints, Triage, TriagedMessage
 from frontdesk.metrics import Metrics, MetricsSettings, default_metrics
@@ -222,6 +222,44 @@ def test_relay_stats_are_read_at_scrape_time(m: Metrics, store: SqlCaseStore) ->
     assert value(m, "frontdesk_case_events_published_total") == 2
 
 
+class RefusesCaseEvents(MemoryBus):
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        if any(r.topic == self.topics.cases for r in records):
+            raise RecordTooLarge("a record for frontdesk.cases is over the bus's limit")
+        super().publish(records)
+
+
+def test_an_ack_given_up_and_an_event_dead_lettered_count_once_when_marking_them_failed_first(m: Metrics) -> None:
+    now = [NOW]
+    settings = DispatchSettings(from_address="support@bet.example", message_id_domain="bet.example")
+    store = SqlCaseStore("sqlite://", Context(settings, RoutingTable.load(settings.routing_file)), clock=lambda: now[0])
+    DispatchProcessor(store, metrics=m).process([triaged(inbound(1, sender="42", channel="chat", platform="telegram"))])
+    bus = RefusesCaseEvents()
+    relay = OutboxRelay(store, bus, {}, metrics=m, lease_seconds=60)  # no Telegram replier: the ack is given up
+    m.watch_relay(relay)
+    mark, failed_once = store.mark_retry, set()
+
+    def mark_fails_once_per_row(item_id: int, error: str, delay: float, permanent: bool = False) -> None:
+        if permanent and item_id not in failed_once:
+            failed_once.add(item_id)
+            raise StoreUnavailable("database unavailable: connection reset")
+        mark(item_id, error, delay, permanent)
+
+    store.mark_retry = mark_fails_once_per_row  # type: ignore[method-assign]
+    for _ in range(4):  # each failed mark leaves its row leased; it comes back once the lease is over
+        try:
+            relay.run_once()
+        except TransientError:
+            pass
+        now[0] += timedelta(seconds=120)
+    assert len(failed_once) == 2, "both rows met a failed mark"
+    assert value(m, "frontdesk_acks_failed_total") == 1
+    assert value(m, "frontdesk_case_events_dead_lettered_total") == 1
+    assert value(m, "frontdesk_stage_dead_lettered_total", stage="relay") == 1
+    assert value(m, "frontdesk_stage_errors_total", stage="relay", kind="poison", error="RecordTooLarge") == 1
+    store.close()
+
+
 class Connector:
     def __init__(self, name: str, health: object) -> None:
         self.connector, self.health = name, health
@@ -285,6 +323,54 @@ def test_http_intake_serves_metrics_and_counts_requests_by_route() -> None:
     assert after[key] - before.get(key, 0) == 1 and after[unmatched] - before.get(unmatched, 0) == 1
     assert not any("12345" in dict(labels).get("endpoint", "") for _, labels in after)
     assert "/metrics" not in app.openapi()["paths"]
+
+
+TELEGRAM_UPDATE = {"update_id": 5, "message": {"message_id": 1, "date": 1700000000, "text": "Pul gəlmədi",
+                                                "chat": {"id": 42, "type": "private"},
+                                                "from": {"id": 42, "is_bot": False, "first_name": "Aysel"}}}
+
+
+class BusDownFor(MemoryBus):
+    """Refuses ``down`` publish calls as unavailable, then publishes."""
+
+    down = 0
+
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        if self.down:
+            self.down -= 1
+            raise BusUnavailable("broker 127.0.0.1:9 unreachable")
+        super().publish(records)
+
+
+def test_http_intake_counts_messages_and_dead_letters_per_configured_connector(m: Metrics) -> None:
+    bus = BusDownFor()
+    settings = HttpIntakeSettings(api_tokens=("a-t0ken-for-the-tests",),  # type: ignore[arg-type]
+                                  telegram_secret_token="s3cret-token", telegram_connector="tg-bot")
+    app = create_app(settings, bus, metrics=m)
+    telegram = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"}
+    api = {"Authorization": "Bearer a-t0ken-for-the-tests"}
+
+    def message(platform: str) -> dict[str, object]:
+        return {"channel": "chat", "platform": platform, "external_id": f"{platform}-1", "author": {"id": "7"},
+                "text": "salam"}
+
+    with TestClient(app) as client:
+        assert client.post("/webhooks/telegram", json=TELEGRAM_UPDATE, headers=telegram).json()["published"] == 1
+        bad = client.post("/webhooks/telegram", json={"update_id": 6, "message": {"chat": 5}}, headers=telegram)
+        assert bad.json() == {"published": 0, "ids": [], "dead_lettered": 1}
+        for platform in ("webchat", "x-customer-chosen-name", "webchat"):
+            assert client.post("/v1/messages", json=message(platform), headers=api).status_code == 202
+        bus.down = 1  # refused with 503: nothing is on the bus, nothing is counted
+        assert client.post("/webhooks/telegram", json=TELEGRAM_UPDATE, headers=telegram).status_code == 503
+    assert value(m, "frontdesk_connector_published_total", connector="tg-bot") == 1
+    assert value(m, "frontdesk_connector_dead_lettered_total", connector="tg-bot") == 1
+    assert value(m, "frontdesk_connector_published_total", connector="http") == 3
+    assert value(m, "frontdesk_connector_published_total", connector="whatsapp") == 0  # configured, nothing yet
+    connectors = {s.labels["connector"] for f in m.registry.collect() if f.name.startswith("frontdesk_connector_")
+                  for s in f.samples}
+    assert connectors == {"http", "tg-bot", "whatsapp", "facebook", "instagram"}, "no label taken from a body"
+    assert not [f.name for f in m.registry.collect() if f.name == "frontdesk_connector_consecutive_failures"
+                and f.samples], "a webhook does not poll: no failure streak to report"
 
 
 class DownBus(MemoryBus):

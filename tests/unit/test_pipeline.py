@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from frontdesk.bus.base import Outgoing, Record
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.bus.sqlite import SqliteBus
-from frontdesk.errors import ConfigError
+from frontdesk.errors import BusUnavailable, ConfigError, StoreUnavailable
 from frontdesk.metrics import Metrics
 from frontdesk.pipeline import bus_pruner, consumer_lag, run_pipeline, status_line
 from frontdesk.stage import Outcome, StageRunner
@@ -61,6 +62,48 @@ def test_the_last_line_keeps_the_last_lag_and_a_config_error_exits_2() -> None:
     assert code == 2
     assert lines[-2] == "stage dispatch failed: dispatch.routing_file: cannot read routing rules"
     assert lines[-1].endswith("| lag ~7"), "the stopped stage dropped its snapshot: the last one is shown"
+
+
+class FlakyBus(MemoryBus):
+    """A bus whose end offsets fail while ``down`` is set (a broker or the embedded file unavailable)."""
+
+    down = True
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        if self.down:
+            raise BusUnavailable("Kafka unavailable while reading end offsets")
+        return super().end_offsets(topic)
+
+
+def test_a_bus_or_database_outage_shows_question_marks_and_never_ends_the_run() -> None:
+    bus, stop, lines = FlakyBus(partitions=1), threading.Event(), []
+    bus.publish([Outgoing(bus.topics.inbound, b"{}", b"m1")])
+    database_down = threading.Event()
+    database_down.set()
+
+    def counts() -> tuple[int, int]:
+        if database_down.is_set():
+            raise StoreUnavailable("database unavailable: connection refused")
+        return 1, 1
+
+    def printed(text: str) -> bool:
+        deadline = time.monotonic() + 10
+        while not any(line.endswith(text) for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return any(line.endswith(text) for line in lines)
+
+    def stage(ev: threading.Event) -> None:  # the outage ends while the stage runs; then the run is stopped
+        try:
+            assert printed("in ? | triaged ? | cases ? | acknowledged ? | dead-letter ? | lag ~3")
+            bus.down = False
+            database_down.clear()
+            assert printed("in 1 | triaged 0 | cases 1 | acknowledged 1 | dead-letter 0 | lag ~3")
+        finally:
+            stop.set()
+
+    code = run_pipeline({"classify": stage}, stop, bus, counts, lines.append, every=0.01, lag=lambda: 3)
+    assert code == 0, lines[-3:]
+    assert lines[-1] == "in 1 | triaged 0 | cases 1 | acknowledged 1 | dead-letter 0 | lag ~3"
 
 
 def test_any_other_stage_death_exits_1() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +101,17 @@ def test_from_compose_builds_replicas_and_logs(tmp_path: Path) -> None:
     assert first.log_path == tmp_path / "logs" / "classify-0.log" and first.ready_port is None
 
 
+def test_no_metrics_means_no_endpoint_even_where_the_config_file_enables_one(tmp_path: Path) -> None:
+    topo = Topology.from_compose(COMPOSE, ENDPOINTS, services=["classify"], replicas={"classify": 2},
+                                 state_dir=tmp_path, metrics=False)
+    read = ("from frontdesk.clikit import load; from frontdesk.metrics import MetricsSettings; "
+            "m = load(MetricsSettings); print(m.enabled, m.port)")
+    for proc in topo.processes["classify"]:  # the mounted config/frontdesk.yaml says port 9464, enabled
+        out = subprocess.run([sys.executable, "-c", read], env=proc.env, cwd=proc.cwd, capture_output=True,
+                             text=True, timeout=60, check=True)
+        assert out.stdout.split()[0] == "False", f"{proc.name} would serve metrics on port {out.stdout.split()[1]}"
+
+
 def sleeper(tmp_path: Path, name: str, code: str = "import time; time.sleep(120)") -> StageProcess:
     return StageProcess(name, 0, [sys.executable, "-c", code], {"PATH": "/usr/bin"}, tmp_path / f"{name}.log",
                         tmp_path)
@@ -166,6 +179,8 @@ def test_cli_exits_when_a_service_cannot_start(tmp_path: Path, capsys: pytest.Ca
     captured = capsys.readouterr()
     assert "gave up on ingest-imap-0" in captured.err and "no mailboxes configured" in captured.err
     assert "stopping" in captured.out
+    assert re.search(r"^  ingest-imap-0: http://127\.0\.0\.1:\d+/metrics, /healthz, /readyz$", captured.out, re.M), \
+        "the runner says where the process it gave a free metrics port is scraped"
 
 
 def running(pid: int) -> bool:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from frontdesk.bus.memory import MemoryBus
+from frontdesk.health import Probes
 from ingest.blobs import PACKS, SWEEP_AFTER_S, BlobStore
 from ingest.commands import connectors, intake_stages
 from ingest.http import HttpIntakeSettings
@@ -47,3 +48,22 @@ def test_mailbox_connectors_sweep_packs_that_crashed_writers_left(tmp_path: Path
     left = {p.name for p in (tmp_path / "blobs" / PACKS).iterdir()}
     assert orphan.pack not in left and young.pack in left and len(left) == 2
     assert store.get(kept) == b"committed"
+
+
+def test_frontdesk_run_is_ready_only_while_every_mailbox_and_poller_answers(tmp_path: Path) -> None:
+    box = MailboxSettings(name="support", host="imap.example", username="u", password="p")  # type: ignore[arg-type]
+    probes = Probes()
+    telegram = TelegramSettings(bot_token="123:abc", connector="tg")  # type: ignore[arg-type]
+    stages = intake_stages(MemoryBus(), tmp_path, tmp_path / "blobs", ImapSettings(mailboxes=(box,)),
+                           HttpIntakeSettings(), telegram, lambda line: None, probes)
+    assert probes.readiness() == (True, {"status": "ready", "checks": {"imap:support": "ok", "tg": "ok"}})
+    mailbox = stages["imap:support"].__self__.health  # type: ignore[attr-defined]
+    mailbox.consecutive_failures, mailbox.last_error = 3, "imap:support: cannot connect to imap.example:993: refused"
+    ready, body = probes.readiness()
+    assert not ready and body["checks"]["tg"] == "ok"
+    assert body["checks"]["imap:support"] == ("SourceError: 3 failed attempt(s) since the last success: "
+                                              "imap:support: cannot connect to imap.example:993: refused")
+    mailbox.consecutive_failures = 0  # the next pass succeeded
+    stages["tg"].__self__.health.consecutive_failures = 1  # type: ignore[attr-defined]
+    ready, body = probes.readiness()
+    assert not ready and body["checks"]["imap:support"] == "ok" and body["reason"].startswith("tg: SourceError")
