@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,8 +28,21 @@ def classify() -> None:
     from frontdesk.metrics import MetricsSettings
 
     settings, metrics = classifier_settings(), load(MetricsSettings)
-    with open_configured_bus() as bus, ops_endpoint(metrics, bus_probes(bus, metrics)):
-        guard(lambda: run_stage(bus, settings, stop_on_signals()))
+    loaded = threading.Event()
+    with open_configured_bus() as bus:
+        probes = bus_probes(bus, metrics)
+        probes.add_readiness("model", model_loaded(loaded))
+        with ops_endpoint(metrics, probes):
+            guard(lambda: run_stage(bus, settings, stop_on_signals(), loaded))
+
+
+def model_loaded(loaded: threading.Event) -> Callable[[], bool]:
+    """A readiness check: raises until ``loaded`` is set (the classifier takes seconds to load)."""
+    def check() -> bool:
+        if not loaded.is_set():
+            raise RuntimeError("the model is still loading")
+        return True
+    return check
 
 
 def _one_of_channels(value: str) -> str:

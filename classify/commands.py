@@ -68,12 +68,16 @@ def classify_text(text: str, subject: str, channel: str, settings: ClassifierSet
     return triage.model_dump(mode="json")
 
 
-def run_stage(bus: Bus, settings: ClassifierSettings, stop: threading.Event) -> None:
-    """Blocking: the classify stage until ``stop`` is set."""
+def run_stage(bus: Bus, settings: ClassifierSettings, stop: threading.Event,
+              loaded: threading.Event | None = None) -> None:
+    """Blocking: the classify stage until ``stop`` is set; sets ``loaded`` (if given) once the model
+    is loaded and the stage about to consume (readiness: loading takes seconds)."""
     from classify.stage import ClassifyProcessor
     from frontdesk.stage import StageRunner
 
     model = load_model(settings)
+    if loaded is not None:
+        loaded.set()
     consumer = bus.consumer(settings.group, [bus.topics.inbound])
     runner = StageRunner("classify", bus, consumer, ClassifyProcessor(model, bus.topics),
                          max_records=settings.poll_records)

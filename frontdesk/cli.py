@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import uuid
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
@@ -123,6 +124,7 @@ def run(
     demo: Annotated[int, typer.Option(help="On an empty bus, publish this many sample messages (0: none)")] = 40,
 ) -> None:
     """Run every stage in one process on the embedded default (bus, SQLite, blobs). Ctrl-C stops."""
+    from classify.cli import model_loaded
     from classify.commands import run_stage
     from classify.data import DEV_FILE, read_examples
     from dispatch.cli import configured_repliers, database_answers
@@ -153,6 +155,8 @@ def run(
     with open_configured_bus() as bus:
         probes = bus_probes(bus, metrics)
         probes.add_readiness("database", database_answers(store))
+        loaded = threading.Event()
+        probes.add_readiness("model", model_loaded(loaded))
         if demo:
             added = publish_demo(bus, demo_samples(read_examples(DEV_FILE), demo))
             if added:
@@ -161,7 +165,7 @@ def run(
                    f"{'SMTP' if load(SmtpSettings).host else storage.data_dir / 'outgoing'}")  # type: ignore[attr-defined]
         typer.echo("next: `frontdesk cases list` in another terminal; Ctrl-C stops (restarting loses nothing)")
         stages = {
-            "classify": lambda ev: run_stage(bus, classifier, ev),  # type: ignore[arg-type]
+            "classify": lambda ev: run_stage(bus, classifier, ev, loaded),  # type: ignore[arg-type]
             "dispatch": lambda ev: run_dispatch(bus, store, settings, repliers, ev, probes),
         }
         stages.update(intake_stages(bus, storage.data_dir, storage.blobs, load(ImapSettings),  # type: ignore[attr-defined]
