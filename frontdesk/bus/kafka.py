@@ -223,10 +223,17 @@ class KafkaBusConsumer(Consumer):
         return {(tp.topic, tp.partition) for tp in self._raw.assignment()}
 
     def lag(self) -> list[Lag]:
+        """Per assigned partition; a partition the group never committed counts from its oldest kept
+        record (where ``auto_offset_reset=earliest`` starts it), not from 0: after retention that
+        would count deleted records as lag."""
         tps = sorted(self._raw.assignment())
         try:
             ends = self._raw.end_offsets(tps) if tps else {}
-            return [Lag(tp.topic, tp.partition, self._raw.committed(tp) or 0, ends.get(tp, 0)) for tp in tps]
+            committed = {tp: self._raw.committed(tp) for tp in tps}
+            never = [tp for tp, offset in committed.items() if offset is None]
+            starts = self._raw.beginning_offsets(never) if never else {}
+            return [Lag(tp.topic, tp.partition, c if c is not None else starts.get(tp, 0), ends.get(tp, 0))
+                    for tp, c in committed.items()]
         except KafkaError as exc:
             raise _translate(exc, "reading lag") from exc
 

@@ -303,3 +303,47 @@ def test_an_output_over_the_limit_is_dead_lettered_cut_to_fit_and_the_stage_keep
     assert f"original {len(big):,} bytes" in letter.reason and big.startswith(kept) and len(kept) > len(big) // 2
     assert record.header(TRUNCATED_HEADER) == str(len(big)).encode()
     assert record_size(Outgoing(dl, record.value, record.key, record.headers)) <= bus.max_record_bytes
+
+
+def wait_assigned_alone(consumer: Consumer, partitions: int, timeout: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(consumer.assignment()) < partitions and time.monotonic() < deadline:
+        consumer.poll(max_records=1, timeout=0.2)
+        consumer.rewind()
+    assert len(consumer.assignment()) == partitions
+
+
+def test_lag_is_what_the_group_has_not_committed(under_test: BusUnderTest) -> None:
+    topic, bus = under_test.topic(), under_test.bus
+    bus.publish([Outgoing(topic, f"v{i}".encode(), f"k{i}".encode()) for i in range(6)])
+    with bus.consumer(f"g-lag-{uuid.uuid4().hex[:6]}", [topic]) as consumer:
+        wait_assigned_alone(consumer, len(bus.end_offsets(topic)))
+        assert sum(lag.lag for lag in consumer.lag()) == 6
+        assert len(drain(consumer, 6)) == 6
+        assert sum(lag.lag for lag in consumer.lag()) == 0
+
+
+@pytest.mark.kafka
+def test_kafka_lag_of_a_new_group_starts_where_retention_left_the_topic(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    """A group without a commit starts at the oldest record still kept (auto_offset_reset earliest):
+    records already deleted are no lag of it."""
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    bus = KafkaBus(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap, session_timeout_ms=6000, linger_ms=2),
+                   partitions=1)
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    try:
+        bus.ensure_topics([topic])
+        bus.publish([Outgoing(topic, f"v{i}".encode(), b"k") for i in range(6)])
+        admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        try:
+            admin.delete_records({TopicPartition(topic, 0): 4})  # what retention does to old segments
+        finally:
+            admin.close()
+        with bus.consumer(f"g-new-{uuid.uuid4().hex[:6]}", [topic]) as consumer:
+            wait_assigned_alone(consumer, 1)
+            assert [(lag.committed, lag.end, lag.lag) for lag in consumer.lag()] == [(4, 6, 2)]
+            assert [r.value for r in drain(consumer, 2)] == [b"v4", b"v5"]
+    finally:
+        bus.close()
