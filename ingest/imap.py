@@ -18,11 +18,12 @@ Per folder, one pass:
    fetched, the batch's blobs are committed (one sync, one index transaction) and the batch is
    published — messages to the inbound topic, unparseable or oversized mail as dead-letter records;
    mail the server refuses to hand over (a FETCH answered NO, a response that cannot be read or
-   lacks the mail) is isolated from the rest (:mod:`ingest.imap_isolate`): its batch fails the
-   pass (the batches before it are flagged and checkpointed first) until the mail has been refused
-   in ``GiveUp.attempts`` passes over ``GiveUp.after_s`` in which the server handed over other
-   mail; then it is a dead-letter record too (flagged Seen with ``after_import: seen``, never
-   moved or deleted: it stays where it is);
+   lacks the mail, a connection dropped on it) is isolated from the rest (:mod:`ingest.imap_isolate`;
+   a mail suspected of dropping the connection is fetched alone, once the mail before it is
+   flagged): its batch fails the pass (the batches before it are flagged and checkpointed first)
+   until the mail has been refused in ``GiveUp.attempts`` passes over ``GiveUp.after_s`` in which
+   the server handed over other mail; then it is a dead-letter record too (flagged Seen with
+   ``after_import: seen``, never moved or deleted: it stays where it is);
 4. only once the bus has acknowledged it, mark the batch Seen / move it / delete it, and then
    advance the checkpoint (saved on a thread of its own: its fsync does not hold up the next
    fetch; a pass returns once its last checkpoint is durable). A pass that fails waits for the
@@ -32,8 +33,9 @@ Crash between 3 and 4 (or 4 and the checkpoint): the batch is fetched and publis
 same ids (derived from the Message-ID and the sha256 of the mail, which the server stores
 unchanged): no-ops downstream. A UIDVALIDITY change re-scans the folder the same way. Rejected mail
 is still flagged, so it cannot loop. How often a mail was refused is saved as it is counted, so a
-crash or a restart (``--once``) keeps the count; a connection that drops is never counted as a
-refusal (it is retried, and dead-letters nothing). Then IDLE
+crash or a restart (``--once``) keeps the count; a connection that drops counts against a mail only
+when that mail alone was asked for while other mail of the pass was handed over (a server down or a
+network that drops every FETCH counts nothing and dead-letters nothing). Then IDLE
 (re-issued before the 29-minute limit) or polling waits for new mail — unless the server announced
 new mail during the pass, which IDLE would not report again: then the next pass starts at once; any connection error
 (refused, dropped, certificate not trusted, login rejected) shows in ``Health`` and is retried
@@ -45,8 +47,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -57,12 +59,11 @@ from imapclient.exceptions import IMAPClientError
 from frontdesk.bus.base import Bus, Outgoing
 from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from frontdesk.faults import crashpoint
-from ingest import imap_fetch
 from ingest.blobs import BlobStore, Staged
 from ingest.imap_batch import Delivery, Fetched, Where, batch_records, batches
-from ingest.imap_isolate import GiveUp, Refusals, describe, fetch_each
+from ingest.imap_isolate import GiveUp, Refusals, describe
 from ingest.imap_state import Checkpoint, CheckpointSaver, CheckpointStore, Health, PendingMail, oldest_from
-from ingest.imap_connect import connect, logout, take_announced_mail
+from ingest.imap_connect import connect, idle_until_news, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
@@ -74,18 +75,23 @@ log = logging.getLogger(__name__)
 PREFETCH = 2  # batches fetched and parsing while one is stored, published and flagged
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class MailboxConnector:
     """Imports one mailbox (all its folders). ``run_once`` is one pass; ``run`` loops with IDLE.
 
     Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`). ``give_up``: when a
-    mail the server refuses to hand over is dead-lettered (:mod:`ingest.imap_isolate`).
+    mail the server refuses to hand over is dead-lettered (:mod:`ingest.imap_isolate`), by ``clock``.
     """
 
     def __init__(self, box: MailboxSettings, bus: Bus, checkpoints: CheckpointStore, blobs: BlobStore | None,
                  limits: MailLimits, *, reconnect: tuple[float, float] = (1.0, 300.0),
-                 pool: ParsePool | None = None, give_up: GiveUp = GiveUp()) -> None:
+                 pool: ParsePool | None = None, give_up: GiveUp = GiveUp(),
+                 clock: Callable[[], datetime] = _utc_now) -> None:
         self.box, self.bus, self.checkpoints, self.blobs, self.limits = box, bus, checkpoints, blobs, limits
-        self.give_up = give_up
+        self.give_up, self.clock = give_up, clock
         self.connector = f"imap:{box.name}"
         self.health = Health()
         self.reconnect = reconnect
@@ -158,32 +164,34 @@ class MailboxConnector:
         """Describe, fetch, parse (in the pool), store, publish, flag and checkpoint ``uids`` batch by
         batch. The first batch is described and fetched alone, so that it is parsing while the rest of
         the folder is described; a batch is stored and published on a thread while the next one is
-        fetched, and flagged once the bus has acknowledged it."""
+        fetched, and flagged once the bus has acknowledged it. A UID in ``Refusals.alone`` is
+        fetched only once every batch before it is flagged: it may drop the connection."""
         published = 0
         window: deque[Fetched] = deque()
         publisher = ThreadPoolExecutor(1, thread_name_prefix=f"{self.connector}-publish")
         saver = CheckpointSaver(self.checkpoints, self.box.name, folder)
         where = Where(folder, start_cp, saver, Refusals.load(self.checkpoints, self.box.name, folder, start_cp))
         inflight: Delivery | None = None
+        alone = where.refusals.alone
         try:
             head = describe(client, uids[: self.box.batch], where.refusals)
-            first = next(batches(head, self.box.batch, self.limits), None)
+            first = next(batches(head, self.box.batch, self.limits, alone), None)
             if first is not None:
                 window.append(self._fetch(client, *first, where.refusals))
             mails = head + describe(client, uids[self.box.batch :], where.refusals)
             oldest = oldest_from(mails)
             self._note_backlog(folder, oldest[0])
             start = first[0] if first is not None else 0
-            for end, batch in batches(mails[start:], self.box.batch, self.limits):
+            for end, batch in batches(mails[start:], self.box.batch, self.limits, alone):
+                if batch[0].uid in alone:
+                    published += self._drain(client, where, window, inflight, publisher, oldest)[1]
+                    inflight = None
                 window.append(self._fetch(client, start + end, batch, where.refusals))
                 while len(window) > PREFETCH:
                     inflight, settled = self._advance(client, where, window.popleft(), inflight, publisher, oldest)
                     published += settled
-            while window:
-                inflight, settled = self._advance(client, where, window.popleft(), inflight, publisher, oldest)
-                published += settled
-            if inflight is not None:
-                published += self._settle(client, where, inflight, oldest)
+            inflight, settled = self._drain(client, where, window, inflight, publisher, oldest)
+            published += settled
             if start_cp.scan_until is not None:
                 last = inflight.batch[-1].uid if inflight is not None else start_cp.last_uid
                 saver.save(start_cp.handled(last).scanned())  # everything the scan selected is handled
@@ -195,6 +203,18 @@ class MailboxConnector:
                 self._abandon(entry.pending)
         return published
 
+    def _drain(self, client: IMAPClient, where: Where, window: deque[Fetched], inflight: Delivery | None,
+               publisher: ThreadPoolExecutor, oldest: list[datetime | None]) -> tuple[Delivery | None, int]:
+        """Send every batch in ``window`` on its way and settle them all: the last one (None if
+        none) and the records published."""
+        published = 0
+        while window:
+            inflight, settled = self._advance(client, where, window.popleft(), inflight, publisher, oldest)
+            published += settled
+        if inflight is not None:
+            published += self._settle(client, where, inflight, oldest)
+        return inflight, published
+
     def _abandon(self, pending: Pending) -> None:
         if self.blobs is not None:
             self.blobs.discard(s for p in self.pool.abandon(pending) for s in p.staged)
@@ -203,7 +223,7 @@ class MailboxConnector:
                  publisher: ThreadPoolExecutor, oldest: list[datetime | None]) -> tuple[Delivery, int]:
         """Send the parsed batch ``entry`` on its way to the bus, then settle the one before it. A batch
         with mail the server refused, not yet given up, fails the pass once the one before it is settled."""
-        unfetchable, wait = where.refusals.verdict(entry.refused, self.connector, self.give_up, datetime.now(UTC))
+        unfetchable, wait = where.refusals.verdict(entry.refused, self.connector, self.give_up, self.clock())
         if wait is not None:
             self._abandon(entry.pending)
             if inflight is not None:
@@ -220,13 +240,10 @@ class MailboxConnector:
 
     def _fetch(self, client: IMAPClient, done: int, batch: list[PendingMail], refusals: Refusals) -> Fetched:
         """Fetch the bodies of ``batch`` (but oversized mail) and queue them for parsing; count the
-        mail the server refuses to hand over (:mod:`ingest.imap_isolate`)."""
+        mail the server refuses to hand over (:meth:`ingest.imap_isolate.Refusals.fetch`)."""
         wanted = [m.uid for m in batch if m.size <= self.limits.max_message_bytes]
-        bodies = fetch_each(client, wanted, imap_fetch.BODY, b"BODY[]", refusals.session)
+        bodies = refusals.fetch(client, wanted, self.connector, self.give_up, self.clock())
         raws = {uid: item[b"BODY[]"] for uid, item in bodies.items.items()}
-        refusals.served = refusals.served or bool(raws)
-        refusals.session.update(bodies.refused)
-        refusals.count(bodies.refused, datetime.now(UTC))
         return Fetched(done, batch, raws, bodies.refused, self.pool.start(self.job, list(raws.items())))
 
     def _deliver(self, staged: list[Staged], records: list[Outgoing], after: Future[None] | None) -> None:
@@ -304,7 +321,7 @@ class MailboxConnector:
                 if idle and take_announced_mail(client):
                     continue  # mail arrived during the pass: IDLE would not report it
                 if idle:
-                    self._idle(client, stop)
+                    idle_until_news(client, stop, self.box.idle_renew_s, self.connector)
                 else:
                     stop.wait(self.box.poll_interval_s)
                     client.noop()
@@ -312,19 +329,3 @@ class MailboxConnector:
             raise SourceError(f"{self.connector}: {exc}") from exc
         finally:
             logout(client)
-
-    def _idle(self, client: IMAPClient, stop: threading.Event) -> None:
-        """Wait for new mail with IDLE; returns on news, on stop, or before the renewal deadline."""
-        renew_at = time.monotonic() + self.box.idle_renew_s
-        try:
-            client.idle()
-            while not stop.is_set() and time.monotonic() < renew_at:
-                if any(r[1] in (b"EXISTS", b"RECENT") for r in client.idle_check(timeout=1.0) if len(r) > 1):
-                    break
-        except (IMAPClientError, OSError, socket.timeout) as exc:
-            raise SourceError(f"{self.connector}: IDLE failed: {exc}") from exc
-        finally:
-            try:
-                client.idle_done()
-            except (IMAPClientError, OSError):
-                pass

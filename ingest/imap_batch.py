@@ -4,7 +4,7 @@ on (:class:`Where`). The order of the steps is :mod:`ingest.imap`'s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -56,15 +56,17 @@ class Delivery:
     unfetchable: frozenset[int] = field(default_factory=frozenset)
 
 
-def batches(mails: list[PendingMail], most: int, limits: MailLimits) -> Iterator[tuple[int, list[PendingMail]]]:
+def batches(mails: list[PendingMail], most: int, limits: MailLimits,
+            alone: Collection[int] = ()) -> Iterator[tuple[int, list[PendingMail]]]:
     """Consecutive batches of at most ``most`` mails and ``BATCH_BYTES`` (a bigger mail goes alone;
     a mail over the size limit is not fetched and counts nothing), each with the index in ``mails``
-    where it ends."""
+    where it ends. A UID in ``alone`` (:attr:`Refusals.alone`) is a batch of its own."""
     batch: list[PendingMail] = []
     size = 0
     for index, mail in enumerate(mails):
         fetched = mail.size if mail.size <= limits.max_message_bytes else 0
-        if batch and (len(batch) >= most or size + fetched > BATCH_BYTES):
+        cut = mail.uid in alone or (len(batch) == 1 and batch[0].uid in alone)
+        if batch and (cut or len(batch) >= most or size + fetched > BATCH_BYTES):
             yield index, batch
             batch, size = [], 0
         batch.append(mail)

@@ -1,4 +1,5 @@
-"""Opening an IMAP session: TCP, TLS (implicit or STARTTLS), login with a password or XOAUTH2.
+"""Opening an IMAP session: TCP, TLS (implicit or STARTTLS), login with a password or XOAUTH2;
+waiting in it for new mail (IDLE).
 
 TLS certificates are always verified (hostname included): against the CAs in the mailbox's
 ``ca_file`` if set, else the system's. There is no switch to turn verification off. With
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -97,3 +100,21 @@ def take_announced_mail(client: IMAPClient) -> bool:
     pending = client._imap.untagged_responses
     exists, recent = pending.pop("EXISTS", None), pending.pop("RECENT", None)
     return bool(exists) or bool(recent)
+
+
+def idle_until_news(client: IMAPClient, stop: threading.Event, renew_s: float, name: str) -> None:
+    """Wait for new mail with IDLE (blocking): returns on news, on ``stop``, or after ``renew_s``
+    (before the server's 29-minute limit). Raises SourceError if IDLE fails."""
+    renew_at = time.monotonic() + renew_s
+    try:
+        client.idle()
+        while not stop.is_set() and time.monotonic() < renew_at:
+            if any(r[1] in (b"EXISTS", b"RECENT") for r in client.idle_check(timeout=1.0) if len(r) > 1):
+                break
+    except (IMAPClientError, OSError, socket.timeout) as exc:
+        raise SourceError(f"{name}: IDLE failed: {exc}") from exc
+    finally:
+        try:
+            client.idle_done()
+        except (IMAPClientError, OSError):
+            pass

@@ -12,7 +12,8 @@ imapclient for the connection (``IMAPClient._imap``) and its result check (``_ch
 version is bounded in ``pyproject.toml`` and the tests fail if they change.
 
 :func:`fetch_answer` is the same command for a caller that wants what came with a refusal: the
-responses a server sent before it answered NO are returned with the answer, not raised.
+responses a server sent before it answered NO are returned with the answer, not raised;
+:func:`sent_before` reads those a server sent before it dropped the connection.
 """
 
 from __future__ import annotations
@@ -75,12 +76,19 @@ def fetch_answer(client: IMAPClient, uids: Sequence[int], items: Sequence[str]) 
         return Answer(None, f"unreadable FETCH response: {exc}")
     except IMAPClientError as exc:
         refused = str(exc)
-    sent = client._imap.untagged_responses.pop("FETCH", [])  # imaplib would hand them to the next FETCH
+    return Answer(sent_before(client, uids, items), refused)
+
+
+def sent_before(client: IMAPClient, uids: Sequence[int], items: Sequence[str]) -> Response | None:
+    """The FETCH responses the server sent for the UID FETCH that just failed (answered NO, or
+    ended by a dropped connection), taken from imaplib (it would hand them to the next FETCH);
+    ``None`` if they cannot be read."""
+    sent = client._imap.untagged_responses.pop("FETCH", [])
     try:
         parsed = read_response(sent, tuple(items), client.normalise_times) if sent else {}
     except (ProtocolError, ValueError):
-        return Answer(None, refused)
-    return Answer({uid: parsed[uid] for uid in uids if uid in parsed}, refused)
+        return None
+    return {uid: parsed[uid] for uid in uids if uid in parsed}
 
 
 def read_response(data: list[Any], items: tuple[str, ...], normalise_times: bool) -> Response:
