@@ -300,6 +300,8 @@ class MailboxConnector:
                 self._session(stop)
                 delay = self.reconnect[0]
             except Exception as exc:  # whatever failed, the mailbox keeps trying (visible in Health), never dies
+                if self.health.consecutive_failures == 0:
+                    delay = self.reconnect[0]  # the session had served a pass: a new outage starts over
                 self.health.consecutive_failures += 1
                 known = isinstance(exc, (SourceError, TransientError))
                 self.health.last_error = str(exc) if known else f"{type(exc).__name__}: {exc}"

@@ -181,3 +181,38 @@ def test_a_mailbox_whose_pass_fails_unexpectedly_keeps_trying_and_says_why(tmp_p
     worker.join(5)
     assert not worker.is_alive() and len(tries) == 3
     assert conn.health.consecutive_failures == 3 and conn.health.last_error.startswith("KeyError")
+
+
+def test_the_reconnect_delay_starts_over_after_a_session_that_served_mail(tmp_path: Path) -> None:
+    """A session only ends by failing; one that had imported mail must not inherit the long delay
+    of an outage hours before (the delay had stayed at its maximum for good)."""
+    import threading
+
+    from frontdesk.bus.memory import MemoryBus
+    from ingest.imap import MailboxConnector
+
+    class Pool:
+        def warm(self) -> None:
+            pass
+
+    waits: list[float | None] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            if len(waits) == 6:
+                self.set()
+            return self.is_set()
+
+    stop = Stop()
+
+    class Flaky(MailboxConnector):
+        def _session(self, stop_: threading.Event) -> None:
+            if len(waits) == 3:  # after three failed connects, a session that serves a pass, then drops
+                self.health.consecutive_failures = 0
+            raise OSError("connection reset")
+
+    conn = Flaky(box(password="x"), MemoryBus(), CheckpointStore(tmp_path), None, MailLimits(),
+                 reconnect=(1.0, 300.0), pool=Pool())  # type: ignore[arg-type]
+    conn.run(stop)
+    assert waits == [1.0, 2.0, 4.0, 1.0, 2.0, 4.0]
