@@ -29,7 +29,7 @@ def classify() -> None:
 
     settings, metrics = classifier_settings(), load(MetricsSettings)
     loaded = threading.Event()
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         probes = bus_probes(bus, metrics)
         probes.add_readiness("model", model_loaded(loaded))
         with ops_endpoint(metrics, probes):

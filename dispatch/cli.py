@@ -45,7 +45,7 @@ def dispatch() -> None:
     settings, store = dispatch_store()
     out = configured_repliers(settings)
     metrics = load(MetricsSettings)
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         probes = bus_probes(bus, metrics)
         probes.add_readiness("database", database_answers(store))
         with ops_endpoint(metrics, probes):

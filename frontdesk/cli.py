@@ -20,7 +20,7 @@ from dispatch.cli import dispatch_store
 from frontdesk import __version__
 from frontdesk.clikit import app, deadletter_app, fail, guard, load, open_configured_bus, stop_on_signals
 from frontdesk.messages import DeadLetter
-from frontdesk.settings import BusSettings, StorageSettings
+from frontdesk.settings import StorageSettings
 
 if TYPE_CHECKING:
     from frontdesk.bus.base import Bus
@@ -134,7 +134,7 @@ def run(
     from dispatch.store.models import Case
     from frontdesk.health import bus_probes, ops_endpoint
     from frontdesk.metrics import MetricsSettings
-    from frontdesk.pipeline import bus_pruner, publish_demo, run_pipeline
+    from frontdesk.pipeline import publish_demo, run_pipeline
     from ingest.commands import intake_stages
     from ingest.http import HttpIntakeSettings
     from ingest.imap_settings import ImapSettings
@@ -152,7 +152,7 @@ def run(
                                      s.scalar(select(func.count(Case.id)).where(Case.acknowledged)) or 0))
 
     metrics = load(MetricsSettings)
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         probes = bus_probes(bus, metrics)
         probes.add_readiness("database", database_answers(store))
         loaded = threading.Event()
@@ -173,8 +173,7 @@ def run(
         with ops_endpoint(metrics, probes) as ops:
             if ops is not None:
                 typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")
-            code = run_pipeline(stages, stop, bus, counts, typer.echo, probes=probes,
-                                prune=bus_pruner(bus, load(BusSettings).embedded_retention_h))
+            code = run_pipeline(stages, stop, bus, counts, typer.echo, probes=probes)
     store.close()
     raise typer.Exit(code)
 

@@ -99,13 +99,15 @@ def guard(action: Callable[[], T]) -> T:
         fail(str(exc))
 
 
-def open_configured_bus() -> Any:
-    """The configured bus (embedded or Kafka), topics ensured; a failure exits with the reason."""
+def open_configured_bus(*, trims: bool = False) -> Any:
+    """The configured bus (embedded or Kafka), topics ensured; a failure exits with the reason.
+    ``trims``: a long-running stage, which trims an embedded bus to its retention as it goes (short
+    commands such as ``deadletter list`` do not, so that they never wait for a pass to end)."""
     from frontdesk.bus import open_bus
 
     bus_settings = load(BusSettings)
     kafka = load(KafkaSettings) if bus_settings.kind == "kafka" else None
-    return guard(lambda: open_bus(bus_settings, load(StorageSettings), kafka))
+    return guard(lambda: open_bus(bus_settings, load(StorageSettings), kafka, trims=trims))
 
 
 def stop_on_signals() -> threading.Event:

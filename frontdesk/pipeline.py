@@ -10,9 +10,8 @@ the classify group's committed offset, ``frontdesk_consumer_lag``, from the Stag
 has its first snapshot; the last line, after the stages stopped, repeats the last value. Counting topic records instead would hide unprocessed messages behind the
 triaged records a redelivered batch publishes again.
 
-On the embedded bus the pipeline also trims the log (``bus.embedded_retention_h``, see
-:meth:`frontdesk.bus.sqlite.SqliteBus.prune`) every ``PRUNE_EVERY_S`` seconds, starting at once, on a
-thread of its own: a failed pass is logged and retried at the next one, and never stops the run.
+The embedded bus trims itself (``bus.embedded_retention_h``), in this process as in any other that
+uses it: :mod:`frontdesk.bus.sqlite_retention`.
 """
 
 from __future__ import annotations
@@ -33,8 +32,6 @@ from frontdesk.health import Probes
 from frontdesk.messages import InboundMessage, Party
 
 log = logging.getLogger(__name__)
-
-PRUNE_EVERY_S = 600.0
 
 
 class StageThread(threading.Thread):
@@ -124,49 +121,19 @@ def _last_known(lag: Callable[[], int | None]) -> Callable[[], int | None]:
     return read
 
 
-def bus_pruner(bus: Bus, retention_h: float) -> Callable[[], int] | None:
-    """What trims ``bus`` by ``retention_h`` hours (returning how many records it deleted); None
-    when there is nothing to do: a bus other than the embedded one (Kafka has its own retention)
-    or ``retention_h`` 0 (keep everything)."""
-    from frontdesk.bus.sqlite import SqliteBus
-
-    if not isinstance(bus, SqliteBus) or retention_h <= 0:
-        return None
-    return lambda: bus.prune(retention_h * 3600)
-
-
-def prune_periodically(prune: Callable[[], int], stop: threading.Event, every: float = PRUNE_EVERY_S) -> None:
-    """Call ``prune`` now and then every ``every`` seconds until ``stop``; never raises."""
-    while True:
-        try:
-            deleted = prune()
-            if deleted:
-                log.info("bus retention: deleted %d records", deleted)
-        except Exception as exc:  # noqa: BLE001 - trimming is housekeeping: the next pass retries
-            log.warning("bus retention pass failed (retried in %.0f s): %s", every, exc)
-        if stop.wait(every):
-            return
-
-
 def run_pipeline(stages: dict[str, Callable[[threading.Event], None]], stop: threading.Event, bus: Bus,
                  counts: Callable[[], tuple[int, int]], echo: Callable[[str], None], every: float = 2.0,
-                 probes: Probes | None = None, lag: Callable[[], int | None] = classify_lag,
-                 prune: Callable[[], int] | None = None, prune_every: float = PRUNE_EVERY_S) -> int:
+                 probes: Probes | None = None, lag: Callable[[], int | None] = classify_lag) -> int:
     """Start the stages, print a status line every ``every`` seconds until ``stop``; exit code:
     0, 2 when a stage died of a ConfigError (invalid settings, as the CLI's exit codes), else 1.
 
-    ``probes`` (if given) watches every stage thread, so ``/healthz`` fails when one dies.
-    ``prune`` (if given, see :func:`bus_pruner`) runs every ``prune_every`` seconds meanwhile."""
+    ``probes`` (if given) watches every stage thread, so ``/healthz`` fails when one dies."""
     threads = [StageThread(name, fn, stop) for name, fn in stages.items()]
-    housekeeping = [] if prune is None else [
-        threading.Thread(target=prune_periodically, args=(prune, stop, prune_every), name="bus-retention", daemon=True)]
     lag = _last_known(lag)
     for t in threads:
         if probes is not None:
             probes.watch_thread(t)
         t.start()
-    for h in housekeeping:
-        h.start()
     last = ""
     while not stop.wait(every):
         line = status_line(bus, counts, lag)
@@ -174,7 +141,7 @@ def run_pipeline(stages: dict[str, Callable[[threading.Event], None]], stop: thr
             echo(f"{datetime.now():%H:%M:%S} {line}")
             last = line
     deadline = time.monotonic() + 60
-    for t in [*threads, *housekeeping]:
+    for t in threads:
         t.join(timeout=max(0.1, deadline - time.monotonic()))
     failed = [t for t in threads if t.error is not None]
     for t in failed:

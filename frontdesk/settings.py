@@ -244,12 +244,15 @@ class BusSettings(ComponentSettings):
     topic_prefix: str = Field("frontdesk.", pattern=r"^[A-Za-z0-9._-]*$")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions per topic when created")
     embedded_path: Path | None = Field(None, description="Embedded bus file; default <data_dir>/bus.sqlite3")
-    embedded_session_timeout_s: float = Field(30.0, gt=0)
+    embedded_session_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Seconds; an embedded-bus group member that has not polled for this long is dead and the "
+        "others take its partitions over (at once when its process is gone)")
     embedded_retention_h: float = Field(
         168.0, ge=0,
-        description="Hours; `frontdesk run` deletes embedded-bus records older than this (168 = 7 days, Kafka's "
-        "default retention.ms) once every group consuming their topic has committed them; a group that starts "
-        "later cannot read them. 0 keeps everything")
+        description="Hours; every stage command using the embedded bus deletes its records older than this (168 = "
+        "7 days, Kafka's default retention.ms) once every group consuming their topic has committed them; a group "
+        "that starts later cannot read them. 0 keeps everything")
 
 
 class KafkaSettings(ComponentSettings):

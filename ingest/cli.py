@@ -35,7 +35,7 @@ def ingest_imap(once: Annotated[bool, typer.Option("--once", help="One pass over
     storage = load(StorageSettings)
     if not settings.mailboxes:  # type: ignore[attr-defined]
         fail("no mailboxes configured (imap.mailboxes in the config file)", code=2)
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         conns = connectors(settings, bus, storage.data_dir, storage.blobs)  # type: ignore[arg-type,attr-defined]
         if once:
             for c in conns:
@@ -56,7 +56,7 @@ def ingest_http() -> None:
     from ingest.http import HttpIntakeSettings, serve
 
     settings = load(HttpIntakeSettings)
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         typer.echo(f"HTTP intake on http://{settings.host}:{settings.port} (OpenAPI at /docs)")
         guard(lambda: serve(settings, bus, stop_on_signals()))
 
@@ -68,7 +68,7 @@ def ingest_telegram(once: Annotated[bool, typer.Option("--once", help="One getUp
 
     settings = load(TelegramSettings)
     storage = load(StorageSettings)
-    with open_configured_bus() as bus:
+    with open_configured_bus(trims=True) as bus:
         poller = guard(lambda: TelegramPoller(settings, bus, settings.offset_dir or storage.data_dir / "telegram"))
         if once:
             guard(poller.run_once)

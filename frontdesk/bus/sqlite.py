@@ -6,13 +6,28 @@ Same semantics as Kafka for what the pipeline relies on (see :mod:`frontdesk.bus
   the records survive a process kill (and a power cut).
 * Keys are partitioned with Kafka's murmur2 formula, so a key lands on the same partition number
   in both implementations.
-* Consumer groups: members register in a table and heartbeat on every ``poll``; partitions are
-  split round-robin over the live members sorted by id. A member is dead when its process is gone
-  (same machine: checked by pid) or it has not polled for ``session_timeout`` seconds.
+* Consumer groups, between threads and processes sharing the file alike
+  (:mod:`frontdesk.bus.sqlite_group`): members register in a table and heartbeat on ``poll`` (every
+  ``HEARTBEAT_INTERVAL`` s at most). A member's share is its round-robin slice of the partitions
+  over the live members sorted by id; which member owns a partition is stored in the file and
+  changed in the heartbeat's transaction. A partition moves only once its owner has released it or
+  is dead. An owner releases what is no longer its share at its next ``poll`` (what it polled
+  before is committed or abandoned by then; ``assignment`` releases only partitions with nothing
+  polled in flight); until then the joining member waits. A member is dead when its process is
+  gone (same machine: checked by pid, so a killed and reaped process's partitions move at once) or
+  it has not polled for ``session_timeout`` seconds (``bus.embedded_session_timeout_s``, 30 s; also
+  a process not yet reaped, or stuck): the first member to notice takes its partitions over from
+  the committed offsets. ``close`` releases everything at once.
 * Commits are per (group, topic, partition) and only move forward; ``rewind`` re-reads from them.
-* Retention: ``prune`` deletes old records every group consuming their topic has committed (the
-  ``frontdesk run`` pipeline calls it periodically, :mod:`frontdesk.pipeline`); offsets are never
-  reused, since a partition's newest record is always kept.
+  A commit of records from a partition the member no longer owns (it was declared dead, or polled
+  again after its share moved) raises CommitFailed and moves no offset, as Kafka's after a
+  rebalance; the partition's owner processes the records from the committed offset.
+* Retention (:mod:`frontdesk.bus.sqlite_retention`): with ``retention_s`` (every command opens the
+  bus with ``bus.embedded_retention_h``) records older than that go once every group consuming
+  their topic has committed them, in a pass on a thread of its own that ``publish`` and ``poll``
+  start when due: at most every ``prune_every_s`` seconds (10 minutes), one pass per interval over
+  all processes sharing the file. ``close`` lets a running pass finish for 5 s, then stops it
+  between two chunks. Offsets are never reused: a partition's newest record is kept.
 
 Several processes may share the file (one-machine multi-process runs); SQLite serialises writers.
 The file itself (schema, connections, transactions): :mod:`frontdesk.bus.sqlite_store`.
@@ -28,23 +43,28 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from frontdesk.bus import sqlite_group as membership
+from frontdesk.bus import sqlite_retention as retention
 from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics, check_sizes
-from frontdesk.bus.sqlite_store import SCHEMA, Db, Tx, decode_headers, encode_headers, partition_for, pid_alive
-from frontdesk.errors import BusUnavailable
+from frontdesk.bus.sqlite_store import SCHEMA, Db, Tx, decode_headers, encode_headers, partition_for
+from frontdesk.errors import BusUnavailable, CommitFailed
 
 
 class SqliteBus(Bus):
     """Embedded bus on one SQLite file. ``publish`` is thread-safe; create consumers per thread."""
 
     def __init__(
-        self, path: Path, topics: Topics | None = None, *, partitions: int = 4, session_timeout: float = 30.0
+        self, path: Path, topics: Topics | None = None, *, partitions: int = 4, session_timeout: float = 30.0,
+        retention_s: float = 0.0, prune_every_s: float = retention.PRUNE_EVERY_S,
     ) -> None:
+        """``retention_s``: delete records older than that (see the module docstring); 0 keeps everything."""
         self.topics = topics or Topics()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.default_partitions = partitions
         self.session_timeout = session_timeout
         self._db = Db(self.path)
+        self._pruner = retention.Pruner(self._db, retention_s, prune_every_s)
         self._spread = itertools.count()
         self._partition_cache: dict[str, int] = {}
         try:
@@ -88,6 +108,7 @@ class SqliteBus(Bus):
                     (rec.topic, part, next_offsets[tp], rec.key, rec.value, encode_headers(rec.headers), now),
                 )
                 next_offsets[tp] += 1
+        self.maybe_prune()
 
     def _place(self, rec: Outgoing) -> int:
         return partition_for(rec.key, self.partitions(rec.topic), next(self._spread))
@@ -108,67 +129,23 @@ class SqliteBus(Bus):
         return SqliteConsumer(self, group, list(topics))
 
     def prune(self, older_than_s: float, *, chunk: int = 5000) -> int:
-        """Delete old records every group that consumes their topic is done with; returns how many.
+        """Delete records older than ``older_than_s`` seconds that every group consuming their topic
+        has committed (the rules: :mod:`frontdesk.bus.sqlite_retention`); returns how many. Blocking;
+        safe while other processes use or prune the file."""
+        return retention.prune(self._db, older_than_s, chunk=chunk)
 
-        Each partition is trimmed from its start (as Kafka deletes segments) up to, not including,
-        the first record that is not older than ``older_than_s`` seconds, or that some group which
-        has committed on the topic has not committed past (a group with no commit on one of the
-        topic's partitions holds that partition back entirely), or the partition's newest record.
-        A topic no group has committed on is trimmed by age alone and, as on Kafka, a group that
-        starts later cannot read what was deleted. The newest record is kept because ``publish``
-        and ``end_offsets`` derive the next offset from it: offsets are never reused (also by older
-        versions sharing the file). A transaction deletes at most ``chunk`` records, so a
-        publisher waits for one chunk at most."""
-        cutoff = int((time.time() - older_than_s) * 1000)
-        return sum(self._trim(topic, partition, bound, cutoff, chunk) for topic, partition, bound in self._bounds())
-
-    def _bounds(self) -> list[tuple[str, int, int]]:
-        """(topic, partition, first offset to keep whatever its age) per partition holding records.
-
-        Read outside the deletes: a bound only grows afterwards (commits only move forward and the
-        newest record stays), so a stale one deletes less, never too much."""
-        conn = self._db.conn()
-        bounds = []
-        for topic, count in conn.execute("SELECT name, partitions FROM topics").fetchall():
-            groups = [g for (g,) in conn.execute("SELECT DISTINCT grp FROM offsets WHERE topic=?", (topic,))]
-            for partition in range(int(count)):
-                newest = conn.execute(
-                    "SELECT MAX(offset) FROM log WHERE topic=? AND partition=?", (topic, partition)
-                ).fetchone()[0]
-                if newest is None:
-                    continue
-                committed = dict(
-                    conn.execute(
-                        "SELECT grp, next_offset FROM offsets WHERE topic=? AND partition=?", (topic, partition)
-                    )
-                )
-                bounds.append((topic, partition, min([int(newest)] + [int(committed.get(g, 0)) for g in groups])))
-        return bounds
-
-    def _trim(self, topic: str, partition: int, bound: int, cutoff_ms: int, chunk: int) -> int:
-        """Delete the partition's leading records below ``bound`` stamped before ``cutoff_ms``."""
-        deleted = 0
-        while True:
-            with self._write() as conn:
-                rows = conn.execute(
-                    "SELECT offset, ts FROM log WHERE topic=? AND partition=? AND offset<? ORDER BY offset LIMIT ?",
-                    (topic, partition, bound, chunk),
-                ).fetchall()
-                old = list(itertools.takewhile(lambda row: row[1] < cutoff_ms, rows))
-                if old:
-                    conn.execute(
-                        "DELETE FROM log WHERE topic=? AND partition=? AND offset<=?", (topic, partition, old[-1][0])
-                    )
-            deleted += len(old)
-            if len(old) < chunk:
-                return deleted
+    def maybe_prune(self) -> None:
+        """Start a retention pass in the background if one is due (cheap otherwise; never raises)."""
+        self._pruner.poke()
 
     def close(self) -> None:
+        """End this process's retention pass (see the module docstring) and close the connection."""
+        self._pruner.close()
         self._db.close()
 
 
 class SqliteConsumer(Consumer):
-    """A group member on the embedded bus (see the module docstring for the assignment rules)."""
+    """A group member on the embedded bus (see the module docstring for the ownership rules)."""
 
     HEARTBEAT_INTERVAL = 0.5
 
@@ -176,29 +153,26 @@ class SqliteConsumer(Consumer):
         self.bus, self.group, self.topics = bus, group, topics
         self.member = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._db = Db(bus.path)
+        self._partitions = [(t, p) for t in sorted(topics) for p in range(bus.partitions(t))]
         self._positions: dict[tuple[str, int], int] = {}
+        self._in_flight: set[tuple[str, int]] = set()  # polled from, not yet all committed or rewound
         self._closed = False
         self._rr = 0
         self._last_beat = 0.0
 
-    def _heartbeat_and_assign(self, force: bool = False) -> None:
+    def _heartbeat(self, *, keep: Iterable[tuple[str, int]] = (), force: bool = False) -> None:
+        """Heartbeat and take up the group's assignment, releasing no partition of ``keep``."""
         now = time.time()
         if not force and now - self._last_beat < self.HEARTBEAT_INTERVAL:
             return
         self._last_beat = now
         with Tx(self._db.conn()) as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO members(grp, member, pid, heartbeat) VALUES (?, ?, ?, ?)",
-                (self.group, self.member, os.getpid(), now),
-            )
-            rows = conn.execute("SELECT member, pid, heartbeat FROM members WHERE grp=?", (self.group,)).fetchall()
-            dead = [m for m, pid, hb in rows if now - hb > self.bus.session_timeout or not pid_alive(pid)]
-            conn.executemany("DELETE FROM members WHERE grp=? AND member=?", [(self.group, m) for m in dead])
-            live = sorted(m for m, _, _ in rows if m not in dead)
-            everything = [(t, p) for t in sorted(self.topics) for p in range(self.bus.partitions(t))]
-            mine = {tp for i, tp in enumerate(everything) if live[i % len(live)] == self.member}
-            committed = self._committed(conn, mine - self._positions.keys())
-        self._positions = {tp: self._positions.get(tp, committed.get(tp, 0)) for tp in mine}
+            got = membership.heartbeat(conn, self.group, self.member, self._partitions,
+                                       session_timeout=self.bus.session_timeout, now=now, keep=set(keep))
+            fresh = got.claimed | (got.owned - self._positions.keys())
+            committed = self._committed(conn, fresh)
+        self._positions = {tp: committed[tp] if tp in fresh else self._positions[tp] for tp in got.owned}
+        self._in_flight &= got.owned
 
     def _committed(self, conn: sqlite3.Connection, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         out = {}
@@ -210,9 +184,12 @@ class SqliteConsumer(Consumer):
         return out
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        """Also where this member releases partitions that moved to another one: what it polled
+        before is committed or abandoned by now."""
         deadline = time.monotonic() + timeout
+        self.bus.maybe_prune()
         while True:
-            self._heartbeat_and_assign()
+            self._heartbeat()
             records = self._fetch(max_records)
             if records or time.monotonic() >= deadline:
                 return records
@@ -236,9 +213,11 @@ class SqliteConsumer(Consumer):
             out.extend(Record(t, p, o, v, k, decode_headers(h), ts) for o, k, v, h, ts in rows)
             if rows:
                 self._positions[(t, p)] = rows[-1][0] + 1
+                self._in_flight.add((t, p))
         return out
 
     def commit(self, records: Iterable[Record]) -> None:
+        """Raises CommitFailed, committing nothing, if a record's partition is no longer this member's."""
         highest: dict[tuple[str, int], int] = {}
         for r in records:
             tp = (r.topic, r.partition)
@@ -246,18 +225,26 @@ class SqliteConsumer(Consumer):
         if not highest:
             return
         with Tx(self._db.conn()) as conn:
-            conn.executemany(
-                "INSERT INTO offsets(grp, topic, partition, next_offset) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(grp, topic, partition) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
-                [(self.group, t, p, o) for (t, p), o in highest.items()],
-            )
+            if lost := membership.commit(conn, self.group, self.member, highest):
+                raise self._moved(lost)  # rolls the transaction back: nothing moves
+        self._in_flight -= {tp for tp, end in highest.items() if end >= self._positions.get(tp, 0)}
+
+    def _moved(self, lost: set[tuple[str, int]]) -> CommitFailed:
+        """Forget partitions that moved to another member; the error a commit of their records raises."""
+        for tp in lost:
+            self._positions.pop(tp, None)
+        self._last_beat = 0.0  # take up the new assignment at the next poll
+        return CommitFailed(f"embedded bus: partitions {sorted(lost)} of group {self.group} moved to another "
+                            "member; nothing committed, their owner gets the records from the committed offset")
 
     def rewind(self) -> None:
         with Tx(self._db.conn()) as conn:
             self._positions = self._committed(conn, self._positions)
+        self._in_flight.clear()
 
     def assignment(self) -> set[tuple[str, int]]:
-        self._heartbeat_and_assign(force=True)
+        """Heartbeats and takes up the assignment, keeping partitions with polled records in flight."""
+        self._heartbeat(keep=self._in_flight, force=True)
         return set(self._positions)
 
     def lag(self) -> list[Lag]:
@@ -272,6 +259,6 @@ class SqliteConsumer(Consumer):
         self._closed = True
         try:
             with Tx(self._db.conn()) as conn:
-                conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, self.member))
+                membership.leave(conn, self.group, self.member)
         finally:
             self._db.close()

@@ -1,5 +1,9 @@
 """The embedded bus's SQLite file: schema, per-thread connections, write transactions, the
-partitioner (Kafka's murmur2 formula, shared with the in-memory bus) and the header encoding."""
+partitioner (Kafka's murmur2 formula, shared with the in-memory bus) and the header encoding.
+
+Tables: ``log`` the records; ``offsets`` each group's committed positions; ``members`` each group's
+members and their heartbeats; ``owners`` which member owns which partition (:mod:`frontdesk.bus.sqlite_group`);
+``housekeeping`` when the last retention pass started (:mod:`frontdesk.bus.sqlite_retention`)."""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ CREATE TABLE IF NOT EXISTS offsets (
 CREATE TABLE IF NOT EXISTS members (
     grp TEXT NOT NULL, member TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL,
     PRIMARY KEY (grp, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS housekeeping (name TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 

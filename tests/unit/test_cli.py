@@ -138,3 +138,13 @@ def test_deadletter_list_finds_a_stage_behind_many_others(tmp_path: Path) -> Non
     assert len(json.loads(result.stdout)) == 605
     result = runner.invoke(app, ["deadletter", "list", "--stage", "replay", "--json"], env=env)
     assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_only_long_running_commands_trim_the_embedded_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short command (deadletter list, replay, topics) never starts a trimming pass it would then
+    wait for at exit; the stages do, so a bus file shared by separate stage processes stays bounded."""
+    monkeypatch.setenv("FRONTDESK_STORAGE_DATA_DIR", str(tmp_path))
+    with clikit.open_configured_bus() as bus:
+        assert bus._pruner.retention_s == 0
+    with clikit.open_configured_bus(trims=True) as bus:
+        assert bus._pruner.retention_s == 168 * 3600

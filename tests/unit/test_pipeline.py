@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-
-import pytest
 
 from prometheus_client import CollectorRegistry
 
@@ -19,7 +16,7 @@ from frontdesk.bus.memory import MemoryBus
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.errors import BusUnavailable, ConfigError, StoreUnavailable
 from frontdesk.metrics import Metrics
-from frontdesk.pipeline import bus_pruner, consumer_lag, run_pipeline, status_line
+from frontdesk.pipeline import consumer_lag, run_pipeline, status_line
 from frontdesk.stage import Outcome, StageRunner
 
 
@@ -114,8 +111,8 @@ def test_any_other_stage_death_exits_1() -> None:
                         every=0.01, lag=lambda: 0) == 1
 
 
-def test_the_embedded_bus_is_trimmed_periodically_while_the_stages_run(tmp_path: Path) -> None:
-    bus = SqliteBus(tmp_path / "bus.sqlite3", partitions=1)
+def test_the_embedded_bus_trims_itself_while_the_stages_run(tmp_path: Path) -> None:
+    bus = SqliteBus(tmp_path / "bus.sqlite3", partitions=1, retention_s=3600, prune_every_s=0.05)
     bus.ensure_topics()
     inbound = bus.topics.inbound
     bus.publish([Outgoing(inbound, b"{}", f"m{i}".encode()) for i in range(10)])
@@ -139,38 +136,8 @@ def test_the_embedded_bus_is_trimmed_periodically_while_the_stages_run(tmp_path:
     give_up.start()
     try:
         assert run_pipeline({"classify": classify}, stop, bus, lambda: (0, 0), lambda line: None, every=0.01,
-                            lag=lambda: 0, prune=bus_pruner(bus, 1.0), prune_every=0.05) == 0
+                            lag=lambda: 0) == 0
     finally:
         give_up.cancel()
     assert rows() == 1 and sum(bus.end_offsets(inbound).values()) == 10
     runner.consumer.close()
-
-
-def test_a_failed_trimming_pass_is_logged_retried_and_stops_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    calls: list[int] = []
-    third = threading.Event()
-
-    def prune() -> int:
-        calls.append(1)
-        if len(calls) == 3:
-            third.set()
-        if len(calls) == 1:
-            raise sqlite3.OperationalError("database is locked")
-        return 0
-
-    def stage(stop: threading.Event) -> None:
-        third.wait(10)
-        stop.set()
-
-    with caplog.at_level(logging.WARNING, logger="frontdesk.pipeline"):
-        code = run_pipeline({"classify": stage}, threading.Event(), MemoryBus(), lambda: (0, 0), lambda line: None,
-                            every=0.01, lag=lambda: 0, prune=prune, prune_every=0.01)
-    assert code == 0 and len(calls) >= 3
-    assert "database is locked" in caplog.text
-
-
-def test_only_the_embedded_bus_with_a_retention_is_trimmed(tmp_path: Path) -> None:
-    embedded = SqliteBus(tmp_path / "bus.sqlite3")
-    assert bus_pruner(MemoryBus(), 168.0) is None
-    assert bus_pruner(embedded, 0.0) is None
-    assert bus_pruner(embedded, 168.0) is not None
