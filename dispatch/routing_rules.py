@@ -76,9 +76,27 @@ class Match:
 
 
 def fold(text: str) -> str:
-    """Case- and accent-insensitive form: customers often type "odenis" for "ödəniş", "iade" for "İade"."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_FOLD)
+    """Case- and accent-insensitive form: customers often type "odenis" for "ödəniş", "iade" for "İade".
+
+    The NFKD decomposition with the combining marks dropped, taken one character at a time: the
+    same text as decomposing the whole (which only reorders the marks), in linear time, where NFKD
+    sorts a run of combining marks by insertion (100,000 marks: seconds)."""
+    return text.casefold().translate(_FOLDED)
+
+
+class _FoldedChars(dict[int, str]):
+    """``str.translate`` table of :func:`fold`, filled on first use (at most ``_MAX_FOLDED`` entries)."""
+
+    def __missing__(self, code: int) -> str:
+        decomposed = unicodedata.normalize("NFKD", chr(code))
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_FOLD)
+        if len(self) < _MAX_FOLDED:
+            self[code] = folded
+        return folded
+
+
+_MAX_FOLDED = 20_000  # a text of every code point must not grow the table to ~100 MB
+_FOLDED = _FoldedChars()
 
 
 def _has_keyword(text: str, keywords: tuple[str, ...]) -> bool:

@@ -160,6 +160,9 @@ class OpsServer:
         return 404, "application/json", b'{"detail": "not found: /metrics, /healthz, /readyz"}'
 
 
+_ESCAPED_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
@@ -171,7 +174,8 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-            log.debug("ops endpoint: " + format, *args)
+            if log.isEnabledFor(logging.DEBUG):  # the client writes the request line: escape its controls
+                log.debug("ops endpoint: %s", (format % args).translate(_ESCAPED_CONTROLS))
 
     return Handler
 

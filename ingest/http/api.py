@@ -17,7 +17,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from frontdesk.messages import Attachment, InboundMessage, Party, ThreadHints
 from ingest.http.normalise import MAX_ID, MAX_NAME, MAX_TEXT, as_handle, clean_text, single_line
 
-PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+# No C0/C1 controls or line separators: ids are logged and shown by `frontdesk cases show`.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 URL = r"^https?://\S+$"
 
 

@@ -12,9 +12,12 @@ comments, raw-text elements), and writes back only what html2text needs: text, a
 tags with well-formed names and double-quoted attributes. Script, style, title, template, iframe
 and the other elements whose content is never shown are dropped with their content (ending at
 their end tag, as in HTML5, so ``<script/>`` hides what follows), comments and declarations are
-dropped, lists and blockquotes deeper than ``max_depth`` lose their extra levels. A ``<`` or
-``&`` that starts no markup becomes a placeholder character (a Unicode noncharacter, removed from
-the input first) that :func:`restore` turns back after the conversion. Pure; linear in the input.
+dropped, lists and blockquotes deeper than ``max_depth`` lose their extra levels. Outside
+``<pre>`` every whitespace run of the text becomes one space, as html2text makes it anyway, but
+before html2text's Markdown escaping, whose line-start patterns are quadratic in a run of line
+breaks. A ``<`` or ``&`` that starts no markup becomes a placeholder character (a Unicode
+noncharacter, removed from the input first) that :func:`restore` turns back after the
+conversion. Pure; linear in the input.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ _ATTRIBUTE = re.compile(  # name, then = and a value: "quoted" (2, 3: the closin
 _BETWEEN_ATTRIBUTES = re.compile(rf"[{_WS}/]*")
 _SAFE_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-:_.][a-z0-9]+)*")
 _COMMENT_END = re.compile(r"--!?>")
+_SPACE_RUN = re.compile(r"\s+")  # html2text's own collapsing of text outside <pre>
 # html.parser stops at a "&#" that is not a whole reference and writes the rest out as text
 _STRAY_AMP = re.compile(r"&(?!#[0-9]+(?![0-9A-Fa-f])|#[xX][0-9A-Fa-f]+(?![0-9A-Fa-f])|[A-Za-z])")
 _DROPPED = {"script", "style", "template", "title", "iframe", "noembed", "noframes", "xmp"}
@@ -42,12 +46,13 @@ def canonical_html(html: str, max_depth: int = MAX_DEPTH) -> str:
     """``html`` as canonical HTML (contract: module docstring)."""
     html = _NONCHARACTERS.sub("", html)
     out: list[str] = []
-    depth = {"list": 0, "quote": 0}
+    depth = {"list": 0, "quote": 0, "pre": 0}
     i, n = 0, len(html)
     while i < n:
         if html[i] != "<":
             end = _TEXT.match(html, i).end()  # type: ignore[union-attr]
-            out.append(_STRAY_AMP.sub(AMP, html[i:end]))
+            text = html[i:end] if depth["pre"] else _SPACE_RUN.sub(" ", html[i:end])
+            out.append(_STRAY_AMP.sub(AMP, text))
             i = end
             continue
         nxt = html[i + 1 : i + 2]
@@ -108,6 +113,8 @@ def _start_tag(html: str, i: int, out: list[str], depth: dict[str, int], max_dep
     if name in _DROPPED:
         close = re.compile(rf"</{re.escape(name)}[{_WS}/>]", re.IGNORECASE).search(html, after)
         return len(html) if close is None else _end_tag(html, close.start() + 2, [], {}, max_depth)
+    if name == "pre":  # html2text keeps the text's whitespace from <pre> to the first </pre>
+        depth["pre"] = 1
     kind = _NESTING.get(name)
     if kind is not None:
         depth[kind] += 1
@@ -125,6 +132,8 @@ def _end_tag(html: str, i: int, out: list[str], depth: dict[str, int], max_depth
     _, after = _attributes(html, end)
     if after < 0:
         return len(html)
+    if name == "pre" and "pre" in depth:
+        depth["pre"] = 0
     kind = _NESTING.get(name)
     if kind is not None and kind in depth:
         depth[kind] = max(depth[kind] - 1, 0)

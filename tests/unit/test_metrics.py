@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -459,6 +460,21 @@ def test_ops_server_serves_the_registry(serve, m: Metrics) -> None:  # type: ign
         samples = scrape(response.read().decode())
     assert samples[("frontdesk_acks_suppressed_total", (("reason", "spam"),))] == 2
     assert get(serve(Probes(), m.registry) + "/other")[0] == 404
+
+
+def test_ops_server_logs_a_hostile_request_line_escaped(serve, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    # whoever reaches the port writes the request line: raw, it would put terminal commands into the log
+    url = serve(Probes())
+    host, port = url.removeprefix("http://").split(":")
+    with caplog.at_level(logging.DEBUG, "frontdesk.health"), socket.create_connection((host, int(port))) as s:
+        s.sendall(b"GET /x\x1b]0;owned\x07\x1b[2J\x85 HTTP/1.1\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.0 404")
+        deadline = time.monotonic() + 5
+        while not any("/x" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    logged = [r.getMessage() for r in caplog.records if "/x" in r.getMessage()]
+    assert logged and not any(set(line) & {"\x1b", "\x07", "\x85"} for line in logged)
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x85" in logged[0]
 
 
 def test_ops_endpoint_disabled_or_port_taken_runs_on_without_it(caplog: pytest.LogCaptureFixture) -> None:

@@ -27,7 +27,8 @@ from tests.integration.ingest.test_http_intake import (
     APP_SECRET, HMAC_SECRET, SETTINGS, TELEGRAM_SECRET, TOKEN, Served, api_body, bearer, fixture_bytes, running,
     signed)
 
-LARGE = SETTINGS.model_copy(update={"max_body_bytes": 4 * 1024 * 1024})  # so the parsers, not the limit, see bombs
+# so the parsers, not the limits, see bombs (Meta's own limit too: its bombs got 413 and tested nothing)
+LARGE = SETTINGS.model_copy(update={"max_body_bytes": 4 * 1024 * 1024, "meta_max_body_bytes": 4 * 1024 * 1024})
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -164,6 +165,19 @@ def test_nul_controls_and_line_breaks_never_reach_the_bus(intake: Served) -> Non
     [msg] = intake.published()
     assert "\x00" not in msg.text and "\x1b" not in msg.text and "\r" not in msg.text
     assert msg.sender.name is not None and not set(msg.sender.name) & set("\r\n\x00")
+
+
+@pytest.mark.parametrize("char", ["\u0085", "\u2028", "\u2029", "\u009b"])
+def test_api_ids_with_line_separators_or_c1_controls_are_422(intake: Served, char: str) -> None:
+    # ids are logged and shown by `frontdesk cases show`: NEL/LS/PS start a new line there, CSI a terminal command
+    for field in ("external_id", "conversation_id", "author.id"):
+        body = api_body()
+        parent, _, key = field.rpartition(".")
+        (body[parent] if parent else body)[key] = f"id{char}2026-12-06 INFO forged"
+        response = intake.http.post("/v1/messages", json=body, headers=bearer())
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["detail"][0]["loc"] == ["body", *field.split(".")]
+    assert intake.published() == []
 
 
 def test_huge_text_is_refused_by_the_api_and_cut_by_the_webhooks(intake: Served) -> None:

@@ -27,6 +27,10 @@ PATHOLOGICAL = {  # each took seconds to minutes (or gigabytes) in html2text + h
     "nested-unordered-lists": "<ul><li>" * 60_000,
     "nested-blockquotes": "<blockquote>x" * 38_000,
     "nested-blockquotes-with-pre": "<blockquote><pre>x\ny\n" * 20_000,
+    # html2text escapes Markdown at line starts with patterns beginning ^\s*: quadratic in a run of line breaks
+    "line-break-runs": "<p>" + "\n" * 500_000,
+    "blank-line-runs": " \n" * 250_000,
+    "no-break-space-lines": "\xa0\n" * 250_000,
 }
 
 
