@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from frontdesk.errors import SourceAuthError
 from frontdesk.settings import ComponentSettings
 
+TOKEN_COMMAND_TIMEOUT_S = 30.0  # the longest a token command may take
+
 
 class MailboxSettings(BaseModel):
     """One IMAP account and the folders to import from it."""
@@ -59,12 +61,15 @@ class MailboxSettings(BaseModel):
                 token = self.oauth2_token_file.read_text().strip()
             else:
                 out = subprocess.run(self.oauth2_token_command or "", shell=True, capture_output=True, text=True,
-                                     timeout=30, check=False)
+                                     timeout=TOKEN_COMMAND_TIMEOUT_S, check=False)
                 if out.returncode != 0:
                     detail = out.stderr.strip().splitlines()[-1:] or [""]
                     raise SourceAuthError(f"mailbox {self.name}: the OAuth2 token command exited with "
                                           f"{out.returncode}: {detail[0][:200]}")
                 token = out.stdout.strip()
+        except subprocess.TimeoutExpired:  # its message quotes the command line, which may hold a secret
+            raise SourceAuthError(f"mailbox {self.name}: the OAuth2 token command did not finish within "
+                                  f"{TOKEN_COMMAND_TIMEOUT_S:g} s") from None
         except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
             raise SourceAuthError(f"mailbox {self.name}: cannot get the OAuth2 token from the {source}: {exc}") from exc
         if not token:

@@ -52,6 +52,16 @@ def test_an_unusable_token_source_is_an_auth_error_naming_the_cause(how: dict[st
         box(**how).oauth2_token()
 
 
+def test_a_token_command_that_hangs_is_reported_without_its_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command may carry a secret (``vault read -token=…``): the error reaches logs and /readyz."""
+    import ingest.imap_settings as imap_settings
+    monkeypatch.setattr(imap_settings, "TOKEN_COMMAND_TIMEOUT_S", 0.2)
+    command = f"{sys.executable} -c \"import time; time.sleep(5)\" --vault-token=s.SECRET123"
+    with pytest.raises(SourceAuthError, match="did not finish within 0.2 s") as caught:
+        box(oauth2_token_command=command).oauth2_token()
+    assert "SECRET123" not in str(caught.value) and caught.value.__cause__ is None
+
+
 def test_empty_token_file_is_an_auth_error(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("\n")
     with pytest.raises(SourceAuthError, match="empty token"):
