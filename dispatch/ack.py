@@ -117,6 +117,12 @@ def clean_line(value: str | None, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def _carries_link(text: str) -> bool:
+    """A URL, address or bare host name, also written with full-width or other compatibility letters."""
+    plain = unicodedata.normalize("NFKC", text)
+    return bool(_LINKISH.search(plain) or _DOMAINISH.search(plain))
+
+
 def safe_customer_name(name: str | None) -> str | None:
     """A display name fit to greet with, or None.
 
@@ -125,8 +131,7 @@ def safe_customer_name(name: str | None) -> str | None:
     them to whoever they forged as the sender.
     """
     text = clean_line(name, MAX_NAME)
-    plain = unicodedata.normalize("NFKC", text)
-    return text if text and not _LINKISH.search(plain) and not _DOMAINISH.search(plain) else None
+    return text if text and not _carries_link(text) else None
 
 
 def _due_text(due: datetime) -> str:
@@ -219,7 +224,9 @@ def render_public_ack(language: str, sla: timedelta, templates_dir: Path, fallba
 
 
 def ack_subject(case_reference: str, original: str) -> str:
-    """``[REF] Re: <original>``, without stacked reply prefixes or a repeated ``[REF]``."""
+    """``[REF] Re: <original>``, without stacked reply prefixes or a repeated ``[REF]``; ``(no subject)``
+    instead of a subject carrying a link, address or host name: anyone can forge the sender, and an
+    acknowledgement must not carry a spammer's link to whoever was forged (as display names)."""
     tag = re.compile(re.escape(f"[{case_reference}]"), re.IGNORECASE)
     text = clean_line(original, 10 * MAX_SUBJECT)
     while True:
@@ -227,7 +234,8 @@ def ack_subject(case_reference: str, original: str) -> str:
         if stripped == text:
             break
         text = stripped
-    return f"[{case_reference}] Re: {clean_line(text, MAX_SUBJECT) or NO_SUBJECT}"
+    shown = clean_line(text, MAX_SUBJECT)
+    return f"[{case_reference}] Re: {shown if shown and not _carries_link(shown) else NO_SUBJECT}"
 
 
 def ack_message_id(case_reference: str, inbound_id: str, domain: str) -> str:

@@ -218,6 +218,11 @@ def test_message_id_is_deterministic() -> None:
     ("Fwd: forwarded", f"[{REF}] Re: Fwd: forwarded"),
     ("", f"[{REF}] Re: (no subject)"),
     ("  Re:  ", f"[{REF}] Re: (no subject)"),
+    ("Win 500 AZN at https://bet-free.example/x", f"[{REF}] Re: (no subject)"),
+    ("Cheap bonuses: www.spam.example", f"[{REF}] Re: (no subject)"),
+    ("free spins on bet-free.com today", f"[{REF}] Re: (no subject)"),
+    ("write to ｂｏｎｕｓ．ｃｏｍ", f"[{REF}] Re: (no subject)"),
+    ("Dr.Aysel: çıxarış 2.5 saatdır gecikir", f"[{REF}] Re: Dr.Aysel: çıxarış 2.5 saatdır gecikir"),
 ])
 def test_subject(original: str, expected: str) -> None:
     assert ack_subject(REF, original) == expected
@@ -243,12 +248,14 @@ def test_long_subjects_are_truncated() -> None:
 
 @pytest.mark.parametrize("field", ["subject", "from_name", "sender_name"])
 def test_header_injection_is_neutralised(field: str) -> None:
-    msg = inbound(subject=INJECTION) if field == "subject" else inbound(sender=Party(address="a@b.az", name=INJECTION))
+    # (a subject with an address in it is not echoed at all: test_subject)
+    msg = inbound(subject="x\r\nBcc: evil") if field == "subject" else inbound(sender=Party(address="a@b.az",
+                                                                                          name=INJECTION))
     mail = email_of(msg, **({"from_name": INJECTION} if field == "from_name" else {}))
     assert mail["Bcc"] is None and len(mail.get_all("To")) == 1 and len(mail["To"].addresses) == 1
     assert all(name.lower() not in {"bcc", "cc"} for name in mail.keys())
     if field == "subject":
-        assert mail["Subject"] == f"[{REF}] Re: x Bcc: evil@x"
+        assert mail["Subject"] == f"[{REF}] Re: x Bcc: evil"
     if field == "from_name":
         assert mail["From"].addresses[0].display_name == "x Bcc: evil@x"
 
