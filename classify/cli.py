@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from classify.settings import ClassifierSettings
@@ -53,7 +54,8 @@ def _one_of_channels(value: str) -> str:
 
 @app.command("classify-text")
 def classify_text(
-    text: str,
+    text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input (one argument "
+                                             "is at most 128 KiB)")],
     subject: Annotated[str, typer.Option(help="Email subject, if any")] = "",
     channel: Annotated[str, typer.Option(help="email, chat or social (the labels do not depend on it today)",
                                          callback=_one_of_channels)] = "email",
@@ -62,6 +64,8 @@ def classify_text(
     """Print labels and confidences for one message."""
     from classify.commands import classify_text as run
 
+    if text == "-":
+        text = click.get_text_stream("stdin", encoding="utf-8", errors="replace").read()
     triage = guard(lambda: run(text, subject, channel, classifier_settings()))
     if as_json:
         typer.echo(json.dumps(triage, ensure_ascii=False))

@@ -58,6 +58,8 @@ def eval_report(path: Path, settings: ClassifierSettings) -> dict[str, Any]:
     from classify.model import BASELINE, load_heads
 
     examples = read_examples(path)
+    if not examples:
+        raise ConfigError(f"{path}: no labelled examples to evaluate")
     model = load_model(settings)
     baseline = load_heads(settings.model_dir, BASELINE)
     return evaluate(examples, model, baseline)

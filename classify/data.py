@@ -1,14 +1,19 @@
 """Labelled examples: the JSONL format of the training data, the dev split and ``frontdesk eval``.
 
-One JSON object per line with ``text``, ``subject`` (may be empty), ``channel`` and gold
-``category``, ``urgency``, ``language``; other fields are ignored.
+One JSON object per line (UTF-8; a byte-order mark, CRLF line ends and blank lines are allowed)
+with ``text``, ``subject`` (may be empty, null or missing), ``channel`` (null or missing: ``email``)
+and gold ``category``, ``urgency`` (labels of the taxonomy, :mod:`classify.base`) and ``language``;
+other fields are ignored. A gold language tag is read as its primary language, lowercase
+(``az-Cyrl`` → ``az``: the taxonomy tags Azerbaijani in Cyrillic letters ``az``; ``und`` stays).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from classify.base import CATEGORIES, URGENCIES, TextItem
 from frontdesk.errors import ConfigError
@@ -18,6 +23,8 @@ DEV_FILE = Path(__file__).parent / "data" / "dev.jsonl"
 # Written 2026-12-04 by writers who never saw the training data or the dev split; evaluated, never
 # trained or tuned on (see README, Triage model).
 HOLDOUT_FILE = Path(__file__).parent / "data" / "holdout.jsonl"
+BOM = b"\xef\xbb\xbf"
+_SUBTAG = re.compile(r"[-_]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +42,54 @@ class Example:
 
 
 def read_examples(path: Path) -> list[Example]:
-    """Parse a labelled JSONL file. Raises ConfigError naming the line of the first bad record."""
+    """Parse a labelled JSONL file. Raises ConfigError naming the file (unreadable) or the line of
+    the first bad record (not UTF-8, not a JSON object, a field missing or of the wrong type, a
+    label outside the taxonomy)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ex = Example(str(row["text"]), str(row.get("subject") or ""), str(row.get("channel") or "email"),
-                             row["category"], row["urgency"], row["language"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ConfigError(f"{path}:{number}: not a labelled example ({exc})") from exc
-            if ex.category not in CATEGORIES or ex.urgency not in URGENCIES:
-                raise ConfigError(f"{path}:{number}: unknown label {ex.category!r}/{ex.urgency!r}")
-            out.append(ex)
+    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            out.append(_example(json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"{path}:{number}: not a labelled example ({exc})") from exc
     return out
+
+
+def _example(row: Any) -> Example:
+    """One line's example; ValueError says what is wrong with it."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON object is needed, not {type(row).__name__}")
+    text, subject, channel = _field(row, "text"), _field(row, "subject", ""), _field(row, "channel", "email")
+    category, urgency, language = (_field(row, name) for name in ("category", "urgency", "language"))
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}, not one of {', '.join(CATEGORIES)}")
+    if urgency not in URGENCIES:
+        raise ValueError(f"unknown urgency {urgency!r}, not one of {', '.join(URGENCIES)}")
+    primary = _SUBTAG.split(language.strip(), maxsplit=1)[0].lower()
+    if not primary:
+        raise ValueError(f"empty language {language!r}")
+    return Example(text, subject, channel, category, urgency, primary)
+
+
+def _field(row: dict[str, Any], name: str, default: str | None = None) -> str:
+    """A string field; ``default`` (if given) stands for a missing or null one."""
+    value = row.get(name)
+    if value is None and default is not None:
+        return default
+    if value is None:
+        raise ValueError(f"field {name!r} is missing" if name not in row else f"field {name!r} is null")
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r} must be a string, not {type(value).__name__}")
+    return value
 
 
 def training_files() -> list[Path]:

@@ -15,9 +15,11 @@ from frontdesk.messages import Triage
 
 
 def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
+    """The mean F1 of every label in ``gold`` or ``pred`` (sklearn's default): a label only predicted
+    counts with F1 0, one in neither (a subset without it) does not count."""
     from sklearn.metrics import f1_score
 
-    labels = sorted(set(gold))
+    labels = sorted(set(gold) | set(pred))
     return round(float(f1_score(list(gold), list(pred), labels=labels, average="macro", zero_division=0)), 4)
 
 

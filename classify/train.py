@@ -65,10 +65,14 @@ def train(data: Sequence[Path], out: Path, settings: ClassifierSettings, tune: T
     started = time.perf_counter()
     state: dict[str, Any] = {}
     stats: dict[str, float] = {}
+    examples = [e for path in data for e in read_examples(path)]
+    _check_trainable(examples)
     if encoder_from is not None:
         tune, state, stats = _reused_encoder(encoder_from, data)
-    examples = [e for path in data for e in read_examples(path)]
     fit, calib = split(examples, seed=tune.seed)
+    if not calib:
+        raise ConfigError(f"too few examples ({len(examples)}) to keep any for calibration: "
+                          f"a category needs two whose urgencies are also in the rest")
     real = len(fit)
     fit = augment(fit) if augmented else fit
     model_path = resolve_model(settings.encoder, settings.cache_dir)
@@ -134,18 +138,30 @@ def _copy_tuning(source: Path, out: Path) -> None:
             shutil.copyfile(source / name, out / name)
 
 
+def _check_trainable(examples: Sequence[Example]) -> None:
+    """ConfigError unless each task has two labels to tell apart."""
+    for task in (*TASKS, "language"):
+        if len({getattr(e, task) for e in examples}) < 2:
+            raise ConfigError(f"the training data ({len(examples)} examples) has fewer than two {task} labels: "
+                              f"the heads need examples of at least two")
+
+
 def split(examples: Sequence[Example], seed: int, calib_share: float = 0.15) -> tuple[list[Example], list[Example]]:
-    """Stratified by category, deterministic."""
+    """Stratified by category, deterministic. Every label of each task is in *fit* (the heads can
+    only calibrate on labels they learned): a category's only example stays there, and so does a
+    calibration draw whose urgency *fit* would otherwise lack (never with the shipped data)."""
     rng = np.random.default_rng(seed)
     fit: list[Example] = []
     calib: list[Example] = []
     for label in sorted({e.category for e in examples}):
         group = [e for e in examples if e.category == label]
         order = rng.permutation(len(group))
-        cut = max(1, int(round(len(group) * calib_share)))
+        cut = min(max(1, int(round(len(group) * calib_share))), len(group) - 1)
         calib += [group[i] for i in order[:cut]]
         fit += [group[i] for i in order[cut:]]
-    return fit, calib
+    learned = {e.urgency for e in fit}
+    fit += [e for e in calib if e.urgency not in learned]
+    return fit, [e for e in calib if e.urgency in learned]
 
 
 def fit_ensemble(x: np.ndarray, texts: Sequence[str], y: Sequence[str],
