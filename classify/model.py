@@ -195,7 +195,7 @@ class TriageModel(Classifier):
         the rules read both. ``scores`` stay the model's probabilities; ``confidence`` is the
         model's probability of each label reported, so when a rule raised the urgency it is the
         (low) probability the model gave that urgency, and the message ``needs_review``: a rule
-        overrode the model, a person should look.
+        overrode the model, a person should look. A message without text always ``needs_review``.
         """
         best = {t: max(range(len(p)), key=p.__getitem__) for t, p in probs.items()}  # first maximum, as argmax
         category = self._classes["category"][best["category"]]
@@ -208,6 +208,7 @@ class TriageModel(Classifier):
         confidence = {t: round(by_label[t].get(chosen[t], 0.0), 4) for t in probs}
         confidence["language"] = round(lang[1], 4)
         scores = {t: {c: round(v, 4) for c, v in row.items()} for t, row in by_label.items()}
-        review = bool(reasons) or min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
+        review = (bool(reasons) or min(confidence["category"], confidence["urgency"]) < self.settings.review_threshold
+                  or not texts[0].strip())  # nothing to read (an attachment, a sticker): a person must look
         return Triage(category=category, urgency=urgency, language=lang[0], confidence=confidence, scores=scores,
                       model_version=self.model_version, needs_review=review, reasons=reasons)

@@ -80,3 +80,11 @@ def test_classify_text_reads_a_message_longer_than_an_argument_from_stdin() -> N
     assert result.returncode == 0, result.stderr[-2000:]
     triage = json.loads(result.stdout)
     assert (triage["category"], triage["urgency"], triage["language"]) == ("security", "critical", "en")
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t "])
+def test_a_message_without_text_needs_review(text: str) -> None:
+    """An attachment-only mail or a bare sticker: the labels are a guess, so a person must look."""
+    result = run_cli("classify-text", text, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["needs_review"] is True
