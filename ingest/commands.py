@@ -33,7 +33,8 @@ def connectors(settings: ImapSettings, bus: Bus, data_dir: Path, blob_dir: Path)
     if settings.mailboxes:
         _sweep(blobs)
     conns = [MailboxConnector(box, bus, checkpoints, blobs, limits,
-                              reconnect=(settings.reconnect_initial_s, settings.reconnect_max_s))
+                              reconnect=(settings.reconnect_initial_s, settings.reconnect_max_s),
+                              parse_cpu_limit_s=settings.parse_cpu_limit_s)
              for box in settings.mailboxes]
     for conn in conns:
         default_metrics().watch_connector(conn)

@@ -66,6 +66,7 @@ from ingest.imap_state import Checkpoint, CheckpointSaver, CheckpointStore, Heal
 from ingest.imap_connect import connect, idle_until_news, logout, take_announced_mail
 from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
+from ingest.imap_worker import DEFAULT_CPU_LIMIT_S
 from ingest.mail.parse import MailLimits
 
 __all__ = ["Checkpoint", "CheckpointStore", "Health", "MailboxConnector"]
@@ -82,21 +83,23 @@ def _utc_now() -> datetime:
 class MailboxConnector:
     """Imports one mailbox (all its folders). ``run_once`` is one pass; ``run`` loops with IDLE.
 
-    Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`). ``give_up``: when a
-    mail the server refuses to hand over is dead-lettered (:mod:`ingest.imap_isolate`), by ``clock``.
+    Mail is parsed on ``pool`` (default: the process-wide :func:`shared_pool`), each mail within
+    ``parse_cpu_limit_s`` of CPU (:mod:`ingest.imap_parse`). ``give_up``: when a mail the server
+    refuses to hand over is dead-lettered (:mod:`ingest.imap_isolate`), by ``clock``.
     """
 
     def __init__(self, box: MailboxSettings, bus: Bus, checkpoints: CheckpointStore, blobs: BlobStore | None,
                  limits: MailLimits, *, reconnect: tuple[float, float] = (1.0, 300.0),
-                 pool: ParsePool | None = None, give_up: GiveUp = GiveUp(),
-                 clock: Callable[[], datetime] = _utc_now) -> None:
+                 pool: ParsePool | None = None, parse_cpu_limit_s: float = DEFAULT_CPU_LIMIT_S,
+                 give_up: GiveUp = GiveUp(), clock: Callable[[], datetime] = _utc_now) -> None:
         self.box, self.bus, self.checkpoints, self.blobs, self.limits = box, bus, checkpoints, blobs, limits
         self.give_up, self.clock = give_up, clock
         self.connector = f"imap:{box.name}"
         self.health = Health()
         self.reconnect = reconnect
         self.pool = pool or shared_pool()
-        self.job = ParseJob(self.connector, box.channel, limits, str(blobs.root) if blobs is not None else None)
+        self.job = ParseJob(self.connector, box.channel, limits, str(blobs.root) if blobs is not None else None,
+                            parse_cpu_limit_s)
         self._backlog: dict[str, datetime | None] = {}
 
     def connect(self) -> IMAPClient:

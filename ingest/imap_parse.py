@@ -17,8 +17,15 @@ Contract of :class:`ParsePool`:
   parser (any exception) and a worker that dies on a mail (crash, out-of-memory kill) all become
   a rejection reason, i.e. a dead-letter record. A broken pool is replaced and the mails of the
   lost chunks are parsed again one at a time, so only a mail that kills a worker twice is rejected;
-* ``workers=0`` parses in the calling thread (``start`` does the work); so does a pool that cannot
-  start processes (it logs why, once);
+* bounded: a worker gives each mail ``ParseJob.cpu_limit_s`` of CPU (:mod:`ingest.imap_worker`),
+  and what a signal cannot interrupt (C code that never returns to the interpreter) meets a
+  wall-clock bound here (:func:`wall_bound`, from the moment a worker takes the chunk): the waiting
+  caller kills the chunk's worker, which breaks the pool like a crash. Alone, a mail still over the
+  bound is rejected with that reason; a mail alone caught in a pool that another caller killed is
+  parsed again;
+* ``workers=0`` parses in the calling thread (``start`` does the work), without the CPU budget and
+  the bound (they need the worker processes); so does a pool that cannot start processes (it logs
+  why, once);
 * workers are forked from a clean single-threaded server process (``forkserver``, where the
   platform has it) that has the parser imported, never from the threaded connector process;
   they exit when that server, or the process that owns the pool, is gone (a SIGKILLed
@@ -33,21 +40,60 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
+import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Any
 
-from ingest.imap_worker import ParseJob, Parsed, parse_chunk
+from ingest.imap_worker import ChunkParser, ParseJob, Parsed, init_worker, parse_chunk, run_chunk
 
 log = logging.getLogger(__name__)
 MAX_DEFAULT_WORKERS = 8  # a worker costs ~60 MB; 8 parse several thousand mails a second
 CHUNKS_PER_WORKER = 4  # per batch: small enough to balance the workers, large enough to amortise the IPC
 _DIED = "the parser process died on this mail (crash or out-of-memory kill)"
+WALL_BUDGETS = 3.0  # a busy machine's wall clock runs slower than a worker's CPU clock
+WALL_BUDGET_PER_MAIL = 0.1
+WALL_SLACK_S = 1.0  # scheduling, a worker's first chunk, a chunk's megabytes through the pipes
+_SLOTS = 16384  # start records of tasks in flight (a slot is reused after that many tasks)
+_POLL_S = 0.25  # how often a caller looks whether its queued chunk has started
+_KILL_WAIT_S = 30.0
+_ISOLATED_TRIES = 3
 
 
-_Task = tuple[ProcessPoolExecutor | None, Future[tuple[list[Parsed], int, float]]]
+def wall_bound(job: ParseJob, mails: int) -> float:
+    """How long a worker may hold a chunk of ``mails`` (wall clock) before it is killed: three CPU
+    budgets plus a tenth of one per mail, plus a second. Generous on purpose: a mail over its CPU
+    budget is stopped by the worker itself; this only catches what the signal cannot interrupt."""
+    return job.cpu_limit_s * (WALL_BUDGETS + WALL_BUDGET_PER_MAIL * mails) + WALL_SLACK_S
+
+
+def wall_reason(job: ParseJob, bound_s: float) -> str:
+    """The rejection reason of a mail that a worker could not stop and the pool killed."""
+    return (f"parsing did not finish within {bound_s:g} s (wall clock; CPU budget {job.cpu_limit_s:g} s) "
+            "and could not be interrupted: the parser process was killed")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A chunk handed to a worker process: its pool, its start-record slot and its wall bound."""
+
+    executor: ProcessPoolExecutor
+    slot: int
+    bound_s: float
+
+
+class _Overdue(BrokenProcessPool):
+    """A chunk held its worker past its wall bound; the worker was killed (the pool is broken)."""
+
+    def __init__(self, bound_s: float) -> None:
+        super().__init__(f"no result within {bound_s:g} s")
+        self.bound_s = bound_s
+
+
+_Task = tuple[_Run | None, Future[tuple[list[Parsed], int, float]]]
 
 
 @dataclass
@@ -57,9 +103,6 @@ class Pending:
     job: ParseJob
     chunks: list[list[tuple[int, bytes]]]
     tasks: list[_Task] = field(default_factory=list)
-
-
-ChunkParser = Callable[[ParseJob, list[tuple[int, bytes]]], tuple[list[Parsed], int, float]]
 
 
 class ParsePool:
@@ -77,6 +120,9 @@ class ParsePool:
         self._cpu: dict[int, float] = {}
         self._owner_watch: Connection | None = None
         self._owner_alive: Connection | None = None
+        self._starts: Any = None  # shared with the workers: per slot, when (monotonic ns) and which pid took it
+        self._next_slot = 0
+        self._killed: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 
     def start(self, job: ParseJob, mails: list[tuple[int, bytes]]) -> Pending:
         """Queue ``mails`` for parsing; non-blocking (unless ``workers`` is 0)."""
@@ -97,22 +143,23 @@ class ParsePool:
         for chunk, task in zip(pending.chunks, pending.tasks, strict=True):
             try:
                 parsed += self._result(task)
-            except BrokenProcessPool:
-                log.warning("%s: a parser process died; parsing %d mails one at a time",
-                            pending.job.connector, len(chunk))
+            except BrokenProcessPool as exc:
+                why = (f"a chunk held a parser process over {exc.bound_s:g} s and it was killed"
+                       if isinstance(exc, _Overdue) else "a parser process died")
+                log.warning("%s: %s; parsing %d mails one at a time", pending.job.connector, why, len(chunk))
                 parsed += [self._isolated(pending.job, uid, raw) for uid, raw in chunk]
         return parsed
 
     def abandon(self, pending: Pending) -> list[Parsed]:
         """Give ``pending`` up (its mails will be fetched again): drop the chunks no worker has
-        started, wait for the others (blocking) and return what they parsed, so that the caller can
-        discard its staged blobs. Never raises."""
+        started, wait for the others (blocking, at most their wall bound) and return what they
+        parsed, so that the caller can discard its staged blobs. Never raises."""
         for _, future in pending.tasks:
             future.cancel()
         parsed: list[Parsed] = []
-        for _, future in pending.tasks:
+        for task in pending.tasks:
             try:
-                parsed += future.result()[0]
+                parsed += self._result(task)
             except BaseException:  # cancelled, or the pool broke: nothing was staged that we know of
                 continue
         return parsed
@@ -142,21 +189,27 @@ class ParsePool:
             executor.shutdown(wait=True, cancel_futures=True)
 
     def _isolated(self, job: ParseJob, uid: int, raw: bytes) -> Parsed:
-        try:
-            return self._result(self._submit(job, [(uid, raw)]))[0]
-        except BrokenProcessPool:
-            log.error("%s: UID %s kills the parser process; dead-lettered", job.connector, uid)
-            return Parsed(uid, rejected=_DIED)
+        for _ in range(_ISOLATED_TRIES):
+            task = self._submit(job, [(uid, raw)])
+            try:
+                return self._result(task)[0]
+            except _Overdue as exc:
+                log.error("%s: UID %s cannot be parsed within %g s; dead-lettered", job.connector, uid, exc.bound_s)
+                return Parsed(uid, rejected=wall_reason(job, exc.bound_s))
+            except BrokenProcessPool:
+                if task[0] is None or task[0].executor not in self._killed:
+                    break  # else another caller killed the pool under this mail: not its doing, try again
+        log.error("%s: UID %s kills the parser process; dead-lettered", job.connector, uid)
+        return Parsed(uid, rejected=_DIED)
 
     def _submit(self, job: ParseJob, chunk: list[tuple[int, bytes]]) -> _Task:
         try:
             executor = self._pool()
             try:
-                return executor, executor.submit(self.parse, job, chunk)
+                return self._submit_to(executor, job, chunk)
             except BrokenProcessPool:  # broken by another connector's chunk since we got it
                 self._discard(executor)
-                executor = self._pool()
-                return executor, executor.submit(self.parse, job, chunk)
+                return self._submit_to(self._pool(), job, chunk)
         except OSError as exc:  # no processes to be had here (limits, no /dev/shm): degrade, never loop
             log.error("cannot start parser processes (%s); parsing in the connector threads from now on", exc)
             self.workers = 0
@@ -164,17 +217,48 @@ class ParsePool:
             done.set_result((self.parse(job, chunk)[0], 0, 0.0))
             return None, done
 
+    def _submit_to(self, executor: ProcessPoolExecutor, job: ParseJob, chunk: list[tuple[int, bytes]]) -> _Task:
+        with self._lock:
+            slot, self._next_slot = self._next_slot, (self._next_slot + 1) % _SLOTS
+            self._starts[2 * slot] = 0
+        future = executor.submit(run_chunk, self.parse, slot, job, chunk)
+        return _Run(executor, slot, wall_bound(job, len(chunk))), future
+
     def _result(self, task: _Task) -> list[Parsed]:
-        executor, future = task
+        run, future = task
         try:
-            parsed, pid, cpu = future.result()
+            parsed, pid, cpu = future.result() if run is None else self._wait(run, future)
         except BrokenProcessPool:
-            if executor is not None:
-                self._discard(executor)
+            if run is not None:
+                self._discard(run.executor)
             raise
         if pid:
             self._cpu[pid] = cpu
         return parsed
+
+    def _wait(self, run: _Run, future: Future[tuple[list[Parsed], int, float]]) -> tuple[list[Parsed], int, float]:
+        """``future``'s result (blocking); once its worker has held it ``run.bound_s``, the worker is
+        killed and this raises _Overdue (unless the result came first)."""
+        while True:
+            started = self._starts[2 * run.slot]
+            left = _POLL_S if not started else run.bound_s - (time.monotonic_ns() - started) / 1e9
+            try:
+                return future.result(timeout=max(left, 0.0))
+            except TimeoutError:
+                if started and time.monotonic_ns() - started >= run.bound_s * 1e9:
+                    break
+        pid = self._starts[2 * run.slot + 1]
+        self._killed.add(run.executor)
+        try:
+            os.kill(pid, signal.SIGKILL)  # the executor sees a worker die: it stops the others and fails their tasks
+            # a task wakes the executor's thread, which misses a worker started while it waited (3.11's on-demand spawns)
+            run.executor.submit(os.getpid)
+        except (ProcessLookupError, BrokenProcessPool, RuntimeError):  # it just finished; the pool is already down
+            pass
+        try:
+            return future.result(timeout=_KILL_WAIT_S)
+        except (BrokenProcessPool, TimeoutError) as exc:
+            raise _Overdue(run.bound_s) from exc
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -183,8 +267,9 @@ class ParsePool:
                 if self._owner_alive is None:
                     # never written to: the workers see EOF when this process is gone, however it ended
                     self._owner_watch, self._owner_alive = context.Pipe(duplex=False)
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                                     initializer=_exit_with_owner, initargs=(self._owner_watch,))
+                    self._starts = context.RawArray("q", 2 * _SLOTS)
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=init_worker,
+                                                     initargs=(self._owner_watch, self._starts))
             return self._executor
 
     def _discard(self, executor: ProcessPoolExecutor) -> None:
@@ -205,24 +290,6 @@ def _context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload([__name__])  # workers start with the parser imported
         return context
     return multiprocessing.get_context("spawn")
-
-
-def _exit_with_owner(owner_alive: Connection) -> None:
-    """Worker initializer: exit when the pool's owner is gone (SIGKILL included). Nobody else would
-    stop us: the forkserver waits for its children, and the task queue never reaches EOF. Ctrl-C
-    in a terminal is for the owner, which stops cleanly and then takes the workers with it (a
-    worker interrupted mid-parse would look like a mail that kills it). SIGTERM keeps its default:
-    the executor terminates the workers of a broken pool with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        try:
-            owner_alive.recv_bytes()
-        except (EOFError, OSError):
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 _shared: ParsePool | None = None

@@ -83,5 +83,8 @@ class ImapSettings(ComponentSettings):
     checkpoint_dir: Path | None = Field(None, description="Default <data_dir>/imap")
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(15 * 1024 * 1024, ge=0, description="Larger attachments: metadata only")
+    parse_cpu_limit_s: float = Field(10.0, gt=0, description="CPU seconds one mail may take to parse, else it is "
+                                     "dead-lettered; a parser process stuck where the limit cannot stop it is killed "
+                                     "after 3.1 times this plus 1 s (wall clock, that mail alone). Needs the parser processes")
     reconnect_initial_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(300.0, gt=0)
