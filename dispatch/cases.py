@@ -11,19 +11,16 @@ follow-up through its conversation id. Only a participant joins: a stranger who 
 someone else's thread opens a new case flagged with the case it seemed to belong to. In a shared
 conversation (a group chat, a post several people mention us under) each participant's messages
 are keyed to their own case too, so a second participant's follow-ups join the case their first
-message opened. A copy of a mail already stored (the same Message-ID, delivered to a second
-watched mailbox) joins the case of the first copy as one more message of it: no new case, no new
-acknowledgement, no case event.
+message opened. A copy of a mail already stored (the same Message-ID, subject and text, delivered
+to a second watched mailbox) joins the case of the first copy as one more message of it: no new
+case, no new acknowledgement, no case event. The keys: :mod:`dispatch.thread_keys`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,36 +36,16 @@ from dispatch.snapshot import aware, case_event
 from dispatch.store import rows
 from dispatch.store.rows import CustomerInfo, Writes
 from dispatch.suppress import ack_decision, reply_address
+from dispatch.thread_keys import (case_of_same_mail, follow_up_keys, participant_key, rate_key, same_mail_keys,
+                                  stored_identity, thread_candidate)
 from frontdesk.codec import encode
 from frontdesk.messages import URGENCY_ORDER, InboundMessage, Triage, TriagedMessage
-
-
-
-@lru_cache(maxsize=8)
-def reference_pattern(prefix: str) -> re.Pattern[str]:
-    """Case references with ``prefix`` in a subject, any case: ``FD-2026-000042``, and past case
-    999,999 seven digits or more (references are ``{id:06d}``)."""
-    return re.compile(rf"\b({re.escape(prefix)}-\d{{4}}-\d{{6,}})\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Context:
     settings: DispatchSettings
     routing: RoutingTable
-
-
-def identity_of(msg: InboundMessage) -> tuple[str, str] | None:
-    """The identity a message proves: email address, platform user id, phone, or handle."""
-    if msg.channel == "email" and msg.sender.address:
-        return ("email", msg.sender.address.lower())
-    platform = msg.platform or msg.connector
-    if msg.sender.platform_id:
-        return (platform, msg.sender.platform_id)
-    if msg.sender.phone:
-        return ("phone", msg.sender.phone)
-    if msg.sender.handle:
-        return (f"{platform}-handle", msg.sender.handle.lower())
-    return None
 
 
 def apply_message(conn: Connection, tm: TriagedMessage, ctx: Context, now: datetime | None = None,
@@ -83,8 +60,8 @@ def apply_message(conn: Connection, tm: TriagedMessage, ctx: Context, now: datet
         return ApplyResult(stored, created=False, duplicate=True)
     customer = _customer(conn, msg, now, pending)
     applying = _Apply(conn, tm, ctx, now, customer, pending)
-    same_mail = _case_of_same_mail(conn, msg, pending)
-    candidate = same_mail or _thread_candidate(conn, msg, ctx.settings.reference_prefix, pending)
+    same_mail = case_of_same_mail(conn, msg, pending)
+    candidate = same_mail or thread_candidate(conn, msg, ctx.settings.reference_prefix, pending)
     if same_mail is not None and same_mail["customer_id"] == customer.id:
         result = applying.copy(same_mail["id"])
     elif candidate is not None and candidate["customer_id"] == customer.id:
@@ -105,12 +82,6 @@ def _customer(conn: Connection, msg: InboundMessage, now: datetime, writes: Writ
     return rows.add_customer(conn, msg.sender.name[:200] if msg.sender.name else None, ident, now, writes)
 
 
-def stored_identity(msg: InboundMessage) -> tuple[str, str] | None:
-    """:func:`identity_of` as the identities table holds it (values cut to the column's size)."""
-    ident = identity_of(msg)
-    return None if ident is None else (ident[0], ident[1][:320])
-
-
 def prefetch(conn: Connection, batch: Sequence[TriagedMessage], ctx: Context, writes: Writes,
              now: datetime) -> None:
     """Read for a batch at once what applying its messages would look up one by one (stored
@@ -119,72 +90,8 @@ def prefetch(conn: Connection, batch: Sequence[TriagedMessage], ctx: Context, wr
     identities = list(dict.fromkeys(i for i in map(stored_identity, msgs) if i is not None))
     recipients = list(dict.fromkeys(r for m in msgs if (r := rate_key(m, ctx.settings)) is not None))
     since = now - timedelta(seconds=ctx.settings.ack_rate_window_s)
-    keys = [k for m in msgs for k in (*_same_mail_keys(m), *_follow_up_keys(m))]
+    keys = [k for m in msgs for k in (*same_mail_keys(m), *follow_up_keys(m))]
     rows.prefetch(conn, writes, [m.id for m in msgs], identities, recipients, since, keys)
-
-
-def rate_key(msg: InboundMessage, s: DispatchSettings) -> str | None:
-    """The recipient an acknowledgement of ``msg`` would be counted under for the rate limit,
-    None if it would get none (channel not acknowledged, no valid address)."""
-    if msg.channel not in s.ack_channels:
-        return None
-    if msg.channel == "email":
-        return reply_address(msg)
-    mode = ack_mode(msg, s.public_mentions)
-    recipient = reply_target(msg, mode)[0] if mode else None
-    return _fitted(f"{msg.platform}:{recipient if mode == 'chat' else msg.sender.platform_id or recipient}")
-
-
-def _fitted(key: str, size: int = rows.RECIPIENT_MAX) -> str:
-    """``key``, or (longer than the outbox's recipient column) its head and a digest of it: the same
-    key always, distinct for distinct keys, never over ``size``."""
-    if len(key) <= size:
-        return key
-    return f"{key[: size - 17]}#{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
-
-
-def _case_of_same_mail(conn: Connection, msg: InboundMessage, writes: Writes) -> dict[str, Any] | None:
-    """The case already holding this very mail (the ids of the pipeline differ per connector, so a
-    mail sent to two watched mailboxes arrives twice under two ids)."""
-    keys = _same_mail_keys(msg)
-    return rows.case_by_thread_key(conn, keys, writes) if keys else None
-
-
-def _same_mail_keys(msg: InboundMessage) -> list[str]:
-    """The key of a mail by its Message-ID *and* what it says: a copy in another mailbox has both;
-    another mail reusing the Message-ID (web forms and broken mailers do) is a message of its own."""
-    if msg.channel != "email" or not msg.external_id:
-        return []
-    said = "\x00".join((msg.external_id, msg.subject or "", msg.full_text or msg.text or ""))
-    return [f"copy:{hashlib.sha256(said.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}"]
-
-
-def _participant_key(msg: InboundMessage) -> str | None:
-    """The thread key of this sender's own case in a shared conversation, None without either."""
-    ident = stored_identity(msg)
-    if not msg.thread.conversation_id or ident is None:
-        return None
-    return f"pconv:{msg.connector}:{msg.thread.conversation_id}:{ident[0]}:{ident[1]}"
-
-
-def _follow_up_keys(msg: InboundMessage) -> list[str]:
-    """The thread keys of the case ``msg`` may follow up, best first: the sender's own case in a
-    shared conversation, the conversation's, then the mails it answers (the latest first)."""
-    keys = [k for k in (_participant_key(msg),) if k]
-    if msg.thread.conversation_id:
-        keys.append(f"conv:{msg.connector}:{msg.thread.conversation_id}")
-    return keys + [f"mid:{m}" for m in (msg.thread.in_reply_to, *reversed(msg.thread.references)) if m]
-
-
-def _thread_candidate(conn: Connection, msg: InboundMessage, prefix: str, writes: Writes) -> dict[str, Any] | None:
-    """The case ``msg`` seems to follow up, whoever its customer: the caller checks that."""
-    found = rows.case_by_thread_key(conn, _follow_up_keys(msg), writes)
-    if found is not None:
-        return found
-    match = reference_pattern(prefix).search(msg.subject or "")
-    if msg.channel == "email" and match:
-        return rows.case_by_reference(conn, match.group(1).upper(), writes)
-    return None
 
 
 def _as_case(tm: TriagedMessage, category: str) -> TriagedMessage:
@@ -273,12 +180,12 @@ class _Apply:
         self.writes.references[msg.id] = self.case["reference"] or ""
         if msg.channel == "email":
             self.writes.thread_keys.setdefault(f"mid:{msg.external_id}"[: rows.KEY_MAX], case_id)
-            for key in _same_mail_keys(msg):
+            for key in same_mail_keys(msg):
                 self.writes.thread_keys.setdefault(key, case_id)
         if msg.thread.conversation_id:
             self.writes.thread_keys.setdefault(f"conv:{msg.connector}:{msg.thread.conversation_id}"[: rows.KEY_MAX],
                                                case_id)
-        if (participant := _participant_key(msg)) is not None:
+        if (participant := participant_key(msg)) is not None:
             self.writes.thread_keys.setdefault(participant[: rows.KEY_MAX], case_id)
         self._history(event, {"category": self.tm.triage.category, "urgency": self.tm.triage.urgency, **detail})
 

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
 from dispatch.base import MemoryReplier, OutboundReply
-from dispatch.cases import Context, reference_pattern
+from dispatch.cases import Context
+from dispatch.thread_keys import fitted, reference_pattern
 from dispatch.commands import list_cases, show_case
 from dispatch.relay import OutboxRelay
 from dispatch.routing import RoutingTable
@@ -335,9 +336,8 @@ def test_a_received_at_with_an_offset_is_stored_as_its_utc_instant() -> None:
 
 
 def test_a_chat_rate_key_longer_than_the_recipient_column_is_cut_with_a_digest() -> None:
-    from dispatch.cases import _fitted
     from dispatch.store.rows import RECIPIENT_MAX
 
     long_a, long_b = "whatsapp-business-az:" + "7" * 320, "whatsapp-business-az:" + "7" * 319 + "8"
-    assert len(_fitted(long_a)) == RECIPIENT_MAX and _fitted(long_a) == _fitted(long_a)
-    assert _fitted(long_a) != _fitted(long_b) and _fitted("telegram:42") == "telegram:42"
+    assert len(fitted(long_a)) == RECIPIENT_MAX and fitted(long_a) == fitted(long_a)
+    assert fitted(long_a) != fitted(long_b) and fitted("telegram:42") == "telegram:42"
