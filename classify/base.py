@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from frontdesk.messages import Triage
@@ -34,11 +34,20 @@ class Classifier(ABC):
     def classify(self, items: Sequence[TextItem]) -> list[Triage]:
         """One Triage per item, in order. Raises ClassifierError if the model cannot run."""
 
+    def classify_stream(self, items: Sequence[TextItem]) -> Iterator[tuple[Sequence[int], list[Triage]]]:
+        """The same Triages, in chunks as they are ready: ``(indices into items, their Triages)``,
+        every index exactly once, in any order. By default one chunk (``classify``)."""
+        if items:
+            yield range(len(items)), self.classify(items)
+
 
 class KeywordClassifier(Classifier):
     """A tiny rule-based classifier: fast, dependency-free, for unit tests and demos."""
 
     model_version = "keywords-1"
+
+    def __init__(self, chunk: int | None = None) -> None:
+        self.chunk = chunk  # ``classify_stream`` in chunks of this size, as the model streams its encoder batches
     _RULES: tuple[tuple[str, str, str], ...] = (
         ("security", "critical", r"hack|взлом|oğurla|ogurla|unauthori[sz]ed|не я"),
         ("responsible_gambling", "critical", r"self.?exclu|block me|самоисключ|bloklay[ıi]n|limit"),
@@ -52,6 +61,14 @@ class KeywordClassifier(Classifier):
 
     def classify(self, items: Sequence[TextItem]) -> list[Triage]:
         return [self._one(item) for item in items]
+
+    def classify_stream(self, items: Sequence[TextItem]) -> Iterator[tuple[Sequence[int], list[Triage]]]:
+        if self.chunk is None:
+            yield from super().classify_stream(items)
+            return
+        for start in range(0, len(items), self.chunk):
+            part = range(start, min(start + self.chunk, len(items)))
+            yield part, [self._one(items[i]) for i in part]
 
     def _one(self, item: TextItem) -> Triage:
         text = f"{item.subject} {item.text}".lower()

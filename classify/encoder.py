@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,20 +226,27 @@ class E5Encoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` → float32 array (len(texts), dim), rows L2-normalised."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for chunk, rows in self.encode_stream(texts):
+            out[chunk] = rows
+        return out
+
+    def encode_stream(self, texts: Sequence[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+        """The rows of :meth:`encode` batch by batch (``plan_batches``: similar lengths together):
+        ``(indices into texts, their rows)`` as each batch is done, every index exactly once."""
         import torch
 
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return
         ids = self.tokenizer([self.prefix + t for t in texts], self.max_tokens)
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for chunk in plan_batches([len(x) for x in ids], self.batch_size):
+        for chunk in plan_batches([len(x) for x in ids], self.batch_size):
+            with torch.inference_mode():
                 input_ids, mask = self._pad([ids[i] for i in chunk])
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-                out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
-        return out
+                rows = torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
+            yield chunk, rows
 
     def _pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
         import torch

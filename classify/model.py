@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,13 @@ class EnsembleHead:
 
     def proba(self, x: np.ndarray, texts: Sequence[str], features: Any | None = None) -> np.ndarray:
         """``features``: the n-gram pipeline's transformed ``texts``, when the caller shares them."""
-        ngram = self.ngram.proba(texts) if features is None else self.ngram.proba_from_features(features)
+        return self.mix(x, self.ngram_proba(texts, features))
+
+    def ngram_proba(self, texts: Sequence[str], features: Any | None = None) -> np.ndarray:
+        return self.ngram.proba(texts) if features is None else self.ngram.proba_from_features(features)
+
+    def mix(self, x: np.ndarray, ngram: np.ndarray) -> np.ndarray:
+        """The ensemble's probabilities from the encoder's rows ``x`` and the n-gram head's rows."""
         return self.weight * self.encoder.proba(x) + (1.0 - self.weight) * ngram
 
 
@@ -176,17 +182,27 @@ class TriageModel(Classifier):
         return self.encoder.encode([model_input(i.subject, i.text) for i in items])
 
     def classify(self, items: Sequence[TextItem]) -> list[Triage]:
+        out: list[Triage | None] = [None] * len(items)
+        for chunk, triages in self.classify_stream(items):
+            for n, triage in zip(chunk, triages, strict=True):
+                out[n] = triage
+        return out  # type: ignore[return-value]  # every index was answered (encode_stream's contract)
+
+    def classify_stream(self, items: Sequence[TextItem]) -> Iterator[tuple[Sequence[int], list[Triage]]]:
+        """The n-gram heads and the language for all ``items`` first (vectorised), then the
+        encoder batch by batch: each batch's Triages as soon as it is encoded."""
         if not items:
-            return []
+            return
         plain = [compose(i.subject, i.text) for i in items]
         encoded = [transliterate_az_cyrillic(p) for p in plain]  # = model_input(subject, text)
-        x = self.encoder.encode(encoded)
         ngram_texts = encoded if self._transliterated_ngrams else plain
         feats = self._features.transform(ngram_texts) if self._features is not None else None
-        probs = {task: head.proba(x, ngram_texts, feats).tolist() for task, head in self.heads.items()}
+        ngram = {task: head.ngram_proba(ngram_texts, feats) for task, head in self.heads.items()}
         languages = self.language.identify(plain, feats if self._language_shares else None)
-        return [self._triage((plain[n], encoded[n]), {t: p[n] for t, p in probs.items()}, languages[n])
-                for n in range(len(items))]
+        for chunk, x in self.encoder.encode_stream(encoded):
+            probs = {task: head.mix(x, ngram[task][chunk]).tolist() for task, head in self.heads.items()}
+            yield chunk, [self._triage((plain[n], encoded[n]), {t: p[row] for t, p in probs.items()}, languages[n])
+                          for row, n in enumerate(chunk)]
 
     def _triage(self, texts: tuple[str, str], probs: dict[str, list[float]], lang: tuple[str, float]) -> Triage:
         """One message's labels from its rows of class probabilities (in ``self._classes`` order).

@@ -4,14 +4,16 @@ Batches come from the bus (``poll_records``); the encoder buckets them by length
 batch. Output is published before the input is committed (see :mod:`frontdesk.stage`): after a
 crash a message may be triaged twice, both times under its stable id, and the dispatcher treats
 the second as a no-op. Several replicas share the inbound partitions through the consumer group.
-Classifier time is measured per batch and, divided by the batch size, per message
-(``frontdesk_classify_batch_seconds``, ``frontdesk_classify_message_seconds``).
+Triaged records are published as each of the encoder's batches finishes (``process_stream``), not
+only at the end of the poll batch, so the dispatcher works alongside. Classifier time is measured
+per poll batch (the time until its last triage; publishing it overlaps) and, divided by the batch
+size, per message (``frontdesk_classify_batch_seconds``, ``frontdesk_classify_message_seconds``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from classify.base import Classifier, TextItem
@@ -37,27 +39,34 @@ class ClassifyProcessor:
         self.metrics = metrics or default_metrics()
 
     def process(self, records: Sequence[Record]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(records)
+        return [oc for chunk in self.process_stream(records) for oc in chunk]
+
+    def process_stream(self, records: Sequence[Record]) -> Iterator[list[Outcome]]:
+        """Outcomes in chunks: the records that do not decode first, then one chunk per batch of
+        the encoder as it finishes (the runner publishes each at once: the dispatcher starts on it
+        while the rest is encoded)."""
+        failed: list[Outcome] = []
         messages: list[tuple[int, InboundMessage]] = []
         for i, record in enumerate(records):
             try:
                 messages.append((i, decode(record.value, InboundMessage)))
             except DecodeError as exc:
-                outcomes[i] = Outcome(record, error=exc)
-        triages = self._classify(messages)
-        now = self.clock()
-        for (i, message), triage in zip(messages, triages, strict=True):
-            out = TriagedMessage(message=message, triage=triage, triaged_at=now)
-            outcomes[i] = Outcome(records[i], (Outgoing(self.topics.triaged, encode(out), message.id.encode()),))
-        return [o for o in outcomes if o is not None]
-
-    def _classify(self, messages: list[tuple[int, InboundMessage]]) -> list[Triage]:
+                failed.append(Outcome(record, error=exc))
+        if failed:
+            yield failed
         if not messages:
-            return []
+            return
         started = time.perf_counter()
-        triages = self.classifier.classify([text_item(m) for _, m in messages])
+        for chunk, triages in self.classifier.classify_stream([text_item(m) for _, m in messages]):
+            now = self.clock()
+            yield [self._outcome(records, messages[n], triage, now) for n, triage in zip(chunk, triages, strict=True)]
         seconds = time.perf_counter() - started
         self.metrics.classify_batch.observe(seconds)
         for _ in messages:
             self.metrics.classify_message.observe(seconds / len(messages))
-        return list(triages)
+
+    def _outcome(self, records: Sequence[Record], item: tuple[int, InboundMessage], triage: Triage,
+                 now: datetime) -> Outcome:
+        i, message = item
+        out = TriagedMessage(message=message, triage=triage, triaged_at=now)
+        return Outcome(records[i], (Outgoing(self.topics.triaged, encode(out), message.id.encode()),))

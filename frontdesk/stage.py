@@ -3,15 +3,19 @@
 One cycle:
 
 1. ``poll`` a batch from the input topic(s);
-2. ``processor.process(batch)`` returns one :class:`Outcome` per record: outputs, or an error;
-3. publish all outputs plus a dead-letter record for every failed record, in one ``publish``
-   (returns only when durable);
+2. ``processor.process(batch)`` returns one :class:`Outcome` per record: outputs, or an error; a
+   processor that also has ``process_stream(batch)`` (:class:`StreamingProcessor`; the classifier)
+   yields them in chunks instead, as they are ready;
+3. send all outputs plus a dead-letter record for every failed record (``Bus.send``: each chunk as
+   soon as it is yielded, so the next stage starts on it while this one works on the rest), then
+   wait until all of them are durable;
 4. ``commit`` the batch.
 
-Crash behaviour, between any two steps: before 3 completes nothing was published and the batch is
-redelivered; between 3 and 4 (``crashpoint("<stage>.after_publish")``) the batch is redelivered and
-its outputs are published again with the same message ids (consumers downstream treat a known id as
-a no-op). Nothing is lost: a commit never precedes the durable publish of what the batch produced.
+Crash behaviour, between any two steps: before 3 completes none or some of the batch's outputs were
+published (``crashpoint("<stage>.mid_batch")`` after each chunk sent) and the batch is redelivered;
+between 3 and 4 (``crashpoint("<stage>.after_publish")``) the batch is redelivered. Either way its
+outputs are published again with the same message ids (consumers downstream treat a known id as a
+no-op). Nothing is lost: a commit never precedes the durable publish of what the batch produced.
 
 Failures: a :class:`~frontdesk.errors.TransientError` (bus, database, SMTP down) rewinds to the
 committed offsets and backs off; the same records are retried, nothing is dead-lettered. Any other
@@ -32,11 +36,11 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Bus, Consumer, Lag, Outgoing, Record, record_size
+from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Bus, Consumer, Delivery, Lag, Outgoing, Record, record_size
 from frontdesk.deadletter import build_dead_letter
 from frontdesk.errors import DecodeError, FrontdeskError, RecordTooLarge, TransientError
 from frontdesk.faults import crashpoint
@@ -58,6 +62,21 @@ class Processor(Protocol):
     """A stage's logic. Must be safe to call again on the same records (redelivery)."""
 
     def process(self, records: Sequence[Record]) -> Sequence[Outcome]: ...
+
+
+class StreamingProcessor(Processor, Protocol):
+    """A processor that can hand over its outcomes in chunks while it works on the rest of the batch.
+
+    ``process_stream`` yields every record's outcome exactly once, in any order and chunking; if it
+    raises, or ends with records unanswered, the runner processes those with ``process`` (and one
+    at a time if that fails), as for a batch that failed as a whole.
+    """
+
+    def process_stream(self, records: Sequence[Record]) -> Iterator[Sequence[Outcome]]: ...
+
+
+def _where(record: Record) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
 
 
 def dead_letter(record: Record, stage: str, error: BaseException, topic: str,
@@ -179,9 +198,7 @@ class StageRunner:
             return 0
         started = time.perf_counter()
         self.oldest_pending_ms = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=None)
-        outcomes = [too_large(oc, self.bus.max_record_bytes) for oc in self._process(records)]
-        outgoing = self._outgoing(outcomes)
-        self.bus.publish(outgoing)
+        outcomes, outgoing = self._process_and_send(records)
         crashpoint(f"{self.name}.after_publish")
         self.consumer.commit(records)
         self.oldest_pending_ms = None
@@ -213,6 +230,56 @@ class StageRunner:
             self.lag_snapshot = tuple(self.consumer.lag())
         except FrontdeskError as exc:
             log.debug("%s: lag not available (%s)", self.name, exc)
+
+    def _process_and_send(self, records: Sequence[Record]) -> tuple[list[Outcome], list[Outgoing]]:
+        """Steps 2 and 3: every chunk of outcomes is sent as soon as it is there; returns the
+        outcomes and what was published once all of it is durable."""
+        outcomes: list[Outcome] = []
+        outgoing: list[Outgoing] = []
+        sent: list[Delivery] = []
+
+        def send(chunk: Sequence[Outcome]) -> None:
+            checked = [too_large(oc, self.bus.max_record_bytes) for oc in chunk]
+            out = self._outgoing(checked)
+            sent.append(self.bus.send(out))
+            crashpoint(f"{self.name}.mid_batch")
+            outcomes.extend(checked)
+            outgoing.extend(out)
+
+        answered = self._stream(records, send)
+        if rest := [r for r in records if _where(r) not in answered]:
+            send(self._process(rest))
+        for delivery in sent:
+            delivery.wait()
+        return outcomes, outgoing
+
+    def _stream(self, records: Sequence[Record], send: Callable[[Sequence[Outcome]], None]) -> set[tuple[str, int, int]]:
+        """Hands the processor's chunks to ``send``; returns the records answered. A failure of the
+        stream (not transient) leaves the rest to :meth:`_process`."""
+        answered: set[tuple[str, int, int]] = set()
+        stream = getattr(self.processor, "process_stream", None)
+        if stream is None:
+            return answered
+        wanted, chunks = {_where(r) for r in records}, iter(stream(records))
+        while True:
+            try:
+                chunk = next(chunks, None)
+                keys = [_where(oc.record) for oc in chunk or ()]
+                if len(set(keys)) != len(keys) or not wanted.issuperset(keys) or answered.intersection(keys):
+                    raise ValueError("the processor answered a record twice, or one not in its batch")
+            except TransientError:
+                raise
+            except Exception as exc:
+                log.warning("%s: a batch of %d failed after %d answered (%s); processing the rest again",
+                            self.name, len(records), len(answered), exc)
+                return answered
+            if chunk is None:
+                if len(answered) < len(wanted):
+                    log.warning("%s: the processor answered %d of %d records; processing the rest again",
+                                self.name, len(answered), len(wanted))
+                return answered
+            send(chunk)
+            answered.update(keys)
 
     def _process(self, records: Sequence[Record]) -> list[Outcome]:
         try:
@@ -251,7 +318,7 @@ class StageRunner:
 def _check_one_each(records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
     """A processor must answer every record exactly once; a record without an outcome would be
     committed unprocessed (lost). Raises ValueError (a processor bug: the records are isolated)."""
-    where = [(r.topic, r.partition, r.offset) for r in records]
-    answered = [(oc.record.topic, oc.record.partition, oc.record.offset) for oc in outcomes]
+    where = [_where(r) for r in records]
+    answered = [_where(oc.record) for oc in outcomes]
     if sorted(answered) != sorted(where):
         raise ValueError(f"the processor answered {len(answered)} outcome(s) for {len(where)} record(s)")

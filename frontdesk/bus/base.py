@@ -152,6 +152,17 @@ def check_sizes(records: Sequence[Outgoing], limit: int) -> None:
             raise RecordTooLarge(f"a record for {r.topic} is {size:,} bytes, over the bus's {limit:,}-byte limit")
 
 
+class Delivery:
+    """Records handed to :meth:`Bus.send`; ``wait`` blocks until all are durable (idempotent)."""
+
+    def wait(self) -> None:
+        """Raises what :meth:`Bus.publish` would have raised. The records are durable only once it
+        returned; before that, any of them may or may not be."""
+
+
+DELIVERED = Delivery()  # for buses whose ``send`` is ``publish``
+
+
 class Bus(ABC):
     """A durable log of topics. Thread-safe for ``publish``; consumers are per thread."""
 
@@ -188,6 +199,14 @@ class Bus(ABC):
         """Get ready to publish now (blocking; idempotent): the first ``publish`` of a process then
         costs no more than the next ones (Kafka: the producer's connection and the topics'
         partition metadata, ~0.2-0.5 s). Raises BusUnavailable. Nothing to do by default."""
+
+    def send(self, records: Sequence[Outgoing]) -> Delivery:
+        """Start publishing ``records`` and return without waiting for them where the bus can
+        (Kafka: the producer sends them in the background), so a stage can go on working on its
+        batch; ``publish`` = ``send(...).wait()``. Raises RecordTooLarge (nothing written) at once;
+        other errors may come from either call. By default: ``publish`` at once."""
+        self.publish(records)
+        return DELIVERED
 
     def publish_one(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
         self.publish([Outgoing(topic, value, key, headers)])

@@ -2,7 +2,8 @@
 
 * Producer: ``acks=all``, retries, ``max_in_flight_requests_per_connection=1`` (keeps per-key
   order across retries); ``publish`` flushes and waits for every future, so it returns only when
-  the brokers acknowledged all records.
+  the brokers acknowledged all records; ``send`` hands records to the producer's thread and
+  returns, its ``Delivery.wait`` is that flush and wait.
 * Consumer: a group member with ``enable_auto_commit=False``; ``commit`` commits the offsets of
   processed records synchronously. After a rebalance a commit may fail with CommitFailed; the
   records are then redelivered to the new owner (at-least-once).
@@ -24,7 +25,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from frontdesk.bus.base import Bus, Consumer, Lag, Outgoing, Record, Topics, check_sizes
+from frontdesk.bus.base import DELIVERED, Bus, Consumer, Delivery, Lag, Outgoing, Record, Topics, check_sizes
 from frontdesk.errors import BusError, BusUnavailable, CommitFailed
 from frontdesk.settings import KafkaSettings
 
@@ -56,6 +57,24 @@ def _translate(exc: Exception, doing: str) -> BusError:
     if isinstance(exc, OSError) or (isinstance(exc, KafkaError) and exc.retriable):
         return BusUnavailable(f"Kafka unavailable while {doing}: {exc}")
     return BusError(f"Kafka error while {doing}: {exc!r}")
+
+
+class _Sent(Delivery):
+    """Records the producer is sending; ``wait`` flushes and checks every future (acks=all)."""
+
+    def __init__(self, producer: KafkaProducer, futures: list[Any], timeout: float) -> None:
+        self._producer, self._futures, self._timeout = producer, futures, timeout
+
+    def wait(self) -> None:
+        if not self._futures:
+            return
+        try:
+            self._producer.flush(timeout=self._timeout)
+            for f in self._futures:
+                f.get(timeout=self._timeout)
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"publishing {len(self._futures)} records") from exc
+        self._futures = []
 
 
 class KafkaBus(Bus):
@@ -91,19 +110,20 @@ class KafkaBus(Bus):
             return self._producer
 
     def publish(self, records: Sequence[Outgoing]) -> None:
+        self.send(records).wait()
+
+    def send(self, records: Sequence[Outgoing]) -> Delivery:
         if not records:
-            return
+            return DELIVERED
         check_sizes(records, self.max_record_bytes)
         producer = self._get_producer()
         try:
             futures = [
                 producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers) or None) for r in records
             ]
-            producer.flush(timeout=self.settings.publish_timeout_s)
-            for f in futures:
-                f.get(timeout=self.settings.publish_timeout_s)
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"publishing {len(records)} records") from exc
+        return _Sent(producer, futures, self.settings.publish_timeout_s)
 
     def connect(self) -> None:
         producer = self._get_producer()

@@ -116,6 +116,25 @@ def test_first_join_after_ensure_topics_is_assigned_every_partition(under_test: 
         assert consumer.assignment() == expected
 
 
+def test_sent_records_are_durable_once_their_delivery_is_waited_for(under_test: BusUnderTest) -> None:
+    """``send`` may return before the records are durable (Kafka); ``wait`` returns once they all are,
+    and several sends in flight together keep each key's order."""
+    topic = under_test.topic()
+    deliveries = [under_test.bus.send([Outgoing(topic, f"{n}:{i}".encode(), f"k{i % 3}".encode()) for i in range(50)])
+                  for n in range(4)]
+    for d in deliveries:
+        d.wait()
+        d.wait()  # idempotent
+    assert sum(under_test.bus.end_offsets(topic).values()) == 200
+    with under_test.bus.consumer("g-send", [topic]) as consumer:
+        got = drain(consumer, 200)
+    for key in (b"k0", b"k1", b"k2"):
+        values = [r.value.decode() for r in got if r.key == key]
+        assert values == sorted(values, key=lambda v: tuple(map(int, v.split(":"))))
+    with pytest.raises(RecordTooLarge):
+        under_test.bus.send([Outgoing(topic, b"x" * (under_test.bus.max_record_bytes + 1), b"k")])
+
+
 def test_same_key_same_partition_in_order(under_test: BusUnderTest) -> None:
     topic = under_test.topic()
     under_test.bus.publish([Outgoing(topic, f"{k}:{i}".encode(), k.encode()) for i in range(30) for k in "abcde"])

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from classify.base import TextItem
+from classify.base import Classifier, TextItem
 from classify.stage import ClassifyProcessor
 from dispatch.base import MemoryReplier
 from dispatch.cases import Context
@@ -154,7 +154,9 @@ def test_oldest_unprocessed_age_grows_while_stuck_and_drops_after_commit(m: Metr
     assert value(m, "frontdesk_stage_oldest_unprocessed_age_seconds", stage="echo") == 0
 
 
-class FixedClassifier:
+class FixedClassifier(Classifier):
+    model_version = "t"
+
     def classify(self, items: Sequence[TextItem]) -> list[Triage]:
         time.sleep(0.01)
         return [Triage(category="payments", urgency="normal", language="en", model_version="t") for _ in items]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from frontdesk.bus.base import Outgoing, Record
 from frontdesk.bus.memory import MemoryBus
@@ -127,3 +127,80 @@ def test_a_record_the_processor_does_not_answer_is_dead_lettered_not_committed_s
     assert [r.value for r in bus.records("out")] == [b"a", b"b"]
     [letter] = bus.records(bus.topics.deadletter)
     assert b"1 outcome(s) for 1 record(s)" not in letter.value and b"0 outcome(s) for 1 record(s)" in letter.value
+
+
+class Streaming(Echo):
+    """Echo that hands over its outcomes two records at a time; can fail or misbehave mid-batch."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__()
+        self.bus, self.seen_before_chunk = bus, []
+        self.crash_after: int | None = None  # chunks, then a crash (BaseException: nothing catches it)
+        self.fail_after: int | None = None  # chunks, then an ordinary exception for the batch
+        self.repeat_first = False  # answer the first record again in the second chunk (a bug)
+
+    def process_stream(self, records: Sequence[Record]) -> Iterator[list[Outcome]]:
+        for n, start in enumerate(range(0, len(records), 2)):
+            self.seen_before_chunk.append(len(self.bus.records("out")))
+            if n == self.crash_after:
+                raise SystemExit("killed mid-batch")
+            if n == self.fail_after:
+                raise RuntimeError("the model fell over")
+            part = list(records[start:start + 2]) + ([records[0]] if self.repeat_first and n == 1 else [])
+            yield [Outcome(r, (Outgoing("out", r.value, r.key),)) for r in part]
+
+
+def test_a_streaming_processor_s_chunks_are_published_while_it_works_on_the_rest() -> None:
+    bus = MemoryBus()
+    proc = Streaming(bus)
+    publish(bus, [b"a", b"b", b"c", b"d", b"e"])
+    runner, _ = runner_for(bus, proc)
+    assert runner.run_once() == 5
+    assert proc.seen_before_chunk == [0, 2, 4]  # each chunk was on the bus before the next was asked for
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"c", b"d", b"e"] and proc.calls == []
+    assert runner.stats.consumed == 5 and runner.stats.published == 5
+
+
+def test_a_crash_mid_batch_redelivers_it_and_only_its_chunks_sent_are_published_twice() -> None:
+    bus = MemoryBus()
+    proc = Streaming(bus)
+    publish(bus, [b"a", b"b", b"c", b"d", b"e"])
+    proc.crash_after = 2
+    crashing = bus.consumer("g", ["in"])
+    runner = StageRunner("echo", bus, crashing, proc, max_records=10, poll_timeout=0.01)
+    try:
+        runner.run_once()
+    except SystemExit:
+        crashing.close()
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"c", b"d"]  # sent, not committed
+    proc.crash_after = None
+    restarted, _ = runner_for(bus, proc)
+    run_until_idle(restarted)
+    values = [r.value for r in bus.records("out")]
+    assert sorted(set(values)) == [b"a", b"b", b"c", b"d", b"e"]  # nothing lost
+    assert values[4:] == [b"a", b"b", b"c", b"d", b"e"]  # the batch again, same records (same ids downstream)
+    assert restarted.consumer.lag()[0].lag == 0
+
+
+def test_a_stream_failing_mid_batch_leaves_the_rest_to_process_and_publishes_each_record_once() -> None:
+    bus = MemoryBus()
+    proc = Streaming(bus)
+    publish(bus, [b"a", b"b", b"c", b"poison", b"e"])
+    proc.fail_after = 1
+    runner, _ = runner_for(bus, proc)
+    run_until_idle(runner)
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"c", b"e"]
+    assert proc.calls[:4] == [3, 1, 1, 1]  # the unanswered three as a batch, then one at a time
+    [letter] = bus.records(bus.topics.deadletter)
+    assert b"cannot handle poison" in letter.value
+
+
+def test_a_stream_answering_a_record_twice_is_not_published_from_that_chunk_on() -> None:
+    bus = MemoryBus()
+    proc = Streaming(bus)
+    publish(bus, [b"a", b"b", b"c", b"d"])
+    proc.repeat_first = True
+    runner, _ = runner_for(bus, proc)
+    assert runner.run_once() == 4
+    assert [r.value for r in bus.records("out")] == [b"a", b"b", b"c", b"d"]  # c, d from process(), once
+    assert proc.calls == [2] and bus.records(bus.topics.deadletter) == []

@@ -72,3 +72,19 @@ def test_the_shipped_model_labels_a_message_the_same_alone_and_in_a_batch() -> N
         assert (alone.category, alone.urgency, alone.language, alone.needs_review) == \
             (batched.category, batched.urgency, batched.language, batched.needs_review)
         assert alone.confidence == pytest.approx(batched.confidence, abs=0.03)
+
+
+def test_the_model_streams_its_encoder_batches_with_the_labels_of_classify() -> None:
+    """The stage publishes each encoder batch's triages as it is done (``classify_stream``): the
+    chunks cover every message once, and each triage is the one ``classify`` gives the batch."""
+    from classify.base import TextItem
+    from classify.data import DEV_FILE, read_examples
+    from classify.model import TriageModel
+
+    model = TriageModel(ClassifierSettings(batch_size=8))
+    items: list[TextItem] = [e.item for e in read_examples(DEV_FILE)[:40]]
+    chunks = list(model.classify_stream(items))
+    assert len(chunks) >= 5 and all(len(c) <= 8 for c, _ in chunks)
+    assert sorted(n for c, _ in chunks for n in c) == list(range(len(items)))
+    streamed = {n: t for c, ts in chunks for n, t in zip(c, ts, strict=True)}
+    assert [streamed[n] for n in range(len(items))] == model.classify(items)

@@ -9,6 +9,7 @@ from classify.stage import ClassifyProcessor
 from frontdesk.bus.base import Outgoing
 from frontdesk.bus.memory import MemoryBus
 from frontdesk.codec import decode, encode
+from frontdesk.errors import DecodeError
 from frontdesk.messages import DeadLetter, InboundMessage, Party, TriagedMessage
 from frontdesk.stage import StageRunner
 
@@ -35,6 +36,24 @@ def test_stage_triages_inbound_and_dead_letters_garbage() -> None:
     assert all(r.key == decode(r.value, TriagedMessage).id.encode() for r in bus.records(bus.topics.triaged))
     [letter] = [decode(r.value, DeadLetter) for r in bus.records(bus.topics.deadletter)]
     assert letter.stage == "classify" and letter.error_type == "DecodeError"
+
+
+def test_the_processor_hands_over_undecodable_records_first_then_each_classifier_chunk() -> None:
+    bus = MemoryBus()
+    msgs = [inbound(i, text) for i, text in enumerate(["hacked!", "withdrawal", "bonus", "bet", "hi"])]
+    bus.publish([Outgoing(bus.topics.inbound, encode(m), m.id.encode()) for m in msgs[:2]])
+    bus.publish([Outgoing(bus.topics.inbound, b"garbage", b"x")])
+    bus.publish([Outgoing(bus.topics.inbound, encode(m), m.id.encode()) for m in msgs[2:]])
+    with bus.consumer("g", [bus.topics.inbound]) as consumer:
+        records = consumer.poll(10, timeout=0.01)
+    processor = ClassifyProcessor(KeywordClassifier(chunk=2), bus.topics, clock=lambda: NOW)
+    chunks = list(processor.process_stream(records))
+    assert [len(c) for c in chunks] == [1, 2, 2, 1]
+    assert chunks[0][0].record.value == b"garbage" and isinstance(chunks[0][0].error, DecodeError)
+    streamed = [decode(oc.outputs[0].value, TriagedMessage) for c in chunks[1:] for oc in c]
+    assert [t.id for t in streamed] == [r.key.decode() for r in records if r.value != b"garbage"]  # in poll order
+    assert {t.id for t in streamed} == {m.id for m in msgs}
+    assert [oc.outputs for oc in processor.process(records)] == [oc.outputs for c in chunks for oc in c]
 
 
 def test_evaluate_reports_the_contract_fields() -> None:
