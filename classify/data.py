@@ -23,6 +23,8 @@ DEV_FILE = Path(__file__).parent / "data" / "dev.jsonl"
 # Written 2026-12-04 by writers who never saw the training data or the dev split; evaluated, never
 # trained or tuned on (see README, Triage model).
 HOLDOUT_FILE = Path(__file__).parent / "data" / "holdout.jsonl"
+# Written 2026-12-06 by four more such writers, one per language; committed before its first evaluation.
+HOLDOUT2_FILE = Path(__file__).parent / "data" / "holdout2.jsonl"
 BOM = b"\xef\xbb\xbf"
 _SUBTAG = re.compile(r"[-_]")
 
