@@ -12,7 +12,9 @@ for its Mailpit):
    it stopped, the better run counts (other users' load comes and goes);
 2. throughput: ``--n`` mails (dev-split texts, non-spam, one sender each so no rate limit applies)
    APPENDed as fast as one IMAP connection can; from the first APPEND until the last
-   acknowledgement is received by the SMTP recorder → messages/s;
+   acknowledgement is received by the SMTP recorder → messages/s; ``--bursts`` times (2), the
+   better counts: the same estimator as the classifier alone's, whose two runs on this VM differ
+   by up to 15% within minutes (better of two against a single run biased the ratio down);
 3. latency: ``--latency-n`` mails APPENDed one by one at ``--rate`` per second (open loop); each
    mail's APPEND (when it was issued) against the arrival of its acknowledgement (matched by
    ``In-Reply-To`` = the mail's Message-ID) → p50/p95/p99/max.
@@ -217,14 +219,8 @@ def run_pipeline(srv: Servers, topo: Any, engine: Engine, args: argparse.Namespa
         raise SystemExit("warm-up mails not acknowledged within 900 s:\n" + tails(topo))
     res["ready_s"] = time.monotonic() - started
 
-    print(f"throughput: {args.n} mails ...", file=sys.stderr)
-    burst, before = mails(args.n, run, "burst"), cpu_sample(labelled(srv, topo))
-    first = append_burst(srv, burst)
-    res["appended_s"], res["first_append"] = time.time() - first, first
-    res["burst"] = wait_for(burst, acks, engine, topo, args.timeout)
-    res["burst_s"] = max(res["burst"].acked.values(), default=first) - first
-    after = cpu_sample(labelled(srv, topo))
-    res["cpu_burst"], res["cpu_burst_msg"] = cpu_text(before, after), cpu_per_message(before, after, args.n)
+    res["bursts"] = [burst_phase(srv, topo, engine, acks, args, f"{run}-{n}") for n in range(args.bursts)]
+    res.update(min(res["bursts"], key=lambda b: b["burst_s"] if b["burst"].complete else float("inf")))
     res["load_burst"] = loadavg()
 
     print(f"latency: {args.latency_n} mails at {args.rate}/s ...", file=sys.stderr)
@@ -237,6 +233,20 @@ def run_pipeline(srv: Servers, topo: Any, engine: Engine, args: argparse.Namespa
         res["stored_at"] = {ext: at.timestamp() for ext, at in conn.execute(text(
             "select m.external_id, h.at from case_history h join messages m on m.id = h.message_id "
             "where h.event = 'message_added'"))}
+
+
+def burst_phase(srv: Servers, topo: Any, engine: Engine, acks: Acks, args: argparse.Namespace,
+                run: str) -> dict[str, Any]:
+    """One throughput burst: ``args.n`` mails APPENDed at once, until the last acknowledgement."""
+    print(f"throughput: {args.n} mails ...", file=sys.stderr)
+    burst, before = mails(args.n, run, "burst"), cpu_sample(labelled(srv, topo))
+    first = append_burst(srv, burst)
+    found: dict[str, Any] = {"appended_s": time.time() - first, "first_append": first}
+    found["burst"] = outcome = wait_for(burst, acks, engine, topo, args.timeout)
+    found["burst_s"] = max(outcome.acked.values(), default=first) - first
+    after = cpu_sample(labelled(srv, topo))
+    found["cpu_burst"], found["cpu_burst_msg"] = cpu_text(before, after), cpu_per_message(before, after, args.n)
+    return found
 
 
 def tails(topo: Any) -> str:
@@ -274,6 +284,8 @@ def topic_times(bootstrap: str) -> tuple[dict[str, float], dict[str, float], int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="mails of the throughput phase (and classifier alone)")
+    parser.add_argument("--bursts", type=int, default=2,
+                        help="throughput bursts; the better counts, as the better of the classifier-alone runs does")
     parser.add_argument("--rate", type=float, default=10.0, help="mails per second of the latency phase")
     parser.add_argument("--latency-n", type=int, default=200, help="mails of the latency phase")
     parser.add_argument("--quantize", choices=("none", "int8"), default="int8", help="the classifier's quantize setting (int8 is the product default)")

@@ -71,6 +71,16 @@ def header(args: argparse.Namespace, res: dict[str, Any]) -> list[str]:
             f"Kafka, PostgreSQL, Dovecot; {os.cpu_count()} cores shared with whatever else runs on this machine"]
 
 
+def burst_rates(args: argparse.Namespace, res: dict[str, Any]) -> list[float]:
+    return [args.n / b["burst_s"] if b["burst"].complete and b["burst_s"] > 0 else float("nan") for b in res["bursts"]]
+
+
+def mean_ratio(args: argparse.Namespace, res: dict[str, Any]) -> float:
+    """Mean burst rate over the classifier alone's mean rate: the estimator without the better-of."""
+    rates, alone = burst_rates(args, res), [a["rate"] for a in res["alone_runs"]]
+    return (sum(rates) / len(rates)) / (sum(alone) / len(alone))
+
+
 def rows(args: argparse.Namespace, res: dict[str, Any], rate: float, lat: list[float]) -> list[tuple[str, str]]:
     alone, cores = res["alone"], os.cpu_count()
     issued = sorted(res["issued"].values())
@@ -85,12 +95,15 @@ def rows(args: argparse.Namespace, res: dict[str, Any], rate: float, lat: list[f
                                                   f"{max(0.0, a['machine_cores'] - a['cpu_s'] / a['wall_s']):.2f}")
           for i, a in enumerate(res["alone_runs"])],
         ("topology ready + warm-up", f"{res['ready_s']:.0f} s"),
-        ("throughput: mails", f"{args.n} APPENDed in {res['appended_s']:.1f} s; "
-                              f"{outcome_text(res['burst'], args.n, args.timeout)}"),
-        ("throughput: first APPEND → last ack", f"{res['burst_s']:.1f} s = {rate:.1f} msg/s"),
-        ("pipeline / classifier alone", f"{rate / alone['rate']:.2f}×"),
+        ("throughput: mails", "; ".join(f"{args.n} APPENDed in {b['appended_s']:.1f} s, "
+                                        f"{outcome_text(b['burst'], args.n, args.timeout)}" for b in res["bursts"])),
+        ("throughput: first APPEND → last ack", f"{res['burst_s']:.1f} s = {rate:.1f} msg/s, the better of "
+                                                f"{len(res['bursts'])} bursts: " + " / ".join(
+                                                    f"{r:.1f}" for r in burst_rates(args, res))),
+        ("pipeline / classifier alone", f"{rate / alone['rate']:.2f}× (better over better; mean over mean "
+                                        f"{mean_ratio(args, res):.2f}×)"),
         ("throughput: each stage done after", stages_done(res)),
-        ("throughput: CPU (cores)", res["cpu_burst"]),
+        ("throughput: CPU (cores)", res["cpu_burst"] + "  (the better burst)"),
         ("throughput: CPU per message (ms)", res["cpu_burst_msg"]),
         ("latency: mails", f"{args.latency_n} at {args.rate:g}/s (APPENDs issued at {offered:.1f}/s); "
                            f"{outcome_text(res['paced'], args.latency_n, args.timeout)}"),
@@ -124,4 +137,4 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> bool:
     if alone["rate"] < args.rate:
         print(f"note: the classifier alone managed {alone['rate']:.1f} msg/s on this machine at the time, less than "
               f"the {args.rate:g} msg/s offered: the latency phase ran over capacity (its latency is queueing)")
-    return burst.complete and paced.complete
+    return all(b["burst"].complete for b in res["bursts"]) and paced.complete
