@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, DateTime, Integer, Row, bindparam, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch.store.models import Case, Customer, HistoryEntry, Identity, Message, OutboxRow, ThreadKey
@@ -77,6 +77,20 @@ _RETRY = {permanent: (update(OUTBOX).where(OUTBOX.c.id == bindparam("item_id"), 
                       .returning(OUTBOX.c.case_id, OUTBOX.c.kind))
           for permanent in (False, True)}
 _ACKNOWLEDGED = update(CASES).where(CASES.c.id.in_(bindparam("ids", expanding=True))).values(acknowledged=True)
+# PostgreSQL: mark_sent's three statements as one (data-modifying CTEs), run alone in autocommit: one
+# round trip and one commit instead of five round trips, for every acknowledgement the relay sends.
+MARK_SENT_ONE_STATEMENT = text("""
+WITH done AS (
+    UPDATE outbox SET status = 'sent', sent_at = :now, lease_until = NULL, attempts = attempts + 1
+    WHERE id = ANY(:ids) AND status <> 'sent'
+    RETURNING id, kind, case_id, payload
+), acked AS (
+    UPDATE cases SET acknowledged = true WHERE id IN (SELECT case_id FROM done WHERE kind = 'ack')
+)
+INSERT INTO case_history (case_id, at, event, message_id, detail)
+SELECT case_id, :now, 'acknowledged', NULL, json_build_object('message_id', payload::json ->> 'message_id')
+FROM done WHERE kind = 'ack' ORDER BY id
+""").bindparams(bindparam("ids", type_=postgresql.ARRAY(Integer)), bindparam("now", type_=DateTime(timezone=True)))
 _RECENT_ACKS = select(func.count()).select_from(OUTBOX).where(
     OUTBOX.c.kind == "ack", OUTBOX.c.recipient == bindparam("recipient"), OUTBOX.c.created_at > bindparam("since"))
 
@@ -258,7 +272,7 @@ def lease_due(conn: Connection, now: datetime, until: datetime, limit: int) -> l
 
 def mark_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
     """Mark rows sent (rows already sent are left alone); a sent acknowledgement marks its case
-    acknowledged and adds that to the case history."""
+    acknowledged and adds that to the case history. (PostgreSQL: ``MARK_SENT_ONE_STATEMENT``.)"""
     done = sorted(conn.execute(_MARK_SENT, {"ids": list(ids), "now": now}), key=lambda r: r.id)
     acks = [r for r in done if r.kind == "ack"]
     if acks:

@@ -38,7 +38,7 @@ if crash:
     faults.arm(crash)
 bus = SqliteBus(path)
 runner = StageRunner("classify", bus, bus.consumer("frontdesk-classify", [bus.topics.inbound]),
-                     ClassifyProcessor(KeywordClassifier(chunk), bus.topics), max_records=4, poll_timeout=0.3)
+                     ClassifyProcessor(KeywordClassifier(chunk), bus.topics, min_chunk=1), max_records=4, poll_timeout=0.3)
 while runner.run_once():
     pass
 runner.consumer.close()

@@ -375,3 +375,40 @@ def test_replicas_starting_together_on_an_empty_database_migrate_it_once(postgre
         for t in threads:
             t.join(120)
         assert results == [0, 0, 0], results
+
+
+def test_marking_sent_writes_the_same_rows_on_both_databases(database_url: str) -> None:
+    """PostgreSQL marks in one statement (``rows.MARK_SENT_ONE_STATEMENT``), SQLite in three: the
+    same rows either way; a row already sent is left alone, an event marks no case acknowledged."""
+    from sqlalchemy import select
+
+    from dispatch.store.models import Case, HistoryEntry, OutboxRow
+
+    ctx = Context(SETTINGS, RoutingTable.load(SETTINGS.routing_file))
+    clock = iter(datetime(2026, 12, 6, 12, n, tzinfo=UTC) for n in range(60))
+    store = SqlCaseStore(database_url, ctx, clock=lambda: next(clock))
+    for n in range(3):
+        store.apply(triaged(n))
+    items = store.claim_outbox(10, lease_seconds=600)
+    acks, events = [i for i in items if i.kind == "ack"], [i for i in items if i.kind == "event"]
+    store.mark_sent_many([acks[0].id, events[0].id])
+    store.mark_sent_many([acks[0].id, acks[1].id])  # the first again: left alone
+
+    def state(session):  # type: ignore[no-untyped-def]
+        outbox = {r.id: (r.status, r.attempts, r.lease_until is None, r.sent_at)
+                  for r in session.scalars(select(OutboxRow))}
+        cases = sorted((c.reference, c.acknowledged) for c in session.scalars(select(Case)))
+        history = [(h.case_id, h.event, h.detail, h.at) for h in
+                   session.scalars(select(HistoryEntry).where(HistoryEntry.event == "acknowledged").order_by(HistoryEntry.id))]
+        return outbox, cases, history
+
+    outbox, cases, history = store.read(state)
+    sent_at = {acks[0].id: outbox[acks[0].id][3], acks[1].id: outbox[acks[1].id][3]}
+    assert sent_at[acks[0].id] < sent_at[acks[1].id]  # the second mark did not touch the first row
+    assert {i: v[:3] for i, v in outbox.items() if v[0] == "sent"} == {
+        acks[0].id: ("sent", 1, True), acks[1].id: ("sent", 1, True), events[0].id: ("sent", 1, True)}
+    assert [ack for _, ack in cases] == [True, True, False]
+    ack_ids = {json.loads(i.payload)["message_id"] for i in acks[:2]}
+    assert len(history) == 2 and {h[2]["message_id"] for h in history} == ack_ids
+    assert [h[3] for h in history] == [sent_at[acks[0].id], sent_at[acks[1].id]] and history[0][0] != history[1][0]
+    store.close()

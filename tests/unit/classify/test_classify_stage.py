@@ -46,7 +46,7 @@ def test_the_processor_hands_over_undecodable_records_first_then_each_classifier
     bus.publish([Outgoing(bus.topics.inbound, encode(m), m.id.encode()) for m in msgs[2:]])
     with bus.consumer("g", [bus.topics.inbound]) as consumer:
         records = consumer.poll(10, timeout=0.01)
-    processor = ClassifyProcessor(KeywordClassifier(chunk=2), bus.topics, clock=lambda: NOW)
+    processor = ClassifyProcessor(KeywordClassifier(chunk=2), bus.topics, clock=lambda: NOW, min_chunk=1)
     chunks = list(processor.process_stream(records))
     assert [len(c) for c in chunks] == [1, 2, 2, 1]
     assert chunks[0][0].record.value == b"garbage" and isinstance(chunks[0][0].error, DecodeError)
@@ -54,6 +54,8 @@ def test_the_processor_hands_over_undecodable_records_first_then_each_classifier
     assert [t.id for t in streamed] == [r.key.decode() for r in records if r.value != b"garbage"]  # in poll order
     assert {t.id for t in streamed} == {m.id for m in msgs}
     assert [oc.outputs for oc in processor.process(records)] == [oc.outputs for c in chunks for oc in c]
+    coalescing = ClassifyProcessor(KeywordClassifier(chunk=2), bus.topics, clock=lambda: NOW, min_chunk=3)
+    assert [len(c) for c in coalescing.process_stream(records)] == [1, 4, 1]  # classifier chunks joined to >= 3
 
 
 def test_evaluate_reports_the_contract_fields() -> None:
