@@ -22,7 +22,7 @@ from frontdesk.codec import decode, encode
 from frontdesk.errors import DecodeError
 from frontdesk.messages import InboundMessage, Triage, TriagedMessage
 from frontdesk.metrics import Metrics, default_metrics
-from frontdesk.stage import Outcome
+from frontdesk.outcome import Outcome
 
 
 # Outcomes handed over together at least: each hand-over is a produce request, and a poll, a

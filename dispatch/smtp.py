@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dispatch.base import OutboundReply, Replier
 from dispatch.settings import SmtpSettings
@@ -66,7 +66,7 @@ class _Watchdog:
     def __init__(self, seconds: float) -> None:
         self.fired = False
         self._cancelled = False
-        self._client: smtplib.SMTP | None = None
+        self._client: _Watched | None = None
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
         _DEADLINES.add(time.monotonic() + seconds, self)
@@ -106,7 +106,13 @@ class _Watched(smtplib.SMTP):
 
     def __init__(self, *args: object, watchdog: _Watchdog, **kwargs: object) -> None:
         self._watchdog = watchdog
+        self.mail_answered = False  # whether this send's MAIL FROM got a reply: after it, never resend here
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        answer = super().mail(sender, options)
+        self.mail_answered = True
+        return answer
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
@@ -120,20 +126,23 @@ class _WatchedSmtpSsl(_Watched, smtplib.SMTP_SSL):
 
 class SmtpReplier(Replier):
     """Blocking; thread-safe (sends are serialised). A connection (TLS handshake and AUTH done) is
-    kept for ``REUSE_S`` after a send and reused, checked by a NOOP first, so a relay batch of
-    acknowledgements costs one handshake; any error drops it, and the next send connects anew.
-    A send that fails after the connection was checked is never repeated here (the relay retries
-    it later), so reuse adds no duplicate window. Each send ends within ``settings.timeout_s``
-    (:attr:`max_send_s`), or raises ReplyUnavailable."""
+    kept for ``REUSE_S`` after a send and reused, so a relay batch of acknowledgements costs one
+    handshake; any error drops it, and the next send connects anew. A connection idle for more
+    than ``UNCHECKED_S`` is checked by a NOOP first; one used just before is not (a round trip per
+    acknowledgement), and if it turns out dead before its MAIL FROM got an answer (nothing of this
+    message was accepted), the send is made once more on a new connection. A send that fails
+    later is never repeated here (the relay retries it later), so reuse adds no duplicate window.
+    Each send ends within ``settings.timeout_s`` (:attr:`max_send_s`), or raises ReplyUnavailable."""
 
     REUSE_S = 30.0  # well under the 5-minute idle timeout RFC 5321 asks servers to allow
+    UNCHECKED_S = 2.0
 
     def __init__(self, settings: SmtpSettings, envelope_from: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.envelope_from = envelope_from
         self._clock = clock
         self._lock = threading.Lock()
-        self._client: smtplib.SMTP | None = None
+        self._client: _Watched | None = None
         self._last_used = 0.0
         self.connections = 0  # opened so far (tests, metrics)
 
@@ -144,10 +153,10 @@ class SmtpReplier(Replier):
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
 
-    def _connect(self, watchdog: _Watchdog) -> smtplib.SMTP:
+    def _connect(self, watchdog: _Watchdog) -> _Watched:
         s = self.settings
         if s.security == "ssl":
-            client: smtplib.SMTP = _WatchedSmtpSsl(s.host, s.port, timeout=s.timeout_s, context=self._context(),
+            client: _Watched = _WatchedSmtpSsl(s.host, s.port, timeout=s.timeout_s, context=self._context(),
                                                    watchdog=watchdog)
         else:
             client = _Watched(s.host, s.port, timeout=s.timeout_s, watchdog=watchdog)
@@ -162,19 +171,23 @@ class SmtpReplier(Replier):
         self.connections += 1
         return client
 
-    def _session(self, watchdog: _Watchdog) -> smtplib.SMTP:
-        """The kept connection if it is fresh and answers NOOP with 250, else a new one."""
+    def _session(self, watchdog: _Watchdog) -> tuple[_Watched, bool]:
+        """The kept connection if it is fresh (checked by NOOP unless used in the last
+        ``UNCHECKED_S``), else a new one; and whether it is the kept one, unchecked."""
         client, self._client = self._client, None
-        if client is not None and self._clock() - self._last_used < self.REUSE_S:
+        idle = self._clock() - self._last_used
+        if client is not None and idle < self.REUSE_S:
             watchdog.watch(client)
+            if idle < self.UNCHECKED_S:
+                return client, True
             try:
                 if client.noop()[0] == 250:
-                    return client
+                    return client, False
             except (smtplib.SMTPException, OSError):
                 pass
         if client is not None:
             _quietly_close(client)
-        return self._connect(watchdog)
+        return self._connect(watchdog), False
 
     def close(self) -> None:
         """QUIT the kept connection, if any. Idempotent."""
@@ -192,11 +205,18 @@ class SmtpReplier(Replier):
             self._send(reply.recipient, reply.raw)
 
     def _send(self, recipient: str, raw: bytes) -> None:
-        client: smtplib.SMTP | None = None
+        client: _Watched | None = None
         watchdog = _Watchdog(self.settings.timeout_s)
         try:
-            client = self._session(watchdog)
-            client.sendmail(self.envelope_from, [recipient], raw)
+            client, unchecked = self._session(watchdog)
+            try:
+                _transaction(client, self.envelope_from, recipient, raw)
+            except (smtplib.SMTPServerDisconnected, OSError):
+                if not unchecked or client.mail_answered or watchdog.fired:
+                    raise
+                client = _drop(client)  # it died while idle; nothing of this message reached the server
+                client = self._connect(watchdog)
+                _transaction(client, self.envelope_from, recipient, raw)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(400 <= c < 500 for c in codes):
@@ -222,6 +242,11 @@ class SmtpReplier(Replier):
                 client = _drop(client)
             if client is not None:  # a refused recipient leaves the session usable
                 self._client, self._last_used = client, self._clock()
+
+
+def _transaction(client: _Watched, sender: str, recipient: str, raw: bytes) -> None:
+    client.mail_answered = False
+    client.sendmail(sender, [recipient], raw)
 
 
 def _session_refused(exc: smtplib.SMTPResponseException) -> str:

@@ -21,7 +21,7 @@ from frontdesk.codec import decode
 from frontdesk.faults import crashpoint
 from frontdesk.messages import TriagedMessage
 from frontdesk.metrics import Metrics, default_metrics
-from frontdesk.stage import Outcome
+from frontdesk.outcome import Outcome
 
 # ApplyResult.ack values that are not a suppression reason: queued, or not considered (follow-up).
 _NOT_SUPPRESSED = frozenset({"ok", "none"})

@@ -32,75 +32,21 @@ thread-safe) and the timestamp of the oldest record in flight, both read at scra
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from frontdesk.bus.base import DEFAULT_MAX_RECORD_BYTES, Bus, Consumer, Delivery, Lag, Outgoing, Record, record_size
-from frontdesk.deadletter import build_dead_letter
-from frontdesk.errors import DecodeError, FrontdeskError, RecordTooLarge, TransientError
+from frontdesk.bus.base import Bus, Consumer, Delivery, Lag, Outgoing, Record
+from frontdesk.errors import FrontdeskError, TransientError
 from frontdesk.faults import crashpoint
 from frontdesk.metrics import Metrics, default_metrics
+from frontdesk.outcome import Outcome, Processor, StreamingProcessor, check_one_each, dead_letter, too_large, where
+
+__all__ = ["Backoff", "Outcome", "Processor", "StageRunner", "StageStats", "StreamingProcessor", "dead_letter"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What processing one input record produced: outputs, or the error that makes it poison."""
-
-    record: Record
-    outputs: tuple[Outgoing, ...] = ()
-    error: BaseException | None = None
-
-
-class Processor(Protocol):
-    """A stage's logic. Must be safe to call again on the same records (redelivery)."""
-
-    def process(self, records: Sequence[Record]) -> Sequence[Outcome]: ...
-
-
-class StreamingProcessor(Processor, Protocol):
-    """A processor that can hand over its outcomes in chunks while it works on the rest of the batch.
-
-    ``process_stream`` yields every record's outcome exactly once, in any order and chunking; if it
-    raises, or ends with records unanswered, the runner processes those with ``process`` (and one
-    at a time if that fails), as for a batch that failed as a whole.
-    """
-
-    def process_stream(self, records: Sequence[Record]) -> Iterator[Sequence[Outcome]]: ...
-
-
-def _where(record: Record) -> tuple[str, int, int]:
-    return record.topic, record.partition, record.offset
-
-
-def dead_letter(record: Record, stage: str, error: BaseException, topic: str,
-                max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Outgoing:
-    """The dead-letter record for ``record``: stage, reason, error type and the exact bytes (cut to
-    fit ``max_bytes``: :mod:`frontdesk.deadletter`)."""
-    raw = error.raw if isinstance(error, DecodeError) else record.value
-    return build_dead_letter(
-        topic, record.key, raw, stage=stage, reason=str(error) or type(error).__name__,
-        error_type=type(error).__name__, max_bytes=max_bytes,
-        headers=(("frontdesk-stage", stage.encode()), ("frontdesk-error", type(error).__name__.encode())),
-        source_topic=record.topic, partition=record.partition, offset=record.offset,
-        key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-        message_id=record.key.decode("utf-8", "replace") if record.key else None,
-    )
-
-
-def too_large(outcome: Outcome, limit: int) -> Outcome:
-    """``outcome``, or (an output over the bus's record limit) its record as poison: RecordTooLarge."""
-    for out in outcome.outputs:
-        if (size := record_size(out)) > limit:
-            return Outcome(outcome.record, error=RecordTooLarge(
-                f"its output for {out.topic} is {size:,} bytes, over the bus's {limit:,}-byte record limit"))
-    return outcome
 
 
 @dataclass(slots=True)
@@ -247,7 +193,7 @@ class StageRunner:
             outgoing.extend(out)
 
         answered = self._stream(records, send)
-        if rest := [r for r in records if _where(r) not in answered]:
+        if rest := [r for r in records if where(r) not in answered]:
             send(self._process(rest))
         for delivery in sent:
             delivery.wait()
@@ -260,11 +206,11 @@ class StageRunner:
         stream = getattr(self.processor, "process_stream", None)
         if stream is None:
             return answered
-        wanted, chunks = {_where(r) for r in records}, iter(stream(records))
+        wanted, chunks = {where(r) for r in records}, iter(stream(records))
         while True:
             try:
                 chunk = next(chunks, None)
-                keys = [_where(oc.record) for oc in chunk or ()]
+                keys = [where(oc.record) for oc in chunk or ()]
                 if len(set(keys)) != len(keys) or not wanted.issuperset(keys) or answered.intersection(keys):
                     raise ValueError("the processor answered a record twice, or one not in its batch")
             except TransientError:
@@ -284,7 +230,7 @@ class StageRunner:
     def _process(self, records: Sequence[Record]) -> list[Outcome]:
         try:
             outcomes = list(self.processor.process(records))
-            _check_one_each(records, outcomes)
+            check_one_each(records, outcomes)
             return outcomes
         except TransientError:
             raise
@@ -313,12 +259,3 @@ class StageRunner:
         delay = self.backoff.next()
         log.warning("%s: transient failure (%s); retrying in %.1fs", self.name, exc, delay)
         (self._sleep or self._stop.wait)(delay)
-
-
-def _check_one_each(records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
-    """A processor must answer every record exactly once; a record without an outcome would be
-    committed unprocessed (lost). Raises ValueError (a processor bug: the records are isolated)."""
-    where = [_where(r) for r in records]
-    answered = [_where(oc.record) for oc in outcomes]
-    if sorted(answered) != sorted(where):
-        raise ValueError(f"the processor answered {len(answered)} outcome(s) for {len(where)} record(s)")

@@ -62,7 +62,7 @@ def test_one_connection_serves_a_batch_and_is_replaced_when_it_breaks(smtp_serve
     assert [m.rcpt_tos for m in got] == [[f"c{n}@mail.ru"] for n in range(5)]
     assert replier.connections == 1 and len({m.peer for m in got}) == 1 and all(m.tls and m.login for m in got)
 
-    smtp_server.restart()  # the kept connection is dead: the NOOP check notices, nothing is lost
+    smtp_server.restart()  # the kept connection (used 1 s ago: no NOOP) is dead at MAIL: sent again on a new one
     replier.send(reply(5))
     assert replier.connections == 2 and smtp_server.wait_for(6)[-1].rcpt_tos == ["c5@mail.ru"]
 
@@ -98,6 +98,12 @@ class _Scripted:
         self.mail, self.rcpt, self.data = "250 OK", "250 OK", "250 OK"
         self.rcpt_delay = self.data_delay = 0.0
         self.accepted: list[bytes] = []
+        self.noops = 0
+        self.drop_after_data = False  # accept the message, then close the connection without an answer
+
+    async def handle_NOOP(self, server, session, envelope, arg):  # type: ignore[no-untyped-def]
+        self.noops += 1
+        return "250 OK"
 
     async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
         if self.mail.startswith("250"):
@@ -114,6 +120,8 @@ class _Scripted:
         await asyncio.sleep(self.data_delay)
         if self.data.startswith("250"):
             self.accepted.append(envelope.content)
+        if self.drop_after_data:
+            server.transport.close()
         return self.data
 
 
@@ -232,3 +240,27 @@ def test_an_acknowledgement_from_a_wrapped_template_reaches_the_server_7bit(smtp
     assert all(b < 128 for b in got.raw) or "BODY=8BITMIME" in got.mail_options
     assert got.message["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
     assert got.message.get_content().replace("\r\n", "\n") == body
+
+
+def test_a_connection_used_just_before_is_reused_without_a_noop_and_never_resent_after_mail(scripted) -> None:  # type: ignore[no-untyped-def]
+    """No NOOP round trip within ``UNCHECKED_S`` of the last send; one after. A kept connection that
+    dies after its MAIL FROM was answered is not retried here: the server may have the message."""
+    handler, settings = scripted
+    clock = Clock()
+    replier = SmtpReplier(settings, "support@bet.example", clock=clock)
+    for n in range(3):
+        replier.send(reply(n))
+        clock.now += 0.5
+    assert handler.noops == 0 and replier.connections == 1 and len(handler.accepted) == 3
+    clock.now += SmtpReplier.UNCHECKED_S
+    replier.send(reply(3))
+    assert handler.noops == 1 and replier.connections == 1 and len(handler.accepted) == 4
+
+    handler.drop_after_data = True
+    with pytest.raises(ReplyUnavailable):
+        replier.send(reply(4))
+    assert len(handler.accepted) == 5 and replier.connections == 1  # accepted once, not sent again
+    handler.drop_after_data = False
+    replier.send(reply(5))
+    assert len(handler.accepted) == 6 and replier.connections == 2
+    replier.close()
