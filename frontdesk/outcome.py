@@ -74,7 +74,7 @@ def too_large(outcome: Outcome, limit: int) -> Outcome:
 def check_one_each(records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
     """A processor must answer every record exactly once; a record without an outcome would be
     committed unprocessed (lost). Raises ValueError (a processor bug: the records are isolated)."""
-    where = [where(r) for r in records]
+    wanted = [where(r) for r in records]
     answered = [where(oc.record) for oc in outcomes]
-    if sorted(answered) != sorted(where):
-        raise ValueError(f"the processor answered {len(answered)} outcome(s) for {len(where)} record(s)")
+    if sorted(answered) != sorted(wanted):
+        raise ValueError(f"the processor answered {len(answered)} outcome(s) for {len(wanted)} record(s)")
