@@ -57,13 +57,13 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from frontdesk.bus.base import Bus, Outgoing
-from frontdesk.errors import SourceAuthError, SourceError, TransientError
+from frontdesk.errors import SourceAuthError, SourceError
 from frontdesk.faults import crashpoint
 from ingest.blobs import BlobStore, Staged
 from ingest.imap_batch import Delivery, Fetched, Where, batch_records, batches
 from ingest.imap_isolate import GiveUp, Refusals, describe
 from ingest.imap_state import Checkpoint, CheckpointSaver, CheckpointStore, Health, PendingMail, oldest_from
-from ingest.imap_connect import connect, idle_until_news, logout, take_announced_mail
+from ingest.imap_connect import after_import, connect, logout, serve, take_announced_mail, watch
 from ingest.imap_parse import ParseJob, ParsePool, Pending, shared_pool
 from ingest.imap_settings import MailboxSettings
 from ingest.imap_worker import DEFAULT_CPU_LIMIT_S
@@ -284,53 +284,16 @@ class MailboxConnector:
         self.health.oldest_unprocessed_at = min((d for d in self._backlog.values() if d is not None), default=None)
 
     def _after_import(self, client: IMAPClient, uids: list[int]) -> None:
-        if not uids:
-            return
-        if self.box.after_import == "seen":
-            client.add_flags(uids, [b"\\Seen"], silent=True)
-        elif self.box.after_import == "move":
-            client.move(uids, self.box.move_to)
-        else:
-            client.delete_messages(uids, silent=True)
-            client.uid_expunge(uids) if client.has_capability("UIDPLUS") else client.expunge()
+        after_import(client, self.box, uids)
 
     def run(self, stop: threading.Event) -> None:
         """Blocking until ``stop``: import, then wait (IDLE or poll); reconnect with backoff."""
         self.pool.warm()  # so that the first new mail does not wait for the parser processes to start
-        delay = self.reconnect[0]
-        while not stop.is_set():
-            try:
-                self._session(stop)
-                delay = self.reconnect[0]
-            except Exception as exc:  # whatever failed, the mailbox keeps trying (visible in Health), never dies
-                if self.health.consecutive_failures == 0:
-                    delay = self.reconnect[0]  # the session had served a pass: a new outage starts over
-                self.health.consecutive_failures += 1
-                known = isinstance(exc, (SourceError, TransientError))
-                self.health.last_error = str(exc) if known else f"{type(exc).__name__}: {exc}"
-                if known:
-                    log.warning("%s: %s; reconnecting in %.1fs", self.connector, exc, delay)
-                else:
-                    log.exception("%s: unexpected %s; reconnecting in %.1fs", self.connector, type(exc).__name__, delay)
-                stop.wait(delay)
-                delay = min(self.reconnect[1], delay * 2)
+        serve(self._session, stop, self.health, self.reconnect, self.connector)
 
     def _session(self, stop: threading.Event) -> None:
-        client = self.connect()
-        try:
-            # IDLE watches the selected folder only; several folders are polled.
-            idle = self.box.idle and client.has_capability("IDLE") and len(self.box.folders) == 1
-            while not stop.is_set():
-                for folder in self.box.folders:
-                    self.import_folder(client, folder)
-                if idle and take_announced_mail(client):
-                    continue  # mail arrived during the pass: IDLE would not report it
-                if idle:
-                    idle_until_news(client, stop, self.box.idle_renew_s, self.connector)
-                else:
-                    stop.wait(self.box.poll_interval_s)
-                    client.noop()
-        except (IMAPClientError, OSError) as exc:  # the connection dropped between passes
-            raise SourceError(f"{self.connector}: {exc}") from exc
-        finally:
-            logout(client)
+        watch(self.connect(), self.box, self._pass, stop, self.connector)
+
+    def _pass(self, client: IMAPClient) -> None:
+        for folder in self.box.folders:
+            self.import_folder(client, folder)

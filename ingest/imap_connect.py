@@ -1,5 +1,6 @@
 """Opening an IMAP session: TCP, TLS (implicit or STARTTLS), login with a password or XOAUTH2;
-waiting in it for new mail (IDLE).
+waiting in it for new mail (IDLE); a mailbox's session loop, reconnected with backoff; what is done
+to imported mail (Seen, move, delete).
 
 TLS certificates are always verified (hostname included): against the CAs in the mailbox's
 ``ca_file`` if set, else the system's. There is no switch to turn verification off. With
@@ -8,16 +9,21 @@ TLS certificates are always verified (hostname included): against the CAs in the
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from frontdesk.errors import SourceAuthError, SourceError
+from frontdesk.errors import SourceAuthError, SourceError, TransientError
 from ingest.imap_settings import MailboxSettings
+from ingest.imap_state import Health
+
+log = logging.getLogger(__name__)
 
 
 def connect(box: MailboxSettings, name: str) -> IMAPClient:
@@ -118,3 +124,61 @@ def idle_until_news(client: IMAPClient, stop: threading.Event, renew_s: float, n
             client.idle_done()
         except (IMAPClientError, OSError):
             pass
+
+
+def after_import(client: IMAPClient, box: MailboxSettings, uids: list[int]) -> None:
+    """Mark imported mail Seen, move it to ``box.move_to`` or delete it (``box.after_import``)."""
+    if not uids:
+        return
+    if box.after_import == "seen":
+        client.add_flags(uids, [b"\\Seen"], silent=True)
+    elif box.after_import == "move":
+        client.move(uids, box.move_to)
+    else:
+        client.delete_messages(uids, silent=True)
+        client.uid_expunge(uids) if client.has_capability("UIDPLUS") else client.expunge()
+
+
+def watch(client: IMAPClient, box: MailboxSettings, one_pass: Callable[[IMAPClient], None], stop: threading.Event,
+          name: str) -> None:
+    """One session (blocking until ``stop``): a pass, then wait for news (IDLE, or poll), again.
+    Logs out at the end; a dropped connection is raised as SourceError."""
+    try:
+        # IDLE watches the selected folder only; several folders are polled.
+        idle = box.idle and client.has_capability("IDLE") and len(box.folders) == 1
+        while not stop.is_set():
+            one_pass(client)
+            if idle and take_announced_mail(client):
+                continue  # mail arrived during the pass: IDLE would not report it
+            if idle:
+                idle_until_news(client, stop, box.idle_renew_s, name)
+            else:
+                stop.wait(box.poll_interval_s)
+                client.noop()
+    except (IMAPClientError, OSError) as exc:  # the connection dropped between passes
+        raise SourceError(f"{name}: {exc}") from exc
+    finally:
+        logout(client)
+
+
+def serve(session: Callable[[threading.Event], None], stop: threading.Event, health: Health,
+          reconnect: tuple[float, float], name: str) -> None:
+    """Run ``session`` until ``stop``; after any failure (in ``health``), again after a delay that
+    doubles from ``reconnect[0]`` up to ``reconnect[1]`` and starts over once a session served."""
+    delay = reconnect[0]
+    while not stop.is_set():
+        try:
+            session(stop)
+            delay = reconnect[0]
+        except Exception as exc:  # whatever failed, the mailbox keeps trying (visible in Health), never dies
+            if health.consecutive_failures == 0:
+                delay = reconnect[0]  # the session had served a pass: a new outage starts over
+            health.consecutive_failures += 1
+            known = isinstance(exc, (SourceError, TransientError))
+            health.last_error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            if known:
+                log.warning("%s: %s; reconnecting in %.1fs", name, exc, delay)
+            else:
+                log.exception("%s: unexpected %s; reconnecting in %.1fs", name, type(exc).__name__, delay)
+            stop.wait(delay)
+            delay = min(reconnect[1], delay * 2)

@@ -28,8 +28,6 @@ customer messages around it. Secrets are never logged. Running the app: :mod:`in
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -39,10 +37,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import SecretStr, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from frontdesk.bus.base import Bus, Outgoing
@@ -52,10 +48,12 @@ from frontdesk.errors import FrontdeskError, RecordTooLarge, TransientError
 from frontdesk.faults import crashpoint
 from frontdesk.messages import InboundMessage
 from frontdesk.metrics import Metrics, default_metrics, instrument_app
-from ingest.http.api import Accepted, MessageIn, Problem, Published, ValidationProblem, api_message
+from ingest.http.api import Accepted, MessageIn, Problem, Published, api_message
+from ingest.http.auth import bearer_ok, secret_ok, signature_ok
 from ingest.http.deadletter import dead_letter_record
 from ingest.http.meta import MetaConnectors, meta_normalised
 from ingest.http.normalise import Normalised, PayloadError, Rejected, telegram_normalised
+from ingest.http.openapi_doc import openapi_document, platform_body, responses, webhook_responses
 from ingest.http.settings import HttpIntakeSettings
 from ingest.http.tally import API_CONNECTOR, IntakeTallies
 
@@ -64,41 +62,7 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 VERSION = "1.0.0"
 _DURABLE = ("The customer messages of the body (none for other events) are durably on the bus, and so are "
             "the dead-letter records of its parts that could not be read")
-_SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer"},
-             "frontdeskSignature": {"type": "apiKey", "in": "header", "name": "X-Frontdesk-Signature",
-                                    "description": "sha256=<hex HMAC-SHA256 of the raw body with the shared secret>"},
-             "telegramSecretToken": {"type": "apiKey", "in": "header", "name": "X-Telegram-Bot-Api-Secret-Token",
-                                     "description": "The secret_token given to setWebhook"},
-             "metaSignature": {"type": "apiKey", "in": "header", "name": "X-Hub-Signature-256",
-                               "description": "sha256=<hex HMAC-SHA256 of the raw body with the app secret>"}}
 
-
-def _platform_body(description: str, scheme: str) -> dict[str, Any]:
-    """OpenAPI extras of a webhook whose body is the platform's own JSON (not re-specified here)."""
-    return {"requestBody": {"required": True, "description": description,
-                            "content": {"application/json": {"schema": {"type": "object"}}}},
-            "security": [{scheme: []}]}
-
-
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    known: dict[int, dict[str, Any]] = {
-        400: {"model": Problem, "description": "The body is not valid JSON; nothing was published"},
-        401: {"model": Problem, "description": "Missing or invalid credentials; nothing was published"},
-        404: {"model": Problem, "description": "Endpoint disabled: its credential is not configured"},
-        413: {"model": Problem, "description": "Body larger than the configured limit, or (messages API) its "
-                                                "message too big for a bus record; nothing was published"},
-        422: {"model": ValidationProblem, "description": "Schema error; `detail[].loc` names the field"},
-        503: {"model": Problem, "description": "The message bus is unavailable; nothing was accepted, retry later",
-              "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}},
-    }
-    return {code: known[code] for code in codes}
-
-
-def _webhook_responses() -> dict[int | str, dict[str, Any]]:
-    """A webhook's error answers: 422 only for a body that is not an object (bad parts are dead-lettered)."""
-    not_an_object = {"model": ValidationProblem,
-                     "description": "The body is JSON but not an object; nothing was published"}
-    return {**_responses(400, 401, 404, 413), 422: not_an_object, **_responses(503)}
 
 
 def create_app(settings: HttpIntakeSettings, bus: Bus, *,
@@ -115,31 +79,31 @@ def create_app(settings: HttpIntakeSettings, bus: Bus, *,
                       operation_id="submitMessage", tags=["messages"],
                       summary="Submit one social-media or chat message",
                       response_description="Accepted: the message is durably on the bus under `id`",
-                      responses=_responses(401, 404, 413, 422, 503), openapi_extra={
+                      responses=responses(401, 404, 413, 422, 503), openapi_extra={
                           "requestBody": {"required": True, "content": {"application/json": {
                               "schema": {"$ref": "#/components/schemas/MessageIn"}}}},
                           "security": [{"bearerAuth": []}, {"frontdeskSignature": []}]})
     app.add_api_route("/webhooks/telegram", intake.telegram, methods=["POST"], response_model=Published,
                       operation_id="telegramWebhook", tags=["webhooks"], summary="Telegram Bot API update",
-                      response_description=_DURABLE, responses=_webhook_responses(),
-                      openapi_extra=_platform_body("A Bot API Update (https://core.telegram.org/bots/api#update)",
+                      response_description=_DURABLE, responses=webhook_responses(),
+                      openapi_extra=platform_body("A Bot API Update (https://core.telegram.org/bots/api#update)",
                                                    "telegramSecretToken"))
     app.add_api_route("/webhooks/meta", intake.meta_verify, methods=["GET"], response_class=PlainTextResponse,
                       operation_id="metaVerify", tags=["webhooks"], summary="Meta subscription handshake",
                       response_description="The hub.challenge, echoed as text/plain",
                       responses={403: {"model": Problem, "description": "Wrong hub.mode or verify token"},
-                                 **_responses(404)})
+                                 **responses(404)})
     app.add_api_route("/webhooks/meta", intake.meta, methods=["POST"], response_model=Published,
                       operation_id="metaWebhook", tags=["webhooks"], summary="WhatsApp, Messenger and Instagram events",
-                      response_description=_DURABLE, responses=_webhook_responses(),
-                      openapi_extra=_platform_body("A Meta webhook batch: object whatsapp_business_account, page or "
+                      response_description=_DURABLE, responses=webhook_responses(),
+                      openapi_extra=platform_body("A Meta webhook batch: object whatsapp_business_account, page or "
                                                    "instagram, with entry[]", "metaSignature"))
     app.add_api_route("/healthz", _healthz, methods=["GET"], operation_id="healthz", tags=["operations"],
                       summary="The process is up")
     app.add_api_route("/readyz", intake.readyz, methods=["GET"], operation_id="readyz", tags=["operations"],
                       summary="The bus answers", responses={503: {"description": "The bus does not answer"}})
     instrument_app(app, metrics)  # GET /metrics (not in the OpenAPI document) and request counters
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
@@ -157,8 +121,8 @@ class _Intake:
         s = self.settings
         _enabled(bool(s.api_tokens or s.hmac_secret), "POST /v1/messages (http.api_tokens / http.hmac_secret)")
         raw = await _read_body(request, s.max_body_bytes)
-        if not (_bearer_ok(request.headers.get("authorization"), s.api_tokens)
-                or _signature_ok(request.headers.get("x-frontdesk-signature"), raw, s.hmac_secret)):
+        if not (bearer_ok(request.headers.get("authorization"), s.api_tokens)
+                or signature_ok(request.headers.get("x-frontdesk-signature"), raw, s.hmac_secret)):
             _refuse(request, 401, "missing or invalid bearer token or signature", {"WWW-Authenticate": "Bearer"})
         try:
             body = MessageIn.model_validate_json(raw)
@@ -172,7 +136,7 @@ class _Intake:
     async def telegram(self, request: Request) -> Published:
         s = self.settings
         _enabled(s.telegram_secret_token is not None, "the Telegram webhook (http.telegram_secret_token)")
-        if not _secret_ok(request.headers.get("x-telegram-bot-api-secret-token"), s.telegram_secret_token):
+        if not secret_ok(request.headers.get("x-telegram-bot-api-secret-token"), s.telegram_secret_token):
             _refuse(request, 401, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
         raw = await _read_body(request, s.max_body_bytes)
         return await self._publish_body(telegram_normalised(
@@ -183,7 +147,7 @@ class _Intake:
                           challenge: str | None = Query(None, alias="hub.challenge", max_length=256),
                           ) -> PlainTextResponse:
         _enabled(self.settings.meta_verify_token is not None, "the Meta webhook handshake (http.meta_verify_token)")
-        if mode != "subscribe" or not _secret_ok(token, self.settings.meta_verify_token):
+        if mode != "subscribe" or not secret_ok(token, self.settings.meta_verify_token):
             log.warning("refused the Meta subscription handshake: wrong mode or verify token")
             raise HTTPException(403, "wrong hub.mode or hub.verify_token")
         if not challenge or not challenge.isprintable():
@@ -194,7 +158,7 @@ class _Intake:
         s = self.settings
         _enabled(s.meta_app_secret is not None, "the Meta webhook (http.meta_app_secret)")
         raw = await _read_body(request, s.meta_max_body_bytes)
-        if not _signature_ok(request.headers.get("x-hub-signature-256"), raw, s.meta_app_secret):
+        if not signature_ok(request.headers.get("x-hub-signature-256"), raw, s.meta_app_secret):
             _refuse(request, 401, "missing or invalid X-Hub-Signature-256")
         return await self._publish_body(meta_normalised(
             _json(raw), connectors=self.meta_connectors, received_at=self.clock(), max_text=s.max_text_chars))
@@ -272,29 +236,6 @@ def _json(raw: bytes) -> Any:
         raise HTTPException(400, "the body is not valid JSON") from exc
 
 
-def _secret_ok(given: str | None, secret: SecretStr | None) -> bool:
-    """Constant-time comparison; False when either side is missing."""
-    if not given or secret is None:
-        return False
-    return hmac.compare_digest(given.encode(), secret.get_secret_value().encode())
-
-
-def _bearer_ok(header: str | None, tokens: tuple[SecretStr, ...]) -> bool:
-    scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return False
-    return any([_secret_ok(token.strip(), t) for t in tokens])  # a list: compare with every token
-
-
-def _signature_ok(header: str | None, body: bytes, secret: SecretStr | None) -> bool:
-    """``sha256=<hex>`` is the HMAC-SHA256 of ``body`` keyed with ``secret`` (constant-time)."""
-    scheme, _, given = (header or "").strip().partition("=")
-    if secret is None or scheme.lower() != "sha256" or not given:
-        return False
-    expected = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
-
-
 def _enabled(configured: bool, what: str) -> None:
     if not configured:
         raise HTTPException(404, f"{what} is not configured")
@@ -312,19 +253,7 @@ async def _payload_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document plus the request-body schemas of endpoints that parse their body themselves."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, defs = models_json_schema([(MessageIn, "validation")], ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {})
-        components.setdefault("schemas", {}).update(defs["$defs"])
-        components["securitySchemes"] = _SECURITY
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-def write_openapi(path: Path = OPENAPI_PATH) -> Path:
+def writeopenapi_document(path: Path = OPENAPI_PATH) -> Path:
     """(Re)write the committed OpenAPI document; a test fails when it drifts from the code."""
     document = create_app(HttpIntakeSettings(), MemoryBus()).openapi()
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
