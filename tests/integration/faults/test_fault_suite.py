@@ -36,6 +36,7 @@ from frontdesk.codec import decode
 from frontdesk.messages import DeadLetter
 from frontdesk.settings import KafkaSettings
 from frontdesk.topology import Topology
+from tests.harness.topics import read_topic
 from tests.integration.faults.chaos import Chaos, Faults, Journal, append_mails, email as make_email, post_chats
 
 pytest.importorskip("torch", reason="the model extra is not installed")
@@ -115,14 +116,6 @@ def topology(servers: Any, tmp_path: Path) -> Topology:
                    "FRONTDESK_SMTP_CA_FILE": str(smtp.ca_pem_path), "HF_HUB_OFFLINE": "1"})
 
 
-def read_all(bus: KafkaBus, topic: str) -> list[Any]:
-    out: list[Any] = []
-    with bus.consumer(f"count-{time.time_ns()}", [topic]) as consumer:
-        while batch := consumer.poll(2000, timeout=5.0):
-            out.extend(batch)
-    return out
-
-
 def test_ten_thousand_messages_survive_kills_and_outages(servers: Any, tmp_path: Path) -> None:
     kafka, pg, dovecot, smtp = servers
     mails, chats = workload()
@@ -172,9 +165,9 @@ def test_ten_thousand_messages_survive_kills_and_outages(servers: Any, tmp_path:
     report = f"chaos journal:\n{journal.text()}\nlogs:\n" + "\n".join(f"--- {n}\n{t}" for n, t in logs.items())
 
     bus = KafkaBus(KafkaSettings(bootstrap_servers=kafka.bootstrap), Topics())
-    dead = read_all(bus, bus.topics.deadletter)
+    dead = read_topic(bus, bus.topics.deadletter)
     letters = [decode(r.value, DeadLetter) for r in dead]
-    events = [json.loads(r.value) for r in read_all(bus, bus.topics.cases)]
+    events = [json.loads(r.value) for r in read_topic(bus, bus.topics.cases)]
     bus.close()
     with engine.connect() as conn:
         messages = conn.execute(select(Message.id, Message.external_id, Message.case_id)).all()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
+from frontdesk.bus.base import Bus, Record
 from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
 from frontdesk.messages import DeadLetter, InboundMessage
@@ -25,6 +26,7 @@ from ingest.imap import CheckpointStore, MailboxConnector
 from ingest.imap_settings import MailboxSettings
 from ingest.mail.parse import MailLimits
 from tests.conftest import DOVECOT_PASSWORD
+from tests.harness.topics import read_topic
 from tests.fixtures.mail.corpus import CorpusMail, build_corpus
 
 pytestmark = pytest.mark.dovecot
@@ -62,12 +64,8 @@ def connector(server, bus: SqliteBus, tmp_path: Path, folder: str, **over: objec
                             BlobStore(tmp_path / "blobs"), MailLimits(), reconnect=(0.2, 1.0))
 
 
-def records(bus: SqliteBus, topic: str) -> list:  # type: ignore[type-arg]
-    out = []
-    with bus.consumer(f"check-{uuid.uuid4().hex}", [topic]) as consumer:
-        while batch := consumer.poll(1000, timeout=0.3):
-            out.extend(batch)
-    return out
+def records(bus: Bus, topic: str) -> list[Record]:
+    return read_topic(bus, topic)
 
 
 def by_uid(bus: SqliteBus) -> dict[int, tuple[str, object]]:

@@ -49,6 +49,7 @@ from frontdesk.topology import Topology
 from tests.conftest import DOVECOT_PASSWORD, SMTP_USERS
 from tests.harness.bot_api import BotApiStandIn
 from tests.harness.recorder import Recorder, Seen
+from tests.harness.topics import read_topic
 from tests.integration.pipeline.far_side import (
     TG_CHAT,
     TG_MESSAGE,
@@ -108,14 +109,6 @@ def topology(run: str, tmp_path: Path, kafka: Any, database_url: str, dovecot: A
                    "FRONTDESK_REPLIES_WEBHOOK_SECRET": HOOK_SECRET,
                    "FRONTDESK_SMTP_SECURITY": "starttls", "FRONTDESK_SMTP_USERNAME": user,
                    "FRONTDESK_SMTP_PASSWORD": password, "FRONTDESK_SMTP_CA_FILE": str(smtp.ca_pem_path)})
-
-
-def read_topic(bus: KafkaBus, topic: str) -> list[Any]:
-    records: list[Any] = []
-    with bus.consumer(f"check-{uuid.uuid4().hex}", [topic]) as consumer:
-        while batch := consumer.poll(1000, timeout=3.0):
-            records.extend(batch)
-    return records
 
 
 def wait_until(what: str, done: Callable[[], bool], timeout: float, topo: Topology, bus: KafkaBus) -> None:

@@ -37,6 +37,7 @@ from frontdesk.messages import InboundMessage, Party
 from frontdesk.settings import KafkaSettings
 from frontdesk.topology import Topology
 from tests.conftest import SMTP_USERS
+from tests.harness.topics import read_topic
 
 pytest.importorskip("torch", reason="the model extra is not installed")
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.smtp, pytest.mark.slow]
@@ -83,14 +84,6 @@ def group_assignment(bootstrap: str, group: str) -> dict[str, list[int]]:
         partitions = [p for topic in assignment.get("assigned_partitions", []) for p in topic.get("partitions", [])]
         out[member["client_id"]] = sorted(partitions)
     return out
-
-
-def read_topic(bus: KafkaBus, topic: str) -> list[Any]:
-    records: list[Any] = []
-    with bus.consumer(f"check-{uuid.uuid4().hex}", [topic]) as consumer:
-        while batch := consumer.poll(1000, timeout=3.0):
-            records.extend(batch)
-    return records
 
 
 def test_compose_topology_as_processes_loses_nothing_when_a_replica_is_killed(
