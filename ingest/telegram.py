@@ -4,7 +4,7 @@ One call (:meth:`TelegramPoller.poll`):
 
 1. ``getUpdates`` with ``offset`` = the stored offset (omitted on first start: Telegram then hands out
    everything not yet confirmed), ``timeout`` (long polling), ``limit`` and ``allowed_updates``;
-2. every update is normalised with :func:`ingest.http.normalise.telegram_normalised` — the webhook's
+2. every update is normalised with :func:`ingest.http.telegram_update.telegram_normalised` — the webhook's
    own normaliser, so polling and the webhook give the same message ids for the same message. Updates
    that are not customer messages give nothing and are skipped; an update with the wrong shape
    becomes a dead-letter record (stage ``ingest``, :mod:`ingest.http.deadletter`, as the webhook
@@ -47,7 +47,7 @@ from frontdesk.errors import ConfigError, SourceAuthError, SourceError, Transien
 from frontdesk.faults import crashpoint
 from frontdesk.settings import ComponentSettings
 from ingest.http.deadletter import dead_letter_record
-from ingest.http.normalise import telegram_normalised
+from ingest.http.telegram_update import telegram_normalised
 from ingest.http.settings import CONNECTOR_PATTERN
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,8 @@ from ingest.http.api import Accepted, MessageIn, Problem, Published, api_message
 from ingest.http.auth import bearer_ok, secret_ok, signature_ok
 from ingest.http.deadletter import dead_letter_record
 from ingest.http.meta import MetaConnectors, meta_normalised
-from ingest.http.normalise import Normalised, PayloadError, Rejected, telegram_normalised
+from ingest.http.normalise import Normalised, PayloadError, Rejected
+from ingest.http.telegram_update import telegram_normalised
 from ingest.http.openapi_doc import openapi_document, platform_body, responses, webhook_responses
 from ingest.http.settings import HttpIntakeSettings
 from ingest.http.tally import API_CONNECTOR, IntakeTallies

@@ -27,7 +27,7 @@ from frontdesk.bus.sqlite import SqliteBus
 from frontdesk.codec import decode
 from frontdesk.errors import SourceAuthError, SourceError
 from frontdesk.messages import DeadLetter, InboundMessage
-from ingest.http.normalise import telegram_update
+from ingest.http.telegram_update import telegram_update
 from ingest.telegram import OffsetStore, TelegramPoller, TelegramSettings
 from tests.harness.bot_api import BotApiStandIn
 

@@ -13,7 +13,7 @@ from dispatch.reply_target import ack_mode, chat_recipient, in_group_chat, repli
 from frontdesk.messages import InboundMessage
 from ingest.http.api import MessageIn, api_message
 from ingest.http.meta import MetaConnectors, meta_batch
-from ingest.http.normalise import telegram_update
+from ingest.http.telegram_update import telegram_update
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "webhooks"
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

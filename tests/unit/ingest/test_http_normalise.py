@@ -28,9 +28,8 @@ from ingest.http.normalise import (
     media_type,
     reference_digest,
     single_line,
-    telegram_normalised,
-    telegram_update,
 )
+from ingest.http.telegram_update import telegram_normalised, telegram_update
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "webhooks"
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
