@@ -37,9 +37,11 @@ app = typer.Typer(
 ingest_app = typer.Typer(help="Source connectors: publish customer messages to the inbound topic.", no_args_is_help=True)
 cases_app = typer.Typer(help="Inspect routed cases.", no_args_is_help=True)
 deadletter_app = typer.Typer(help="Inspect the dead-letter topic.", no_args_is_help=True)
+blobs_app = typer.Typer(help="The blob store of raw mail and attachments: read, expire.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(cases_app, name="cases")
 app.add_typer(deadletter_app, name="deadletter")
+app.add_typer(blobs_app, name="blobs")
 
 
 class _State:

@@ -77,15 +77,21 @@ class PackWriter:
         self._written: dict[str, Staged] = {}
         self._failed: str | None = None
 
-    def add(self, data: bytes) -> Staged:
-        """Stage ``data`` (nothing written if it is stored already). Raises BlobWriteFailed."""
+    @property
+    def size(self) -> int:
+        """Bytes staged in the current pack."""
+        return self._size
+
+    def add(self, data: bytes, *, again: bool = False) -> Staged:
+        """Stage ``data`` (nothing written if it is stored already, unless ``again``: compaction
+        copies stored blobs). Raises BlobWriteFailed."""
         digest = hashlib.sha256(data).hexdigest()
         if self.shared and not self._pending and self._due():
             self._rotate()
         if digest in self._written:
             return self._written[digest]
         try:
-            if self.store._stored(digest):
+            if not again and self.store._stored(digest):
                 return Staged(REF_PREFIX + digest)
         except sqlite3.Error as exc:
             raise BlobWriteFailed(f"cannot read the blob index: {exc}") from exc

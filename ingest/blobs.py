@@ -22,6 +22,10 @@ packs' bytes and directory entries durable, then one SQLite transaction (``synch
 a crash or power loss — also those that were stored already (the sync covers them too) — and a
 record published after the call never references a blob that a crash could take away.
 
+Retention (:meth:`BlobStore.expire`, ``frontdesk blobs expire``): a blob last stored longer ago
+than the retention is erased, its bytes too (:mod:`ingest.blob_expire`). Storing bytes that are
+stored already writes nothing but makes the blob young again (table ``seen``).
+
 "Synced" is one ``syncfs(2)`` where available, else an ``fsync`` per pack and directory
 (:mod:`ingest.blob_files`, which also creates the index).
 
@@ -45,13 +49,14 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ingest import blob_files
+from ingest import blob_expire, blob_files
+from ingest.blob_expire import SEEN_SCHEMA, ExpireReport
 from ingest.blob_files import create_index
 from ingest.blob_packs import (PACK_MAX_BYTES, PACKS, REF_PREFIX, ROTATE_AFTER_S, BlobError, BlobNotFound,
                                BlobWriteFailed, PackWriter, Staged, blob_ref)
 
 __all__ = ["INDEX", "PACKS", "PACK_MAX_BYTES", "REF_PREFIX", "ROTATE_AFTER_S", "SWEEP_AFTER_S", "BlobError",
-           "BlobNotFound", "BlobStore", "BlobWriteFailed", "PackWriter", "Staged", "blob_ref"]
+           "BlobNotFound", "BlobStore", "BlobWriteFailed", "ExpireReport", "PackWriter", "Staged", "blob_ref"]
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +116,44 @@ class BlobStore:
         if not staged:
             return
         packs = sorted({s.pack for s in staged if s.pack is not None})
+        again = sorted({s.ref[len(REF_PREFIX):] for s in staged if s.pack is None})
         try:
             blob_files.sync(self.root, [os.path.join(self.root, PACKS, p) for p in packs])
-            if packs:
-                rows = {s.ref[len(REF_PREFIX):]: (s.pack, s.offset, s.length) for s in staged if s.pack}
-                with self._connection(create=True) as conn:
+            now = time.time()
+            with self._connection(create=True) as conn:
+                if packs:
+                    rows = {s.ref[len(REF_PREFIX):]: (s.pack, s.offset, s.length) for s in staged if s.pack}
                     conn.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)",
                                      [(d, *row) for d, row in rows.items()])
-                    conn.executemany("INSERT OR IGNORE INTO packs VALUES (?, ?)", [(p, time.time()) for p in packs])
-        except (OSError, sqlite3.Error) as exc:
+                    conn.executemany("INSERT INTO packs VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                                     "SET committed_at = MAX(committed_at, excluded.committed_at)",
+                                     [(p, now) for p in packs])
+                if again:
+                    self._stored_again(conn, again, now)
+        except (OSError, sqlite3.Error, BlobWriteFailed) as exc:
             self.discard(staged)
+            if isinstance(exc, BlobWriteFailed):
+                raise
             raise BlobWriteFailed(f"cannot store {len(staged)} blob(s) ({staged[0].ref} ...): {exc}") from exc
+
+    def _stored_again(self, conn: sqlite3.Connection, digests: Sequence[str], now: float) -> None:
+        """Blobs stored again (deduplicated) are as young as this commit (:mod:`ingest.blob_expire`).
+        One that expired since the writer found it is refused, the transaction rolled back: the
+        retry stores its bytes anew, so no record names an erased blob."""
+        conn.execute(SEEN_SCHEMA)  # indexes made before retention lack it
+        marks = ",".join("?" * len(digests))
+        conn.execute(f"INSERT INTO seen SELECT digest, ? FROM blobs WHERE digest IN ({marks}) "
+                     "ON CONFLICT(digest) DO UPDATE SET at = MAX(at, excluded.at)", (now, *digests))
+        found = {row[0] for row in conn.execute(f"SELECT digest FROM blobs WHERE digest IN ({marks})", digests)}
+        for digest in (d for d in digests if d not in found):
+            legacy = [p for p in self._legacy_paths(digest) if os.path.exists(p)] if self._has_legacy() else []
+            if not legacy:
+                raise BlobWriteFailed(f"blob sha256:{digest} expired while it was being stored again: retry")
+            os.utime(legacy[0], (now, now))
+
+    def expire(self, older_than_s: float, *, now: float | None = None, dry_run: bool = False) -> ExpireReport:
+        """Erase blobs last stored more than ``older_than_s`` ago: :func:`ingest.blob_expire.expire`."""
+        return blob_expire.expire(self, older_than_s, now=now, dry_run=dry_run)
 
     def discard(self, staged: Iterable[Staged]) -> None:
         """Remove the packs of staged blobs that were not committed (best effort, never raises);
@@ -134,13 +166,10 @@ class BlobStore:
         """The bytes of ``ref``; BlobNotFound if absent, BlobError if the content does not match."""
         digest = _digest(ref)
         try:
-            row = self._lookup(digest)
-            if row is not None:
-                with open(os.path.join(self.root, PACKS, row[0]), "rb") as handle:
-                    handle.seek(row[1])
-                    data = handle.read(row[2])
-            else:
-                data = self._read_legacy(digest)
+            try:
+                data = self._read(digest)
+            except FileNotFoundError:  # its pack was compacted since the lookup: look again
+                data = self._read(digest)
         except FileNotFoundError as exc:
             raise BlobNotFound(ref) from exc
         except (OSError, sqlite3.Error) as exc:
@@ -148,6 +177,14 @@ class BlobStore:
         if blob_ref(data) != ref:
             raise BlobError(f"blob {ref} is corrupt: its content has a different hash")
         return data
+
+    def _read(self, digest: str) -> bytes:
+        row = self._lookup(digest)
+        if row is None:
+            return self._read_legacy(digest)
+        with open(os.path.join(self.root, PACKS, row[0]), "rb") as handle:
+            handle.seek(row[1])
+            return handle.read(row[2])
 
     def exists(self, ref: str) -> bool:
         """Whether a blob is stored (committed) under ``ref``."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from frontdesk.clikit import app, fail, guard, ingest_app, load, open_configured_bus, stop_on_signals
+from frontdesk.clikit import app, blobs_app, fail, guard, ingest_app, load, open_configured_bus, stop_on_signals
+from frontdesk.errors import FrontdeskError
 from frontdesk.health import bus_probes, connector_answers, ops_endpoint
 from frontdesk.metrics import MetricsSettings, default_metrics
 from frontdesk.settings import StorageSettings
@@ -107,3 +109,42 @@ def parse_mail(path: Path, as_json: Annotated[bool, typer.Option("--json", help=
     for a in view.get("attachments", []):  # type: ignore[union-attr]
         typer.echo(f"attachment       {a['name']} ({a['content_type']}, {a['size']} bytes)")
     typer.echo("\n" + str(view.get("text", "")))
+
+
+@blobs_app.command("get")
+def blobs_get(ref: str, out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here, not to stdout")] = None) -> None:
+    """Write a blob's bytes (a raw mail or an attachment, by its sha256:<hex> reference) to stdout or a file."""
+    from ingest.blobs import BlobNotFound, BlobStore
+
+    store = BlobStore(load(StorageSettings).blobs)  # type: ignore[attr-defined]
+    try:
+        data = store.get(ref)
+    except BlobNotFound:
+        fail(f"no blob {ref} (never stored, or expired)")
+    except FrontdeskError as exc:  # a malformed reference, a corrupt blob, an unreadable store
+        fail(str(exc))
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        out.write_bytes(data)
+
+
+@blobs_app.command("expire")
+def blobs_expire(
+    older_than_days: Annotated[Optional[float], typer.Option(
+        "--older-than-days", help="Retention in days (at least 1); default storage.blob_retention_days")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be erased, change nothing")] = False,
+) -> None:
+    """Erase blobs last stored longer ago than the retention, bytes included (run it daily, e.g. from cron)."""
+    from ingest.blobs import BlobStore
+
+    storage = load(StorageSettings)
+    days = older_than_days if older_than_days is not None else storage.blob_retention_days  # type: ignore[attr-defined]
+    if days is None:
+        fail("no retention: pass --older-than-days or set storage.blob_retention_days", code=2)
+    report = guard(lambda: BlobStore(storage.blobs).expire(days * 86_400.0, dry_run=dry_run))  # type: ignore[attr-defined]
+    verb = "would erase" if dry_run else "erased"
+    typer.echo(f"{verb} {report.blobs} blob(s), {report.bytes:,} bytes (+{report.legacy_files} file(s) of the old "
+               f"layout); packs deleted {report.packs_deleted}, compacted {report.packs_compacted} "
+               f"({report.bytes_copied:,} bytes of live blobs copied)")
