@@ -28,6 +28,9 @@ HOLDOUT2_FILE = Path(__file__).parent / "data" / "holdout2.jsonl"
 # Written 2026-12-06 evening by four more such writers; committed before its first evaluation, with the plan
 # (README, Triage model) under which the first two holdouts may be trained on.
 HOLDOUT3_FILE = Path(__file__).parent / "data" / "holdout3.jsonl"
+# Written 2026-12-06 late night by four more such writers; committed, with its plan (README), before its first
+# evaluation.
+HOLDOUT4_FILE = Path(__file__).parent / "data" / "holdout4.jsonl"
 BOM = b"\xef\xbb\xbf"
 _SUBTAG = re.compile(r"[-_]")
 
