@@ -135,7 +135,7 @@ def run(
     from frontdesk.health import bus_probes, ops_endpoint
     from frontdesk.metrics import MetricsSettings
     from frontdesk.pipeline import publish_demo, run_pipeline
-    from ingest.commands import intake_stages
+    from ingest.commands import intake_stages, retention_stage
     from ingest.http import HttpIntakeSettings
     from ingest.imap_settings import ImapSettings
     from ingest.telegram import TelegramSettings
@@ -170,6 +170,9 @@ def run(
         }
         stages.update(intake_stages(bus, storage.data_dir, storage.blobs, load(ImapSettings),  # type: ignore[attr-defined]
                                     load(HttpIntakeSettings), load(TelegramSettings), typer.echo, probes))
+        if storage.blob_retention_days is not None:  # type: ignore[attr-defined]
+            stages["blob-retention"] = retention_stage(storage.blobs, storage.blob_retention_days)  # type: ignore[attr-defined]
+            typer.echo(f"blobs last stored over {storage.blob_retention_days:g} days ago are erased daily")  # type: ignore[attr-defined]
         with ops_endpoint(metrics, probes) as ops:
             if ops is not None:
                 typer.echo(f"metrics and health on {ops.url}/metrics, /healthz, /readyz")

@@ -231,8 +231,8 @@ class StorageSettings(ComponentSettings):
     data_dir: Path = Field(Path("var"), description="Root for the embedded bus, SQLite cases, blobs, checkpoints")
     blob_dir: Path | None = Field(None, description="Content-addressed blobs; default <data_dir>/blobs")
     blob_retention_days: float | None = Field(
-        None, ge=1, description="`frontdesk blobs expire` erases blobs last stored longer ago than this; "
-        "unset: kept until expired with --older-than-days")
+        None, ge=1, description="Blobs last stored longer ago are erased: daily by `frontdesk run`, and by "
+        "`frontdesk blobs expire`; unset: kept (until `blobs expire --older-than-days`)")
 
     @property
     def blobs(self) -> Path:

@@ -52,6 +52,34 @@ def _sweep(blobs: BlobStore) -> None:
         log.info("blob store %s: removed %d uncommitted pack(s) left by crashed writers", blobs.root, removed)
 
 
+RETENTION_EVERY_S = 86_400.0
+RETENTION_RETRY_S = 3_600.0
+
+
+def retention_stage(blob_dir: Path, days: float) -> Callable[[threading.Event], None]:
+    """``frontdesk run``'s blob retention (``storage.blob_retention_days``): a blocking
+    ``run(stop)`` that expires the store (:meth:`BlobStore.expire`) at start and once a day; a
+    failure (a busy or unwritable store, another expiry running) logs and is tried again in an hour."""
+    store = BlobStore(blob_dir)
+
+    def run(stop: threading.Event) -> None:
+        wait = 0.0
+        while not stop.wait(wait):
+            try:
+                report = store.expire(days * 86_400.0)
+            except BlobError as exc:
+                log.warning("blob retention (%g days) failed, trying again in an hour: %s", days, exc)
+                wait = RETENTION_RETRY_S
+                continue
+            if report.blobs or report.legacy_files:
+                log.info("blob retention (%g days): erased %d blob(s), %d bytes; packs deleted %d, compacted %d",
+                         days, report.blobs + report.legacy_files, report.bytes, report.packs_deleted,
+                         report.packs_compacted)
+            wait = RETENTION_EVERY_S
+
+    return run
+
+
 def run_forever(conns: list[MailboxConnector], stop: threading.Event, probes: Probes | None = None) -> None:
     """One thread per mailbox until ``stop``; ``probes`` (if given) watches the threads."""
     threads = [threading.Thread(target=c.run, args=(stop,), name=c.connector) for c in conns]

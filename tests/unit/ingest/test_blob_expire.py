@@ -298,3 +298,33 @@ def test_the_blobs_commands_read_and_expire_the_configured_store(tmp_path: Path,
     assert "would erase 1 blob(s)" in dry.output and BlobStore(root).exists(ref)
     done = runner.invoke(app, ["blobs", "expire", "--older-than-days", "30"], env=env)
     assert done.exit_code == 0 and "erased 1 blob(s)" in done.output and not BlobStore(root).exists(ref)
+
+
+def test_the_retention_stage_of_frontdesk_run_expires_at_start_and_survives_failures(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from ingest.commands import retention_stage
+
+    clock, store = Clock(monkeypatch), BlobStore(tmp_path)
+    ref = store.put(PASSPORT)
+    clock.now += 40 * DAY
+    calls: list[float] = []
+    real = blob_expire.expire
+
+    def flaky(store_: BlobStore, older_than_s: float, **kw):
+        calls.append(older_than_s)
+        if len(calls) == 1:
+            raise BlobError("another blob expiry is running")
+        return real(store_, older_than_s, **kw)
+
+    monkeypatch.setattr(blob_expire, "expire", flaky)
+    monkeypatch.setattr("ingest.commands.RETENTION_RETRY_S", 0.05)
+    stop = threading.Event()
+    thread = threading.Thread(target=retention_stage(tmp_path, 30), args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while store.exists(ref) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(5)
+    assert not store.exists(ref) and calls[:2] == [30 * DAY, 30 * DAY], "failed once, retried, erased"
+    assert not thread.is_alive(), "stops when told, not a day later"
